@@ -1,0 +1,496 @@
+//! The release log: one immutable object per event, and the fold that turns
+//! a log into the current serving state of a model.
+//!
+//! Everything here is pure: no I/O, no clocks. The registry reads events,
+//! folds them with [`ModelState::apply`], asks the state whether a change is
+//! allowed (`ModelState::plan_*`), and appends the resulting event with
+//! create-if-absent at the next sequence number.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::kind::ModelKind;
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A version's bytes and manifest were written.
+    Published {
+        /// The new version.
+        version: u64,
+        /// Kind of the model (fixed by its first version).
+        kind: ModelKind,
+        /// sha256 of the ONNX bytes.
+        sha256: String,
+    },
+    /// A version became live.
+    Promoted {
+        /// The version now live.
+        version: u64,
+        /// True when the version had been revoked and `--force` was given.
+        forced: bool,
+    },
+    /// A canary version receives `percent` of leads.
+    CanarySet {
+        /// The canary version.
+        version: u64,
+        /// Share of leads routed to it, 1..=100.
+        percent: u8,
+    },
+    /// The canary was removed.
+    CanaryCleared {},
+    /// The live version was found bad: it is revoked and `to` is live again.
+    /// Any canary is cleared with it.
+    RolledBack {
+        /// The version that was live and is now revoked.
+        from: u64,
+        /// The version now live.
+        to: u64,
+        /// Why, for the audit trail and for anyone who tries to promote
+        /// `from` again.
+        reason: String,
+    },
+    /// A version must not be served (without becoming live first).
+    Revoked {
+        /// The revoked version.
+        version: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl EventKind {
+    /// Short name of the event type, as stored.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Published { .. } => "published",
+            EventKind::Promoted { .. } => "promoted",
+            EventKind::CanarySet { .. } => "canary_set",
+            EventKind::CanaryCleared {} => "canary_cleared",
+            EventKind::RolledBack { .. } => "rolled_back",
+            EventKind::Revoked { .. } => "revoked",
+        }
+    }
+}
+
+/// One stored release-log entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the log, from 1, without gaps.
+    pub seq: u64,
+    /// When it was written (writer's clock).
+    pub at: DateTime<Utc>,
+    /// Who wrote it (user, CI job, trainer).
+    pub actor: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// Why and by whom a version was revoked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// Sequence number of the revoking event.
+    pub seq: u64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A published version, as the log knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// Version number.
+    pub version: u64,
+    /// sha256 of the ONNX bytes.
+    pub sha256: String,
+    /// When it was published.
+    pub published_at: DateTime<Utc>,
+    /// Who published it.
+    pub published_by: String,
+    /// Set once revoked (by rollback or revoke), cleared by a forced promote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<Revocation>,
+}
+
+/// A canary and its share of leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Canary {
+    /// The canary version.
+    pub version: u64,
+    /// Share of leads routed to it, 1..=100.
+    pub percent: u8,
+}
+
+/// The serving state of one model: the fold of its release log.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelState {
+    /// Model name.
+    pub name: String,
+    /// Kind, known once a version is published.
+    pub kind: Option<ModelKind>,
+    /// Sequence number of the last event folded (0 for an empty log).
+    pub seq: u64,
+    /// Published versions by number.
+    pub versions: BTreeMap<u64, VersionRecord>,
+    /// Version answering requests.
+    pub live: Option<u64>,
+    /// Canary, if any.
+    pub canary: Option<Canary>,
+    /// Every version that has been live, in order (a version may repeat).
+    pub live_history: Vec<u64>,
+}
+
+impl ModelState {
+    /// An empty state for `name`.
+    pub fn new(name: &str) -> Self {
+        ModelState { name: name.to_owned(), ..Default::default() }
+    }
+
+    /// Folds a whole log. Events must come in sequence order from 1.
+    pub fn fold(name: &str, events: &[Event]) -> Result<Self> {
+        let mut state = ModelState::new(name);
+        for event in events {
+            state.apply(event)?;
+        }
+        Ok(state)
+    }
+
+    /// Applies one event. Fails (naming the sequence number) when the event
+    /// does not follow or contradicts the log, which only a writer bypassing
+    /// the registry can cause.
+    pub fn apply(&mut self, event: &Event) -> Result<()> {
+        let corrupt = |reason: String| Error::Corrupt {
+            object: format!("release log of {} at seq {}", self.name, event.seq),
+            reason,
+        };
+        if event.seq != self.seq + 1 {
+            return Err(corrupt(format!("expected seq {}, found {} (gap or reorder)", self.seq + 1, event.seq)));
+        }
+        match &event.kind {
+            EventKind::Published { version, kind, sha256 } => {
+                if let Some(existing) = self.kind
+                    && existing != *kind
+                {
+                    return Err(corrupt(format!("version {version} is {kind}, the model is {existing}")));
+                }
+                if self.versions.contains_key(version) {
+                    return Err(corrupt(format!("version {version} published twice")));
+                }
+                self.kind = Some(*kind);
+                self.versions.insert(
+                    *version,
+                    VersionRecord {
+                        version: *version,
+                        sha256: sha256.clone(),
+                        published_at: event.at,
+                        published_by: event.actor.clone(),
+                        revoked: None,
+                    },
+                );
+            }
+            EventKind::Promoted { version, .. } => {
+                let record = self.versions.get_mut(version).ok_or_else(|| corrupt(format!("version {version} was never published")))?;
+                record.revoked = None;
+                if self.canary.is_some_and(|canary| canary.version == *version) {
+                    self.canary = None;
+                }
+                self.live = Some(*version);
+                self.live_history.push(*version);
+            }
+            EventKind::CanarySet { version, percent } => {
+                if !self.versions.contains_key(version) {
+                    return Err(corrupt(format!("version {version} was never published")));
+                }
+                self.canary = Some(Canary { version: *version, percent: *percent });
+            }
+            EventKind::CanaryCleared {} => self.canary = None,
+            EventKind::RolledBack { from, to, reason } => {
+                if !self.versions.contains_key(to) {
+                    return Err(corrupt(format!("rollback target {to} was never published")));
+                }
+                let revocation = Revocation { seq: event.seq, at: event.at, actor: event.actor.clone(), reason: reason.clone() };
+                let record = self.versions.get_mut(from).ok_or_else(|| corrupt(format!("version {from} was never published")))?;
+                record.revoked = Some(revocation);
+                self.canary = None;
+                self.live = Some(*to);
+                self.live_history.push(*to);
+            }
+            EventKind::Revoked { version, reason } => {
+                let revocation = Revocation { seq: event.seq, at: event.at, actor: event.actor.clone(), reason: reason.clone() };
+                let record = self.versions.get_mut(version).ok_or_else(|| corrupt(format!("version {version} was never published")))?;
+                record.revoked = Some(revocation);
+            }
+        }
+        self.seq = event.seq;
+        Ok(())
+    }
+
+    /// Whether `version` is published and not revoked.
+    pub fn is_servable(&self, version: u64) -> bool {
+        self.versions.get(&version).is_some_and(|record| record.revoked.is_none())
+    }
+
+    /// The highest published version number.
+    pub fn latest_version(&self) -> Option<u64> {
+        self.versions.keys().next_back().copied()
+    }
+
+    fn record(&self, version: u64) -> Result<&VersionRecord> {
+        self.versions
+            .get(&version)
+            .ok_or_else(|| Error::NotFound(format!("version {version} of model {}", self.name)))
+    }
+
+    fn revoked_message(&self, record: &VersionRecord) -> Option<String> {
+        record.revoked.as_ref().map(|revocation| {
+            format!(
+                "version {} of {} was rolled back or revoked by {} at {} (seq {}): {}",
+                record.version,
+                self.name,
+                revocation.actor,
+                revocation.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                revocation.seq,
+                revocation.reason
+            )
+        })
+    }
+
+    /// The event that makes `version` live. A revoked version needs `force`.
+    /// `Ok(None)` when it is already live and nothing needs writing.
+    pub fn plan_promote(&self, version: u64, force: bool) -> Result<Option<EventKind>> {
+        let record = self.record(version)?;
+        if let Some(message) = self.revoked_message(record) {
+            if !force {
+                return Err(Error::Refused(format!("{message}; promote it again only with --force")));
+            }
+            return Ok(Some(EventKind::Promoted { version, forced: true }));
+        }
+        if self.live == Some(version) {
+            return Ok(None);
+        }
+        Ok(Some(EventKind::Promoted { version, forced: false }))
+    }
+
+    /// The event that routes `percent` of leads to `version`.
+    pub fn plan_canary(&self, version: u64, percent: u8, force: bool) -> Result<EventKind> {
+        if !(1..=100).contains(&percent) {
+            return Err(Error::invalid("percent", format!("must be 1 to 100, got {percent}")));
+        }
+        let record = self.record(version)?;
+        if let Some(message) = self.revoked_message(record)
+            && !force
+        {
+            return Err(Error::Refused(format!("{message}; use it as a canary only with --force")));
+        }
+        let Some(live) = self.live else {
+            return Err(Error::Refused(format!("model {} has no live version; promote one before setting a canary", self.name)));
+        };
+        if live == version {
+            return Err(Error::Refused(format!("version {version} is already live; a canary must differ from it")));
+        }
+        Ok(EventKind::CanarySet { version, percent })
+    }
+
+    /// The event that removes the canary; `Ok(None)` when there is none.
+    pub fn plan_canary_clear(&self) -> Option<EventKind> {
+        self.canary.map(|_| EventKind::CanaryCleared {})
+    }
+
+    /// The event that revokes the live version and makes `to` live: by
+    /// default the most recent earlier live version that is not revoked.
+    pub fn plan_rollback(&self, to: Option<u64>, reason: &str) -> Result<EventKind> {
+        if reason.trim().is_empty() {
+            return Err(Error::invalid("reason", "a rollback must say why"));
+        }
+        let Some(from) = self.live else {
+            return Err(Error::Refused(format!("model {} has no live version to roll back", self.name)));
+        };
+        let to = match to {
+            Some(target) => {
+                let record = self.record(target)?;
+                if target == from {
+                    return Err(Error::Refused(format!("version {target} is the live version being rolled back")));
+                }
+                if let Some(message) = self.revoked_message(record) {
+                    return Err(Error::Refused(format!("cannot roll back to it: {message}")));
+                }
+                target
+            }
+            None => self
+                .live_history
+                .iter()
+                .rev()
+                .copied()
+                .find(|version| *version != from && self.is_servable(*version))
+                .ok_or_else(|| {
+                    Error::Refused(format!(
+                        "model {} has no earlier good live version to roll back to; name one with --to N",
+                        self.name
+                    ))
+                })?,
+        };
+        Ok(EventKind::RolledBack { from, to, reason: reason.to_owned() })
+    }
+
+    /// The event that revokes a version that is neither live nor canary.
+    pub fn plan_revoke(&self, version: u64, reason: &str) -> Result<EventKind> {
+        if reason.trim().is_empty() {
+            return Err(Error::invalid("reason", "a revocation must say why"));
+        }
+        let record = self.record(version)?;
+        if let Some(message) = self.revoked_message(record) {
+            return Err(Error::Refused(format!("already revoked: {message}")));
+        }
+        if self.live == Some(version) {
+            return Err(Error::Refused(format!("version {version} is live; use rollback to replace and revoke it")));
+        }
+        if self.canary.is_some_and(|canary| canary.version == version) {
+            return Err(Error::Refused(format!("version {version} is the canary; clear the canary first")));
+        }
+        Ok(EventKind::Revoked { version, reason: reason.to_owned() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Log {
+        state: ModelState,
+    }
+
+    impl Log {
+        fn new() -> Self {
+            Log { state: ModelState::new("churn") }
+        }
+
+        fn push(&mut self, kind: EventKind) -> &mut Self {
+            let event = Event { seq: self.state.seq + 1, at: DateTime::UNIX_EPOCH, actor: "test".into(), kind };
+            self.state.apply(&event).unwrap();
+            self
+        }
+
+        fn publish(&mut self, version: u64) -> &mut Self {
+            self.push(EventKind::Published { version, kind: ModelKind::Churn, sha256: format!("{version:064x}") })
+        }
+
+        fn promote(&mut self, version: u64) -> &mut Self {
+            let event = self.state.plan_promote(version, false).unwrap().unwrap();
+            self.push(event)
+        }
+    }
+
+    #[test]
+    fn rollback_goes_to_the_previous_good_version_and_revokes_the_bad_one() {
+        let mut log = Log::new();
+        log.publish(1).publish(2).publish(3).promote(1).promote(2).promote(3);
+        let event = log.state.plan_rollback(None, "p99 doubled").unwrap();
+        assert_eq!(event, EventKind::RolledBack { from: 3, to: 2, reason: "p99 doubled".into() });
+        log.push(event);
+        assert_eq!(log.state.live, Some(2));
+        assert_eq!(log.state.versions[&3].revoked.as_ref().unwrap().reason, "p99 doubled");
+
+        // A second rollback skips the revoked 3 and goes to 1.
+        let event = log.state.plan_rollback(None, "still bad").unwrap();
+        assert_eq!(event, EventKind::RolledBack { from: 2, to: 1, reason: "still bad".into() });
+        log.push(event);
+        assert!(log.state.plan_rollback(None, "again").unwrap_err().to_string().contains("--to N"));
+    }
+
+    #[test]
+    fn revoked_versions_are_promoted_only_with_force() {
+        let mut log = Log::new();
+        log.publish(1).publish(2).promote(1).promote(2);
+        let rollback = log.state.plan_rollback(None, "bad calibration").unwrap();
+        log.push(rollback);
+        let error = log.state.plan_promote(2, false).unwrap_err().to_string();
+        assert!(error.contains("rolled back") && error.contains("bad calibration") && error.contains("--force"), "{error}");
+        let forced = log.state.plan_promote(2, true).unwrap().unwrap();
+        assert_eq!(forced, EventKind::Promoted { version: 2, forced: true });
+        log.push(forced);
+        assert_eq!(log.state.live, Some(2));
+        assert!(log.state.versions[&2].revoked.is_none());
+    }
+
+    #[test]
+    fn promoting_the_live_version_writes_nothing() {
+        let mut log = Log::new();
+        log.publish(1).promote(1);
+        assert_eq!(log.state.plan_promote(1, false).unwrap(), None);
+        assert!(matches!(log.state.plan_promote(7, false), Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn canary_rules() {
+        let mut log = Log::new();
+        log.publish(1).publish(2);
+        assert!(log.state.plan_canary(2, 10, false).unwrap_err().to_string().contains("no live version"));
+        log.promote(1);
+        assert!(log.state.plan_canary(1, 10, false).is_err());
+        assert!(matches!(log.state.plan_canary(2, 0, false), Err(Error::Invalid { .. })));
+        assert!(matches!(log.state.plan_canary(2, 101, false), Err(Error::Invalid { .. })));
+        let event = log.state.plan_canary(2, 10, false).unwrap();
+        log.push(event);
+        assert_eq!(log.state.canary, Some(Canary { version: 2, percent: 10 }));
+        // Promoting the canary makes it live and removes the canary.
+        log.promote(2);
+        assert_eq!(log.state.canary, None);
+        assert_eq!(log.state.plan_canary_clear(), None);
+    }
+
+    #[test]
+    fn rollback_clears_the_canary() {
+        let mut log = Log::new();
+        log.publish(1).publish(2).publish(3).promote(1).promote(2);
+        let canary = log.state.plan_canary(3, 5, false).unwrap();
+        log.push(canary);
+        let rollback = log.state.plan_rollback(Some(1), "incident 42").unwrap();
+        log.push(rollback);
+        assert_eq!(log.state.canary, None);
+        assert_eq!(log.state.live, Some(1));
+    }
+
+    #[test]
+    fn revoke_refuses_live_and_canary_versions() {
+        let mut log = Log::new();
+        log.publish(1).publish(2).publish(3).promote(1);
+        let canary = log.state.plan_canary(2, 50, false).unwrap();
+        log.push(canary);
+        assert!(log.state.plan_revoke(1, "x").unwrap_err().to_string().contains("rollback"));
+        assert!(log.state.plan_revoke(2, "x").unwrap_err().to_string().contains("canary"));
+        assert!(matches!(log.state.plan_revoke(3, " "), Err(Error::Invalid { .. })));
+        let revoke = log.state.plan_revoke(3, "leaked test data").unwrap();
+        log.push(revoke);
+        assert!(!log.state.is_servable(3));
+        assert!(log.state.plan_rollback(Some(3), "x").is_err());
+    }
+
+    #[test]
+    fn fold_refuses_gaps_and_unknown_versions() {
+        let at = DateTime::UNIX_EPOCH;
+        let published = Event { seq: 1, at, actor: "a".into(), kind: EventKind::Published { version: 1, kind: ModelKind::Churn, sha256: "x".into() } };
+        let gap = Event { seq: 3, at, actor: "a".into(), kind: EventKind::CanaryCleared {} };
+        let error = ModelState::fold("churn", &[published.clone(), gap]).unwrap_err().to_string();
+        assert!(error.contains("expected seq 2"), "{error}");
+        let unknown = Event { seq: 2, at, actor: "a".into(), kind: EventKind::Promoted { version: 9, forced: false } };
+        assert!(ModelState::fold("churn", &[published, unknown]).is_err());
+    }
+
+    #[test]
+    fn events_serialise_with_a_type_tag() {
+        let event = Event { seq: 4, at: DateTime::UNIX_EPOCH, actor: "sre".into(), kind: EventKind::RolledBack { from: 3, to: 2, reason: "r".into() } };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["type"], "rolled_back");
+        assert_eq!(json["from"], 3);
+        let back: Event = serde_json::from_value(json).unwrap();
+        assert_eq!(back, event);
+    }
+}

@@ -1,0 +1,22 @@
+//! Nurture's wire formats.
+//!
+//! * [`v1`]: the `nurture.v1` gRPC API (messages, clients and servers).
+//! * [`onnx`]: the subset of the ONNX model format that the trainer writes.
+//!
+//! This crate owns generated code only; domain types live in `nurture-models`
+//! and the server converts between the two at its edge.
+
+/// The `nurture.v1` gRPC API.
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("nurture.v1");
+}
+
+/// Encoded `FileDescriptorSet` of the `nurture.v1` API, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nurture_descriptor.bin"));
+
+/// ONNX model-format messages (`ModelProto`, `GraphProto`, ...).
+#[allow(clippy::all, missing_docs)]
+pub mod onnx {
+    tonic::include_proto!("onnx");
+}
