@@ -19,4 +19,6 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 #[allow(clippy::all, missing_docs)]
 pub mod onnx {
     tonic::include_proto!("onnx");
+
+    pub mod build;
 }

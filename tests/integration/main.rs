@@ -1,1 +1,5 @@
+//! Nurture's end-to-end tests: the registry suite on every backend (file,
+//! memory, a real S3-compatible server) and `nurturectl` run as a process.
 
+mod cli;
+mod registry;

@@ -1,1 +1,471 @@
-fn main() {}
+//! `nurturectl`: publish model versions and move them forward and back.
+//!
+//! Exit codes: 0 success, 1 error, 2 usage, 3 conflict (another writer got
+//! there first; nothing was written).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use nurture_models::manifest::ManifestDraft;
+use nurture_models::registry::{DEFAULT_REGISTRY, Event, EventKind, ModelState, PublishRequest};
+use nurture_models::{Error, ModelKind, ModelName, Registry, runtime};
+use serde_json::json;
+
+/// Exit code for a lost race on the release log.
+const EXIT_CONFLICT: u8 = 3;
+
+/// Publish, promote, canary and roll back Nurture model versions.
+#[derive(Debug, Parser)]
+#[command(name = "nurturectl", version)]
+struct Cli {
+    /// Registry URL: file://PATH, memory://, s3://BUCKET[/PREFIX], gs://..., az://...
+    /// (S3 endpoint and credentials come from the usual AWS_* variables).
+    #[arg(long, env = "NURTURE_REGISTRY", default_value = DEFAULT_REGISTRY, global = true)]
+    registry: String,
+
+    /// Print JSON for scripts instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Who is acting, recorded in the release log. Defaults to $USER.
+    #[arg(long, env = "NURTURE_ACTOR", global = true)]
+    actor: Option<String>,
+
+    /// Path of the ONNX Runtime library; else .ort/ of the project is used.
+    #[arg(long, env = "ORT_DYLIB_PATH", global = true)]
+    ort_dylib: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check an ONNX file against a kind's contract and publish it as the
+    /// model's next version.
+    Publish {
+        /// Model kind: emotion, churn, journey, channel_timing, optimization.
+        kind: ModelKind,
+        /// The ONNX file.
+        file: PathBuf,
+        /// Model name; defaults to the kind's name.
+        #[arg(long)]
+        name: Option<String>,
+        /// JSON manifest draft: features, labels, thresholds, metrics, golden examples...
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// Make the new version live right away.
+        #[arg(long)]
+        promote: bool,
+    },
+    /// List models with their live and canary versions.
+    Ls,
+    /// List a model's versions and their state.
+    Versions {
+        /// Model name (for the standard models, the kind: churn, emotion...).
+        model: String,
+    },
+    /// Show a model's serving state.
+    Status {
+        /// Model name.
+        model: String,
+    },
+    /// Make a version live.
+    Promote {
+        /// Model name.
+        model: String,
+        /// Version number.
+        version: u64,
+        /// Promote even a version that was rolled back or revoked.
+        #[arg(long)]
+        force: bool,
+        /// Fail with a conflict unless the release log ends at this sequence number.
+        #[arg(long)]
+        expect_seq: Option<u64>,
+    },
+    /// Route a share of leads (sticky per lead id) to a version.
+    Canary {
+        /// Model name.
+        model: String,
+        /// Version number.
+        version: u64,
+        /// Percent of leads, 1 to 100.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+        percent: u8,
+        /// Allow a revoked version as canary.
+        #[arg(long)]
+        force: bool,
+        /// Fail with a conflict unless the release log ends at this sequence number.
+        #[arg(long)]
+        expect_seq: Option<u64>,
+    },
+    /// Remove the canary.
+    CanaryClear {
+        /// Model name.
+        model: String,
+        /// Fail with a conflict unless the release log ends at this sequence number.
+        #[arg(long)]
+        expect_seq: Option<u64>,
+    },
+    /// Revoke the live version and make the previous good one (or --to N) live.
+    Rollback {
+        /// Model name.
+        model: String,
+        /// Version to go back to; default: the most recent earlier live version not revoked.
+        #[arg(long)]
+        to: Option<u64>,
+        /// Why; recorded in the log and shown to anyone promoting the revoked version.
+        #[arg(long)]
+        reason: String,
+        /// Fail with a conflict unless the release log ends at this sequence number.
+        #[arg(long)]
+        expect_seq: Option<u64>,
+    },
+    /// Revoke a version that is neither live nor canary.
+    Revoke {
+        /// Model name.
+        model: String,
+        /// Version number.
+        version: u64,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+        /// Fail with a conflict unless the release log ends at this sequence number.
+        #[arg(long)]
+        expect_seq: Option<u64>,
+    },
+    /// Show a model's release log.
+    History {
+        /// Model name.
+        model: String,
+    },
+    /// Download a version's ONNX bytes, verifying their sha256.
+    Fetch {
+        /// Model name.
+        model: String,
+        /// Version number.
+        version: u64,
+        /// Where to write the ONNX file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NURTURE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime can be built; this is a bug");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            match error.downcast_ref::<Error>() {
+                Some(Error::Conflict(_)) => ExitCode::from(EXIT_CONFLICT),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let actor = cli
+        .actor
+        .clone()
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let registry = Registry::open(&cli.registry)?;
+    let json = cli.json;
+    match cli.command {
+        Command::Publish { kind, file, name, manifest, promote } => {
+            let name = ModelName::new(name.as_deref().unwrap_or(kind.as_str()))?;
+            let onnx = std::fs::read(&file).map_err(|error| Error::Io { path: file.clone(), reason: error.to_string() })?;
+            let draft = match &manifest {
+                Some(path) => {
+                    let bytes = std::fs::read(path).map_err(|error| Error::Io { path: path.clone(), reason: error.to_string() })?;
+                    ManifestDraft::from_json(&bytes)?
+                }
+                None => ManifestDraft::default(),
+            };
+            let environment = runtime::environment(cli.ort_dylib.as_deref())?;
+            let manifest = registry
+                .publish(environment, PublishRequest { name: name.clone(), kind, onnx: onnx.into(), draft, actor: actor.clone() })
+                .await?;
+            let promoted = if promote {
+                registry
+                    .promote(&name, manifest.version, false, &actor, None)
+                    .await
+                    .with_context(|| format!("version {} of {name} was published but not promoted", manifest.version))?
+                    .is_some()
+            } else {
+                false
+            };
+            if json {
+                print_json(&json!({ "manifest": manifest, "promoted": promoted }));
+            } else {
+                println!(
+                    "published {name} version {} ({kind}, {} bytes, sha256 {}){}",
+                    manifest.version,
+                    manifest.size_bytes,
+                    &manifest.sha256[..12],
+                    if promoted { "; now live" } else { "" }
+                );
+            }
+        }
+        Command::Ls => {
+            let mut states = Vec::new();
+            for name in registry.list_models().await? {
+                states.push(registry.state(&name).await?);
+            }
+            if json {
+                let rows: Vec<_> = states.iter().map(state_summary).collect();
+                print_json(&json!({ "models": rows }));
+            } else {
+                let rows = states
+                    .iter()
+                    .map(|state| {
+                        vec![
+                            state.name.clone(),
+                            state.kind.map_or("-".into(), |k| k.to_string()),
+                            opt(state.live),
+                            state.canary.map_or("-".into(), |c| format!("{} ({}%)", c.version, c.percent)),
+                            state.versions.len().to_string(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["MODEL", "KIND", "LIVE", "CANARY", "VERSIONS"], rows);
+            }
+        }
+        Command::Versions { model } => {
+            let name = ModelName::new(&model)?;
+            let state = existing_state(&registry, &name).await?;
+            let mut rows = Vec::new();
+            let mut json_rows = Vec::new();
+            for record in state.versions.values() {
+                let manifest = registry.manifest(&name, record.version).await?;
+                let role = version_role(&state, record.version);
+                let metrics = manifest
+                    .metrics
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v:.4}"))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                json_rows.push(json!({
+                    "version": record.version,
+                    "state": role,
+                    "sha256": record.sha256,
+                    "published_at": record.published_at,
+                    "published_by": record.published_by,
+                    "revoked": record.revoked,
+                    "metrics": manifest.metrics,
+                }));
+                rows.push(vec![
+                    record.version.to_string(),
+                    role.to_owned(),
+                    record.published_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    record.published_by.clone(),
+                    record.sha256[..12].to_owned(),
+                    if metrics.is_empty() { "-".into() } else { metrics },
+                    record.revoked.as_ref().map_or(String::new(), |r| r.reason.clone()),
+                ]);
+            }
+            if json {
+                print_json(&json!({ "model": state.name, "versions": json_rows }));
+            } else {
+                print_table(&["VERSION", "STATE", "PUBLISHED", "BY", "SHA256", "METRICS", "REVOKED BECAUSE"], rows);
+            }
+        }
+        Command::Status { model } => {
+            let name = ModelName::new(&model)?;
+            let state = existing_state(&registry, &name).await?;
+            if json {
+                print_json(&serde_json::to_value(&state)?);
+            } else {
+                print_status(&state);
+            }
+        }
+        Command::Promote { model, version, force, expect_seq } => {
+            let name = ModelName::new(&model)?;
+            let event = registry.promote(&name, version, force, &actor, expect_seq).await?;
+            report(json, &name, event, &format!("version {version} is already live; nothing written"));
+        }
+        Command::Canary { model, version, percent, force, expect_seq } => {
+            let name = ModelName::new(&model)?;
+            let event = registry.set_canary(&name, version, percent, force, &actor, expect_seq).await?;
+            report(json, &name, event, "");
+        }
+        Command::CanaryClear { model, expect_seq } => {
+            let name = ModelName::new(&model)?;
+            let event = registry.clear_canary(&name, &actor, expect_seq).await?;
+            report(json, &name, event, "no canary is set; nothing written");
+        }
+        Command::Rollback { model, to, reason, expect_seq } => {
+            let name = ModelName::new(&model)?;
+            let event = registry.rollback(&name, to, &reason, &actor, expect_seq).await?;
+            report(json, &name, event, "");
+        }
+        Command::Revoke { model, version, reason, expect_seq } => {
+            let name = ModelName::new(&model)?;
+            let event = registry.revoke(&name, version, &reason, &actor, expect_seq).await?;
+            report(json, &name, event, "");
+        }
+        Command::History { model } => {
+            let name = ModelName::new(&model)?;
+            let events = registry.read_log(&name).await?;
+            if events.is_empty() {
+                return Err(Error::NotFound(format!("model {name}")).into());
+            }
+            if json {
+                print_json(&json!({ "model": name.as_str(), "events": events }));
+            } else {
+                let rows = events
+                    .iter()
+                    .map(|event| {
+                        vec![
+                            event.seq.to_string(),
+                            event.at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                            event.actor.clone(),
+                            event.kind.name().to_owned(),
+                            describe(&event.kind),
+                        ]
+                    })
+                    .collect();
+                print_table(&["SEQ", "AT (UTC)", "ACTOR", "EVENT", "DETAILS"], rows);
+            }
+        }
+        Command::Fetch { model, version, out } => {
+            let name = ModelName::new(&model)?;
+            let fetched = registry.fetch(&name, version).await?;
+            std::fs::write(&out, &fetched.onnx).with_context(|| format!("cannot write {}", out.display()))?;
+            if json {
+                print_json(&json!({ "manifest": fetched.manifest, "path": out }));
+            } else {
+                println!("wrote {} ({} bytes, sha256 verified)", out.display(), fetched.onnx.len());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn existing_state(registry: &Registry, name: &ModelName) -> anyhow::Result<ModelState> {
+    let state = registry.state(name).await?;
+    if state.versions.is_empty() {
+        return Err(Error::NotFound(format!("model {name}")).into());
+    }
+    Ok(state)
+}
+
+fn opt(value: Option<u64>) -> String {
+    value.map_or("-".into(), |v| v.to_string())
+}
+
+fn version_role(state: &ModelState, version: u64) -> &'static str {
+    if state.live == Some(version) {
+        "live"
+    } else if state.canary.is_some_and(|c| c.version == version) {
+        "canary"
+    } else if state.versions.get(&version).is_some_and(|r| r.revoked.is_some()) {
+        "revoked"
+    } else {
+        "available"
+    }
+}
+
+fn state_summary(state: &ModelState) -> serde_json::Value {
+    json!({
+        "name": state.name,
+        "kind": state.kind,
+        "live": state.live,
+        "canary": state.canary,
+        "versions": state.versions.len(),
+        "seq": state.seq,
+    })
+}
+
+fn describe(kind: &EventKind) -> String {
+    match kind {
+        EventKind::Published { version, kind, sha256 } => format!("version {version} ({kind}, sha256 {})", &sha256[..12.min(sha256.len())]),
+        EventKind::Promoted { version, forced } => format!("version {version} live{}", if *forced { " (forced)" } else { "" }),
+        EventKind::CanarySet { version, percent } => format!("version {version} canary at {percent}%"),
+        EventKind::CanaryCleared {} => "canary removed".to_owned(),
+        EventKind::RolledBack { from, to, reason } => format!("{from} -> {to}, {from} revoked: {reason}"),
+        EventKind::Revoked { version, reason } => format!("version {version} revoked: {reason}"),
+    }
+}
+
+fn report(json: bool, name: &ModelName, event: Option<Event>, nothing: &str) {
+    match (json, event) {
+        (true, event) => print_json(&json!({ "model": name.as_str(), "written": event })),
+        (false, Some(event)) => println!("{name}: seq {} {}: {}", event.seq, event.kind.name(), describe(&event.kind)),
+        (false, None) => println!("{name}: {nothing}"),
+    }
+}
+
+fn print_status(state: &ModelState) {
+    println!("model     {}", state.name);
+    println!("kind      {}", state.kind.map_or("-".into(), |k| k.to_string()));
+    match state.live.and_then(|v| state.versions.get(&v)) {
+        Some(record) => println!(
+            "live      {} (published {} by {})",
+            record.version,
+            record.published_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            record.published_by
+        ),
+        None => println!("live      -"),
+    }
+    match state.canary {
+        Some(canary) => println!("canary    {} at {}% of leads", canary.version, canary.percent),
+        None => println!("canary    -"),
+    }
+    println!("latest    {}", opt(state.latest_version()));
+    println!("log seq   {}", state.seq);
+    for record in state.versions.values() {
+        if let Some(revoked) = &record.revoked {
+            println!(
+                "revoked   {} by {} at {}: {}",
+                record.version,
+                revoked.actor,
+                revoked.at.format("%Y-%m-%d %H:%M:%S UTC"),
+                revoked.reason
+            );
+        }
+    }
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(value).expect("JSON values serialise; this is a bug"));
+}
+
+fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (index, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+            if index + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}

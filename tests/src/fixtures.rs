@@ -1,0 +1,133 @@
+//! Small but real ONNX models, written in code, for each kind's contract and
+//! for the ways a model can break it. ONNX Runtime loads and runs them.
+
+use nurture_proto::onnx::build::{Dim, attr_int, attr_ints, attr_string, attr_strings, float_tensor, model, node, tensor_value};
+use nurture_proto::onnx::tensor_proto::DataType;
+use nurture_proto::onnx::{GraphProto, TensorProto};
+use prost::Message;
+
+/// How to build a tabular fixture; [`Tabular::new`] meets the contract.
+#[derive(Debug, Clone)]
+pub struct Tabular {
+    /// Name of the single input (contract: `features`).
+    pub input_name: &'static str,
+    /// Input element type (contract: float32).
+    pub input_type: DataType,
+    /// Number of input columns.
+    pub features: usize,
+    /// Number of output classes.
+    pub classes: usize,
+    /// Whether the class dimension is declared dynamic, so only a run shows
+    /// the real number of classes.
+    pub dynamic_classes: bool,
+    /// Whether the scores go through a softmax (contract: probabilities).
+    pub softmax: bool,
+    /// Seeds the weights, so different seeds give different bytes.
+    pub seed: u64,
+}
+
+impl Tabular {
+    /// A contract-meeting model with `features` inputs and `classes` outputs.
+    pub fn new(features: usize, classes: usize, seed: u64) -> Self {
+        Tabular { input_name: "features", input_type: DataType::Float, features, classes, dynamic_classes: false, softmax: true, seed }
+    }
+
+    /// Encodes the model: `softmax(features · W + b)` as `probabilities`.
+    pub fn build(&self) -> Vec<u8> {
+        let (f, c) = (self.features as i64, self.classes as i64);
+        let weights = pseudo_random(self.seed, self.features * self.classes);
+        let bias = pseudo_random(self.seed ^ 0x9e37, self.classes);
+        let mut nodes = Vec::new();
+        let mut initializer = Vec::new();
+        let logits_input = if self.input_type == DataType::Double {
+            initializer.push(TensorProto {
+                name: "W".into(),
+                dims: vec![f, c],
+                data_type: DataType::Double as i32,
+                double_data: weights.iter().map(|w| f64::from(*w)).collect(),
+                ..Default::default()
+            });
+            nodes.push(node("MatMul", "", &[self.input_name, "W"], &["scores64"], vec![]));
+            nodes.push(node("Cast", "", &["scores64"], &["scores"], vec![attr_int("to", DataType::Float as i64)]));
+            "scores"
+        } else {
+            initializer.push(float_tensor("W", &[f, c], weights));
+            nodes.push(node("MatMul", "", &[self.input_name, "W"], &["scores"], vec![]));
+            "scores"
+        };
+        initializer.push(float_tensor("B", &[c], bias));
+        if self.softmax {
+            nodes.push(node("Add", "", &[logits_input, "B"], &["logits"], vec![]));
+            nodes.push(node("Softmax", "", &["logits"], &["probabilities"], vec![attr_int("axis", -1)]));
+        } else {
+            nodes.push(node("Add", "", &[logits_input, "B"], &["probabilities"], vec![]));
+        }
+        let class_dim = if self.dynamic_classes { Dim::Dynamic("classes") } else { Dim::Fixed(c) };
+        let graph = GraphProto {
+            name: "fixture".into(),
+            node: nodes,
+            initializer,
+            input: vec![tensor_value(self.input_name, self.input_type, &[Dim::Dynamic("batch"), Dim::Fixed(f)])],
+            output: vec![tensor_value("probabilities", DataType::Float, &[Dim::Dynamic("batch"), class_dim])],
+            ..Default::default()
+        };
+        model(graph, "fixture", &[]).encode_to_vec()
+    }
+}
+
+/// Words the emotion fixture recognises, one per state.
+pub const EMOTION_WORDS: &[&str] = &[
+    "thrilled", "worried", "annoyed", "sure", "hopeful", "confused", "letdown", "happy", "swamped", "ok",
+];
+
+/// An emotion model meeting the contract: `text` string `[batch, 1]` →
+/// `probabilities` float `[batch, 10]`. Each input text is one token; the
+/// model leans towards the state whose word it is.
+pub fn emotion(seed: u64) -> Vec<u8> {
+    let k = EMOTION_WORDS.len() as i64;
+    let mut weights = pseudo_random(seed, (k * 10) as usize);
+    for i in 0..k as usize {
+        weights[i * 10 + i] += 4.0;
+    }
+    let graph = GraphProto {
+        name: "emotion_fixture".into(),
+        node: vec![
+            node(
+                "TfIdfVectorizer",
+                "",
+                &["text"],
+                &["counts"],
+                vec![
+                    attr_string("mode", "TF"),
+                    attr_int("min_gram_length", 1),
+                    attr_int("max_gram_length", 1),
+                    attr_int("max_skip_count", 0),
+                    attr_ints("ngram_counts", vec![0]),
+                    attr_ints("ngram_indexes", (0..k).collect()),
+                    attr_strings("pool_strings", EMOTION_WORDS),
+                ],
+            ),
+            node("MatMul", "", &["counts", "W"], &["scores"], vec![]),
+            node("Add", "", &["scores", "B"], &["logits"], vec![]),
+            node("Softmax", "", &["logits"], &["probabilities"], vec![attr_int("axis", -1)]),
+        ],
+        initializer: vec![float_tensor("W", &[k, 10], weights), float_tensor("B", &[10], vec![0.0; 10])],
+        input: vec![tensor_value("text", DataType::String, &[Dim::Dynamic("batch"), Dim::Fixed(1)])],
+        output: vec![tensor_value("probabilities", DataType::Float, &[Dim::Dynamic("batch"), Dim::Fixed(10)])],
+        ..Default::default()
+    };
+    model(graph, "fixture", &[]).encode_to_vec()
+}
+
+/// Deterministic values in [-1, 1) (xorshift), so fixtures are reproducible.
+fn pseudo_random(seed: u64, count: usize) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1;
+    (0..count)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
