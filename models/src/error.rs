@@ -73,12 +73,18 @@ pub enum Error {
 impl Error {
     /// Builds [`Error::Invalid`].
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Invalid { field: field.into(), reason: reason.into() }
+        Error::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 
     /// Builds [`Error::Contract`].
     pub fn contract(kind: impl ToString, reason: impl Into<String>) -> Self {
-        Error::Contract { kind: kind.to_string(), reason: reason.into() }
+        Error::Contract {
+            kind: kind.to_string(),
+            reason: reason.into(),
+        }
     }
 
     /// A short, bounded class name, fit for metric labels and scripts.

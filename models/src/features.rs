@@ -33,10 +33,9 @@ impl FeatureUnit {
     /// Inclusive range of valid values.
     pub fn range(self) -> (f64, f64) {
         match self {
-            FeatureUnit::Count
-            | FeatureUnit::Days
-            | FeatureUnit::Hours
-            | FeatureUnit::Amount => (0.0, f64::MAX),
+            FeatureUnit::Count | FeatureUnit::Days | FeatureUnit::Hours | FeatureUnit::Amount => {
+                (0.0, f64::MAX)
+            }
             FeatureUnit::Rate | FeatureUnit::Flag => (0.0, 1.0),
             FeatureUnit::Polarity => (-1.0, 1.0),
             FeatureUnit::Index { max } => (0.0, f64::from(max)),
@@ -127,10 +126,17 @@ mod tests {
 
     #[test]
     fn feature_names_are_unique_across_all_tables() {
-        let all = LEAD_FEATURES.iter().chain(SLOT_FEATURES).chain(VARIANT_FEATURES);
+        let all = LEAD_FEATURES
+            .iter()
+            .chain(SLOT_FEATURES)
+            .chain(VARIANT_FEATURES);
         let mut seen = HashSet::new();
         for feature in all {
-            assert!(seen.insert(feature.name), "duplicate feature {}", feature.name);
+            assert!(
+                seen.insert(feature.name),
+                "duplicate feature {}",
+                feature.name
+            );
         }
     }
 
@@ -143,7 +149,10 @@ mod tests {
         assert!(!FeatureUnit::Days.accepts(f64::INFINITY));
         assert!(FeatureUnit::Polarity.accepts(-1.0));
         assert!(!FeatureUnit::Index { max: 23 }.accepts(24.0));
-        assert_eq!(lead_feature("pre_approved").map(|f| f.unit), Some(FeatureUnit::Flag));
+        assert_eq!(
+            lead_feature("pre_approved").map(|f| f.unit),
+            Some(FeatureUnit::Flag)
+        );
         assert!(lead_feature("slot_hour").is_none());
     }
 }

@@ -183,7 +183,9 @@ impl fmt::Display for ModelKind {
 
 /// Error for a string that names no kind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown model kind {0:?}; expected one of emotion, churn, journey, channel_timing, optimization")]
+#[error(
+    "unknown model kind {0:?}; expected one of emotion, churn, journey, channel_timing, optimization"
+)]
 pub struct UnknownKind(pub String);
 
 impl FromStr for ModelKind {
@@ -192,7 +194,10 @@ impl FromStr for ModelKind {
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         ModelKind::ALL
             .into_iter()
-            .find(|kind| kind.as_str() == value || (value == "channel-timing" && *kind == ModelKind::ChannelTiming))
+            .find(|kind| {
+                kind.as_str() == value
+                    || (value == "channel-timing" && *kind == ModelKind::ChannelTiming)
+            })
             .ok_or_else(|| UnknownKind(value.to_owned()))
     }
 }
@@ -222,7 +227,11 @@ mod tests {
     fn extra_features_belong_to_their_kind_only() {
         assert!(ModelKind::ChannelTiming.feature("slot_hour").is_some());
         assert!(ModelKind::Churn.feature("slot_hour").is_none());
-        assert!(ModelKind::Optimization.feature("variant_length_words").is_some());
+        assert!(
+            ModelKind::Optimization
+                .feature("variant_length_words")
+                .is_some()
+        );
         assert!(ModelKind::Emotion.allowed_features().is_empty());
     }
 }

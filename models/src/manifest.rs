@@ -174,9 +174,11 @@ impl ManifestDraft {
             ));
         }
         let features = match (&self.features, kind.input()) {
-            (None, InputContract::Features) => {
-                kind.allowed_features().into_iter().map(str::to_owned).collect()
-            }
+            (None, InputContract::Features) => kind
+                .allowed_features()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
             (None, InputContract::Text) => Vec::new(),
             (Some(_), InputContract::Text) => {
                 return Err(Error::invalid(
@@ -190,9 +192,15 @@ impl ManifestDraft {
             }
         };
         let labels = match &self.labels {
-            None => kind.labels().iter().map(|label| (*label).to_owned()).collect(),
+            None => kind
+                .labels()
+                .iter()
+                .map(|label| (*label).to_owned())
+                .collect(),
             Some(labels) => {
-                if labels.len() != kind.labels().len() || labels.iter().zip(kind.labels()).any(|(a, b)| a != b) {
+                if labels.len() != kind.labels().len()
+                    || labels.iter().zip(kind.labels()).any(|(a, b)| a != b)
+                {
                     return Err(Error::invalid(
                         "manifest.labels",
                         format!(
@@ -211,11 +219,15 @@ impl ManifestDraft {
             (ModelKind::Churn, None) => Some(DEFAULT_RISK_THRESHOLDS),
             (ModelKind::Churn, Some(thresholds)) => {
                 let ascending = thresholds.windows(2).all(|pair| pair[0] < pair[1]);
-                let inside = thresholds.iter().all(|t| t.is_finite() && *t > 0.0 && *t < 1.0);
+                let inside = thresholds
+                    .iter()
+                    .all(|t| t.is_finite() && *t > 0.0 && *t < 1.0);
                 if !ascending || !inside {
                     return Err(Error::invalid(
                         "manifest.risk_thresholds",
-                        format!("need four strictly ascending probabilities in (0, 1), got {thresholds:?}"),
+                        format!(
+                            "need four strictly ascending probabilities in (0, 1), got {thresholds:?}"
+                        ),
                     ));
                 }
                 Some(thresholds)
@@ -230,10 +242,16 @@ impl ManifestDraft {
         };
         for (name, value) in &self.metrics {
             if !value.is_finite() {
-                return Err(Error::invalid(format!("manifest.metrics.{name}"), "must be a finite number"));
+                return Err(Error::invalid(
+                    format!("manifest.metrics.{name}"),
+                    "must be a finite number",
+                ));
             }
         }
-        for (field, map) in [("feature_means", &self.feature_means), ("feature_importances", &self.feature_importances)] {
+        for (field, map) in [
+            ("feature_means", &self.feature_means),
+            ("feature_importances", &self.feature_importances),
+        ] {
             for (name, value) in map {
                 if !features.contains(name) {
                     return Err(Error::invalid(
@@ -242,20 +260,32 @@ impl ManifestDraft {
                     ));
                 }
                 if !value.is_finite() {
-                    return Err(Error::invalid(format!("manifest.{field}.{name}"), "must be a finite number"));
+                    return Err(Error::invalid(
+                        format!("manifest.{field}.{name}"),
+                        "must be a finite number",
+                    ));
                 }
             }
         }
         for (index, golden) in self.golden.iter().enumerate() {
             check_golden(kind, index, golden, features.len(), labels.len())?;
         }
-        Ok(CheckedDraft { kind, features, labels, risk_thresholds, draft: self })
+        Ok(CheckedDraft {
+            kind,
+            features,
+            labels,
+            risk_thresholds,
+            draft: self,
+        })
     }
 }
 
 fn check_features(kind: ModelKind, features: &[String]) -> Result<()> {
     if features.is_empty() {
-        return Err(Error::invalid("manifest.features", "must name at least one feature"));
+        return Err(Error::invalid(
+            "manifest.features",
+            "must name at least one feature",
+        ));
     }
     let mut seen = HashSet::new();
     for (index, name) in features.iter().enumerate() {
@@ -275,18 +305,30 @@ fn check_features(kind: ModelKind, features: &[String]) -> Result<()> {
             ));
         }
         if !seen.insert(name.as_str()) {
-            return Err(Error::invalid(format!("manifest.features[{index}]"), format!("duplicate feature {name:?}")));
+            return Err(Error::invalid(
+                format!("manifest.features[{index}]"),
+                format!("duplicate feature {name:?}"),
+            ));
         }
     }
     Ok(())
 }
 
-fn check_golden(kind: ModelKind, index: usize, golden: &GoldenExample, width: usize, classes: usize) -> Result<()> {
+fn check_golden(
+    kind: ModelKind,
+    index: usize,
+    golden: &GoldenExample,
+    width: usize,
+    classes: usize,
+) -> Result<()> {
     let field = |name: &str| format!("manifest.golden[{index}].{name}");
     match kind.input() {
         InputContract::Features => {
             let Some(values) = &golden.features else {
-                return Err(Error::invalid(field("features"), "required for tabular kinds"));
+                return Err(Error::invalid(
+                    field("features"),
+                    "required for tabular kinds",
+                ));
             };
             if values.len() != width {
                 return Err(Error::invalid(
@@ -307,7 +349,10 @@ fn check_golden(kind: ModelKind, index: usize, golden: &GoldenExample, width: us
     if golden.probabilities.len() != classes {
         return Err(Error::invalid(
             field("probabilities"),
-            format!("has {} values for {classes} classes", golden.probabilities.len()),
+            format!(
+                "has {} values for {classes} classes",
+                golden.probabilities.len()
+            ),
         ));
     }
     Ok(())
@@ -320,7 +365,10 @@ mod tests {
     #[test]
     fn an_empty_draft_takes_the_kind_defaults() {
         let checked = ManifestDraft::default().check(ModelKind::Churn).unwrap();
-        assert_eq!(checked.features.len(), ModelKind::Churn.allowed_features().len());
+        assert_eq!(
+            checked.features.len(),
+            ModelKind::Churn.allowed_features().len()
+        );
         assert_eq!(checked.labels, ["retained", "churned"]);
         assert_eq!(checked.risk_thresholds, Some(DEFAULT_RISK_THRESHOLDS));
         let emotion = ManifestDraft::default().check(ModelKind::Emotion).unwrap();
@@ -341,29 +389,51 @@ mod tests {
 
     #[test]
     fn slot_features_are_allowed_only_for_channel_timing() {
-        let draft = ManifestDraft { features: Some(vec!["slot_hour".into()]), ..Default::default() };
+        let draft = ManifestDraft {
+            features: Some(vec!["slot_hour".into()]),
+            ..Default::default()
+        };
         assert!(draft.clone().check(ModelKind::ChannelTiming).is_ok());
         assert!(draft.check(ModelKind::Journey).is_err());
     }
 
     #[test]
     fn labels_must_match_the_kind() {
-        let draft = ManifestDraft { labels: Some(vec!["a".into(), "b".into(), "c".into()]), ..Default::default() };
+        let draft = ManifestDraft {
+            labels: Some(vec!["a".into(), "b".into(), "c".into()]),
+            ..Default::default()
+        };
         let error = draft.check(ModelKind::Churn).unwrap_err().to_string();
-        assert!(error.contains("manifest.labels") && error.contains("2 classes"), "{error}");
+        assert!(
+            error.contains("manifest.labels") && error.contains("2 classes"),
+            "{error}"
+        );
     }
 
     #[test]
     fn thresholds_must_ascend_and_belong_to_churn() {
-        let bad = ManifestDraft { risk_thresholds: Some([0.5, 0.2, 0.7, 0.9]), ..Default::default() };
-        assert!(bad.check(ModelKind::Churn).unwrap_err().to_string().contains("risk_thresholds"));
-        let misplaced = ManifestDraft { risk_thresholds: Some([0.1, 0.2, 0.3, 0.4]), ..Default::default() };
+        let bad = ManifestDraft {
+            risk_thresholds: Some([0.5, 0.2, 0.7, 0.9]),
+            ..Default::default()
+        };
+        assert!(
+            bad.check(ModelKind::Churn)
+                .unwrap_err()
+                .to_string()
+                .contains("risk_thresholds")
+        );
+        let misplaced = ManifestDraft {
+            risk_thresholds: Some([0.1, 0.2, 0.3, 0.4]),
+            ..Default::default()
+        };
         assert!(misplaced.check(ModelKind::Journey).is_err());
     }
 
     #[test]
     fn unknown_draft_fields_are_refused() {
-        let error = ManifestDraft::from_json(br#"{"featurs": []}"#).unwrap_err().to_string();
+        let error = ManifestDraft::from_json(br#"{"featurs": []}"#)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("featurs"), "{error}");
     }
 
@@ -371,7 +441,11 @@ mod tests {
     fn golden_examples_must_fit_the_features() {
         let draft = ManifestDraft {
             features: Some(vec!["email_open_rate".into()]),
-            golden: vec![GoldenExample { features: Some(vec![0.1, 0.2]), text: None, probabilities: vec![0.5, 0.5] }],
+            golden: vec![GoldenExample {
+                features: Some(vec![0.1, 0.2]),
+                text: None,
+                probabilities: vec![0.5, 0.5],
+            }],
             ..Default::default()
         };
         let error = draft.check(ModelKind::Churn).unwrap_err().to_string();

@@ -14,7 +14,9 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{Tensor, TensorElementType, ValueType};
 
 use crate::error::{Error, Result};
-use crate::kind::{DType, FEATURES_INPUT, InputContract, ModelKind, PROBABILITIES_OUTPUT, TEXT_INPUT};
+use crate::kind::{
+    DType, FEATURES_INPUT, InputContract, ModelKind, PROBABILITIES_OUTPUT, TEXT_INPUT,
+};
 use crate::manifest::{CheckedDraft, TensorSpec};
 
 /// File name of the ONNX Runtime library the project pins.
@@ -73,7 +75,9 @@ pub fn environment(explicit: Option<&Path>) -> Result<&'static Environment> {
             .build()
             .map_err(|error| format!("cannot create the ONNX Runtime environment: {error}"))
     });
-    loaded.as_ref().map_err(|message| Error::RuntimeUnavailable(message.clone()))
+    loaded
+        .as_ref()
+        .map_err(|message| Error::RuntimeUnavailable(message.clone()))
 }
 
 /// Builds a session for `bytes` with `intra_threads` threads per run.
@@ -107,7 +111,11 @@ fn spec_of(name: &str, value: &ValueType) -> TensorSpec {
             dtype: dtype_of(ty),
             shape: shape.to_vec(),
         },
-        _ => TensorSpec { name: name.to_owned(), dtype: DType::Other, shape: Vec::new() },
+        _ => TensorSpec {
+            name: name.to_owned(),
+            dtype: DType::Other,
+            shape: Vec::new(),
+        },
     }
 }
 
@@ -125,13 +133,25 @@ pub struct Signature {
 /// and shape; a probe run on a batch of two whose output must be finite
 /// probabilities summing to 1; and every golden example reproduced within
 /// [`GOLDEN_TOLERANCE`].
-pub fn check_contract(environment: &Environment, bytes: &[u8], draft: &CheckedDraft) -> Result<Signature> {
+pub fn check_contract(
+    environment: &Environment,
+    bytes: &[u8],
+    draft: &CheckedDraft,
+) -> Result<Signature> {
     let kind = draft.kind;
     let mut session = session(environment, bytes, 1)
         .map_err(|error| Error::contract(kind, format!("ONNX Runtime cannot load it: {error}")))?;
     let signature = Signature {
-        inputs: session.inputs().iter().map(|o| spec_of(o.name(), o.dtype())).collect(),
-        outputs: session.outputs().iter().map(|o| spec_of(o.name(), o.dtype())).collect(),
+        inputs: session
+            .inputs()
+            .iter()
+            .map(|o| spec_of(o.name(), o.dtype()))
+            .collect(),
+        outputs: session
+            .outputs()
+            .iter()
+            .map(|o| spec_of(o.name(), o.dtype()))
+            .collect(),
     };
     check_signature(kind, &signature, draft.features.len(), draft.labels.len())?;
 
@@ -146,9 +166,10 @@ pub fn check_contract(environment: &Environment, bytes: &[u8], draft: &CheckedDr
                 .collect();
             ProbeInput::Features(vec![row.clone(), vec![0.0; width]])
         }
-        InputContract::Text => {
-            ProbeInput::Text(vec!["I'd love to see the house on Saturday".to_owned(), String::new()])
-        }
+        InputContract::Text => ProbeInput::Text(vec![
+            "I'd love to see the house on Saturday".to_owned(),
+            String::new(),
+        ]),
     };
     let rows = run_probabilities(&mut session, kind, &signature, &probe)?;
     for (row_index, row) in rows.iter().enumerate() {
@@ -181,14 +202,24 @@ pub fn check_contract(environment: &Environment, bytes: &[u8], draft: &CheckedDr
 }
 
 /// Checks names, dtypes and static shapes.
-pub fn check_signature(kind: ModelKind, signature: &Signature, features: usize, classes: usize) -> Result<()> {
+pub fn check_signature(
+    kind: ModelKind,
+    signature: &Signature,
+    features: usize,
+    classes: usize,
+) -> Result<()> {
     let [input] = signature.inputs.as_slice() else {
         return Err(Error::contract(
             kind,
             format!(
                 "expected exactly one input, found {} ({})",
                 signature.inputs.len(),
-                signature.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+                signature
+                    .inputs
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ));
     };
@@ -197,16 +228,23 @@ pub fn check_signature(kind: ModelKind, signature: &Signature, features: usize, 
             if input.name != FEATURES_INPUT {
                 return Err(Error::contract(
                     kind,
-                    format!("input is named {:?}, expected {FEATURES_INPUT:?}", input.name),
+                    format!(
+                        "input is named {:?}, expected {FEATURES_INPUT:?}",
+                        input.name
+                    ),
                 ));
             }
             if input.dtype != DType::Float32 {
                 return Err(Error::contract(
                     kind,
-                    format!("input {FEATURES_INPUT:?} is {}, expected float32", input.dtype),
+                    format!(
+                        "input {FEATURES_INPUT:?} is {}, expected float32",
+                        input.dtype
+                    ),
                 ));
             }
-            let width_ok = matches!(input.shape.as_slice(), [_, w] if *w == -1 || *w == features as i64);
+            let width_ok =
+                matches!(input.shape.as_slice(), [_, w] if *w == -1 || *w == features as i64);
             if !width_ok {
                 return Err(Error::contract(
                     kind,
@@ -219,33 +257,54 @@ pub fn check_signature(kind: ModelKind, signature: &Signature, features: usize, 
         }
         InputContract::Text => {
             if input.name != TEXT_INPUT {
-                return Err(Error::contract(kind, format!("input is named {:?}, expected {TEXT_INPUT:?}", input.name)));
+                return Err(Error::contract(
+                    kind,
+                    format!("input is named {:?}, expected {TEXT_INPUT:?}", input.name),
+                ));
             }
             if input.dtype != DType::String {
-                return Err(Error::contract(kind, format!("input {TEXT_INPUT:?} is {}, expected string", input.dtype)));
+                return Err(Error::contract(
+                    kind,
+                    format!("input {TEXT_INPUT:?} is {}, expected string", input.dtype),
+                ));
             }
             let shape_ok = matches!(input.shape.as_slice(), [_] | [_, -1 | 1]);
             if !shape_ok {
                 return Err(Error::contract(
                     kind,
-                    format!("input {TEXT_INPUT:?} has shape {:?}, expected [batch] or [batch, 1]", input.shape),
+                    format!(
+                        "input {TEXT_INPUT:?} has shape {:?}, expected [batch] or [batch, 1]",
+                        input.shape
+                    ),
                 ));
             }
         }
     }
-    let Some(output) = signature.outputs.iter().find(|o| o.name == PROBABILITIES_OUTPUT) else {
+    let Some(output) = signature
+        .outputs
+        .iter()
+        .find(|o| o.name == PROBABILITIES_OUTPUT)
+    else {
         return Err(Error::contract(
             kind,
             format!(
                 "no output named {PROBABILITIES_OUTPUT:?} (outputs: {})",
-                signature.outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>().join(", ")
+                signature
+                    .outputs
+                    .iter()
+                    .map(|o| o.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ));
     };
     if output.dtype != DType::Float32 {
         return Err(Error::contract(
             kind,
-            format!("output {PROBABILITIES_OUTPUT:?} is {}, expected float32", output.dtype),
+            format!(
+                "output {PROBABILITIES_OUTPUT:?} is {}, expected float32",
+                output.dtype
+            ),
         ));
     }
     let classes_ok = matches!(output.shape.as_slice(), [_, c] if *c == -1 || *c == classes as i64);
@@ -278,24 +337,32 @@ fn run_probabilities(
         ProbeInput::Features(rows) => rows.len(),
         ProbeInput::Text(texts) => texts.len(),
     };
-    let run_error = |error: ort::Error| Error::contract(kind, format!("ONNX Runtime cannot run it: {error}"));
+    let run_error =
+        |error: ort::Error| Error::contract(kind, format!("ONNX Runtime cannot run it: {error}"));
     let outputs = match input {
         ProbeInput::Features(rows) => {
             let width = rows.first().map_or(0, Vec::len);
             let flat: Vec<f32> = rows.iter().flatten().copied().collect();
             let tensor = Tensor::from_array(([batch, width], flat)).map_err(run_error)?;
-            session.run(ort::inputs![FEATURES_INPUT => tensor]).map_err(run_error)?
+            session
+                .run(ort::inputs![FEATURES_INPUT => tensor])
+                .map_err(run_error)?
         }
         ProbeInput::Text(texts) => {
             let rank2 = signature.inputs[0].shape.len() == 2;
             let shape: Vec<usize> = if rank2 { vec![batch, 1] } else { vec![batch] };
             let tensor = Tensor::from_string_array((shape, texts.as_slice())).map_err(run_error)?;
-            session.run(ort::inputs![TEXT_INPUT => tensor]).map_err(run_error)?
+            session
+                .run(ort::inputs![TEXT_INPUT => tensor])
+                .map_err(run_error)?
         }
     };
-    let value = outputs
-        .get(PROBABILITIES_OUTPUT)
-        .ok_or_else(|| Error::contract(kind, format!("the run produced no {PROBABILITIES_OUTPUT:?}")))?;
+    let value = outputs.get(PROBABILITIES_OUTPUT).ok_or_else(|| {
+        Error::contract(
+            kind,
+            format!("the run produced no {PROBABILITIES_OUTPUT:?}"),
+        )
+    })?;
     let (shape, data) = value.try_extract_tensor::<f32>().map_err(run_error)?;
     let classes = kind.labels().len();
     if shape.len() != 2 || shape[0] != batch as i64 || shape[1] != classes as i64 {
@@ -312,7 +379,9 @@ fn run_probabilities(
 }
 
 fn check_distribution(kind: ModelKind, what: &str, row: &[f32]) -> Result<()> {
-    let valid = row.iter().all(|p| p.is_finite() && (-1e-6..=1.0 + 1e-6).contains(p));
+    let valid = row
+        .iter()
+        .all(|p| p.is_finite() && (-1e-6..=1.0 + 1e-6).contains(p));
     let sum: f32 = row.iter().sum();
     if !valid || (sum - 1.0).abs() > 1e-3 {
         return Err(Error::contract(
@@ -328,43 +397,75 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, dtype: DType, shape: &[i64]) -> TensorSpec {
-        TensorSpec { name: name.into(), dtype, shape: shape.to_vec() }
+        TensorSpec {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+        }
     }
 
     #[test]
     fn signature_checks_name_dtype_and_width() {
         let good = Signature {
             inputs: vec![spec("features", DType::Float32, &[-1, 3])],
-            outputs: vec![spec("label", DType::Int64, &[-1]), spec("probabilities", DType::Float32, &[-1, 2])],
+            outputs: vec![
+                spec("label", DType::Int64, &[-1]),
+                spec("probabilities", DType::Float32, &[-1, 2]),
+            ],
         };
         check_signature(ModelKind::Churn, &good, 3, 2).unwrap();
-        let error = check_signature(ModelKind::Churn, &good, 4, 2).unwrap_err().to_string();
+        let error = check_signature(ModelKind::Churn, &good, 4, 2)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("[batch, 4]"), "{error}");
-        let error = check_signature(ModelKind::Journey, &good, 3, 5).unwrap_err().to_string();
+        let error = check_signature(ModelKind::Journey, &good, 3, 5)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("[batch, 5]"), "{error}");
 
         let mut renamed = good.clone();
         renamed.inputs[0].name = "input".into();
-        assert!(check_signature(ModelKind::Churn, &renamed, 3, 2).unwrap_err().to_string().contains("\"input\""));
+        assert!(
+            check_signature(ModelKind::Churn, &renamed, 3, 2)
+                .unwrap_err()
+                .to_string()
+                .contains("\"input\"")
+        );
         let mut doubles = good.clone();
         doubles.inputs[0].dtype = DType::Float64;
-        assert!(check_signature(ModelKind::Churn, &doubles, 3, 2).unwrap_err().to_string().contains("float64"));
+        assert!(
+            check_signature(ModelKind::Churn, &doubles, 3, 2)
+                .unwrap_err()
+                .to_string()
+                .contains("float64")
+        );
     }
 
     #[test]
     fn text_inputs_may_be_rank_one_or_two() {
         let outputs = vec![spec("probabilities", DType::Float32, &[-1, 10])];
         for shape in [&[-1][..], &[-1, 1][..]] {
-            let signature = Signature { inputs: vec![spec("text", DType::String, shape)], outputs: outputs.clone() };
+            let signature = Signature {
+                inputs: vec![spec("text", DType::String, shape)],
+                outputs: outputs.clone(),
+            };
             check_signature(ModelKind::Emotion, &signature, 0, 10).unwrap();
         }
-        let wide = Signature { inputs: vec![spec("text", DType::String, &[-1, 3])], outputs };
+        let wide = Signature {
+            inputs: vec![spec("text", DType::String, &[-1, 3])],
+            outputs,
+        };
         assert!(check_signature(ModelKind::Emotion, &wide, 0, 10).is_err());
     }
 
     #[test]
     fn missing_library_error_names_both_places() {
-        let error = locate_library(Some(Path::new("/nonexistent/libonnxruntime.so"))).unwrap_err().to_string();
-        assert!(error.contains("ORT_DYLIB_PATH") && error.contains(".ort/"), "{error}");
+        let error = locate_library(Some(Path::new("/nonexistent/libonnxruntime.so")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("ORT_DYLIB_PATH") && error.contains(".ort/"),
+            "{error}"
+        );
     }
 }

@@ -13,7 +13,8 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of the `nurture.v1` API, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/nurture_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/nurture_descriptor.bin"));
 
 /// ONNX model-format messages (`ModelProto`, `GraphProto`, ...).
 #[allow(clippy::all, missing_docs)]

@@ -1,1 +1,400 @@
+//! `nurturectl` as operators run it: real processes against a `file://`
+//! registry and the real S3-compatible server.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use nurture_models::ModelKind;
+use nurture_tests::fixtures::{self, Tabular};
+use nurture_tests::s3::TestS3;
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// Runs `nurturectl` against one registry.
+struct Ctl {
+    url: String,
+    env: Vec<(&'static str, String)>,
+    files: TempDir,
+    _registry_dir: Option<TempDir>,
+}
+
+impl Ctl {
+    fn file() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        Ctl {
+            url,
+            env: Vec::new(),
+            files: tempfile::tempdir().unwrap(),
+            _registry_dir: Some(dir),
+        }
+    }
+
+    fn s3() -> Self {
+        let s3 = TestS3::from_env();
+        let (url, env) = s3.url_and_env(&TestS3::unique_prefix("cli"));
+        Ctl {
+            url,
+            env,
+            files: tempfile::tempdir().unwrap(),
+            _registry_dir: None,
+        }
+    }
+
+    fn registry_dir(&self) -> Option<&Path> {
+        self._registry_dir.as_ref().map(TempDir::path)
+    }
+
+    fn command(&self, actor: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(nurture_tests::binary("nurturectl"));
+        command
+            .args(args)
+            .env("NURTURE_REGISTRY", &self.url)
+            .env("NURTURE_ACTOR", actor)
+            .env_remove("ORT_DYLIB_PATH")
+            .current_dir(nurture_tests::project_root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command("tester", args).output().unwrap()
+    }
+
+    /// Runs and expects exit code 0; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "nurturectl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+
+    fn write(&self, file: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.files.path().join(file);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn publish_churn(&self, seed: u64, extra: &[&str]) -> u64 {
+        let width = ModelKind::Churn.allowed_features().len();
+        let path = self.write(
+            &format!("churn-{seed}.onnx"),
+            &Tabular::new(width, 2, seed).build(),
+        );
+        let mut args = vec!["--json", "publish", "churn", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out: Value = serde_json::from_str(&self.ok(&args)).unwrap();
+        out["manifest"]["version"].as_u64().unwrap()
+    }
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().expect("nurturectl exits normally")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Every file under `dir` with its bytes.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(current) = pending.pop() {
+        for entry in std::fs::read_dir(&current).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                files.push((path, bytes));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Several processes promote with `--expect-seq` at the same moment: exactly
+/// one exits 0, every other exits 3, and the log has one new event, the
+/// winner's, with no gap.
+fn race(ctl: &Ctl) {
+    ctl.publish_churn(1, &["--promote"]);
+    ctl.publish_churn(2, &[]);
+    let seq = ctl.json(&["status", "churn"])["seq"].as_u64().unwrap();
+    let expect = seq.to_string();
+
+    let racers = 6;
+    let children: Vec<_> = (0..racers)
+        .map(|racer| {
+            let args = ["promote", "churn", "2", "--expect-seq", expect.as_str()];
+            ctl.command(&format!("racer-{racer}"), &args)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<Output> = children
+        .into_iter()
+        .map(|child| child.wait_with_output().unwrap())
+        .collect();
+
+    let winners: Vec<usize> = (0..racers).filter(|i| code(&outputs[*i]) == 0).collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one racer wins: {:?}",
+        outputs.iter().map(stderr).collect::<Vec<_>>()
+    );
+    for (racer, output) in outputs.iter().enumerate() {
+        if racer != winners[0] {
+            assert_eq!(code(output), 3, "racer {racer}: {}", stderr(output));
+            assert!(stderr(output).contains("conflict"), "{}", stderr(output));
+        }
+    }
+    let history = ctl.json(&["history", "churn"]);
+    let events = history["events"].as_array().unwrap();
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seq + 1).collect::<Vec<_>>(),
+        "no gap, one new event"
+    );
+    let last = events.last().unwrap();
+    assert_eq!(
+        last["actor"],
+        format!("racer-{}", winners[0]),
+        "the winner's event is stored"
+    );
+    assert_eq!(last["type"], "promoted");
+}
+
+/// The 3 a.m. story: roll back, see why, refuse to re-promote without force.
+fn rollback_story(ctl: &Ctl) {
+    ctl.publish_churn(1, &["--promote"]);
+    ctl.publish_churn(2, &["--promote"]);
+    assert!(
+        ctl.ok(&["rollback", "churn", "--reason", "p99 doubled"])
+            .contains("2 -> 1")
+    );
+
+    let status = ctl.json(&["status", "churn"]);
+    assert_eq!(status["live"], 1);
+    assert_eq!(status["versions"]["2"]["revoked"]["reason"], "p99 doubled");
+    let human = ctl.ok(&["status", "churn"]);
+    assert!(
+        human.contains("live      1")
+            && human.contains("revoked   2")
+            && human.contains("p99 doubled"),
+        "{human}"
+    );
+
+    let refused = ctl.run(&["promote", "churn", "2"]);
+    assert_eq!(code(&refused), 1);
+    let message = stderr(&refused);
+    assert!(
+        message.contains("rolled back")
+            && message.contains("p99 doubled")
+            && message.contains("--force"),
+        "{message}"
+    );
+
+    ctl.ok(&["promote", "churn", "2", "--force"]);
+    let history = ctl.json(&["history", "churn"]);
+    let last = history["events"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["type"], "promoted");
+    assert_eq!(last["forced"], true);
+    assert_eq!(ctl.json(&["status", "churn"])["live"], 2);
+
+    let versions = ctl.ok(&["versions", "churn"]);
+    assert!(
+        versions.lines().next().unwrap().starts_with("VERSION"),
+        "{versions}"
+    );
+    let table = ctl.ok(&["history", "churn"]);
+    assert!(
+        table.contains("rolled_back") && table.contains("(forced)"),
+        "{table}"
+    );
+}
+
+#[test]
+fn file_racing_processes_exactly_one_wins() {
+    race(&Ctl::file());
+}
+
+#[test]
+fn s3_racing_processes_exactly_one_wins() {
+    race(&Ctl::s3());
+}
+
+#[test]
+fn file_rollback_story() {
+    rollback_story(&Ctl::file());
+}
+
+#[test]
+fn s3_rollback_story() {
+    rollback_story(&Ctl::s3());
+}
+
+#[test]
+fn bad_input_exits_nonzero_and_writes_nothing() {
+    let ctl = Ctl::file();
+    ctl.publish_churn(1, &["--promote"]);
+    let dir = ctl.registry_dir().unwrap().to_path_buf();
+    let before = tree(&dir);
+
+    let model = ctl.write(
+        "m.onnx",
+        &Tabular::new(ModelKind::Churn.allowed_features().len(), 2, 5).build(),
+    );
+    let model = model.to_str().unwrap();
+    let junk = ctl.write("junk.onnx", b"\x08\x07garbage");
+    let manifest = ctl.write(
+        "manifest.json",
+        br#"{"features": ["email_open_rate", "zodiac_sign"]}"#,
+    );
+    let emotion = ctl.write("emotion.onnx", &fixtures::emotion(3));
+
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            vec!["publish", "churn", model, "--name", "team/churn"],
+            1,
+            "path separators",
+        ),
+        (
+            vec!["publish", "churn", model, "--name", ".."],
+            1,
+            "invalid name",
+        ),
+        (
+            vec!["publish", "churn", junk.to_str().unwrap()],
+            1,
+            "cannot load",
+        ),
+        (
+            vec![
+                "publish",
+                "churn",
+                model,
+                "--manifest",
+                manifest.to_str().unwrap(),
+            ],
+            1,
+            "zodiac_sign",
+        ),
+        (
+            vec!["publish", "churn", emotion.to_str().unwrap()],
+            1,
+            "expected \"features\"",
+        ),
+        (
+            vec!["publish", "churn", "/nonexistent/model.onnx"],
+            1,
+            "cannot read",
+        ),
+        (vec!["publish", "sentiment", model], 2, "unknown model kind"),
+        (vec!["rollback", "churn"], 2, "--reason"),
+        (vec!["canary", "churn", "1", "--percent", "0"], 2, "percent"),
+        (vec!["promote", "churn", "9"], 1, "not found"),
+        (vec!["status", "nosuchmodel"], 1, "not found"),
+    ];
+    for (args, expected_code, expected_message) in cases {
+        let output = ctl.run(&args);
+        assert_eq!(
+            code(&output),
+            expected_code,
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(expected_message),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert_eq!(tree(&dir), before, "{args:?} changed the registry");
+    }
+}
+
+#[test]
+fn missing_onnx_runtime_names_both_places() {
+    let ctl = Ctl::file();
+    let model = ctl.write(
+        "m.onnx",
+        &Tabular::new(ModelKind::Churn.allowed_features().len(), 2, 5).build(),
+    );
+    let output = ctl
+        .command("tester", &["publish", "churn", model.to_str().unwrap()])
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .output()
+        .unwrap();
+    assert_eq!(code(&output), 1);
+    let message = stderr(&output);
+    assert!(
+        message.contains("ORT_DYLIB_PATH") && message.contains(".ort/"),
+        "{message}"
+    );
+}
+
+#[test]
+fn ls_versions_fetch_and_canary() {
+    let ctl = Ctl::file();
+    ctl.publish_churn(1, &["--promote"]);
+    ctl.publish_churn(2, &[]);
+    let emotion = ctl.write("emotion.onnx", &fixtures::emotion(1));
+    ctl.ok(&["publish", "emotion", emotion.to_str().unwrap(), "--promote"]);
+
+    ctl.ok(&["canary", "churn", "2", "--percent", "10"]);
+    let models = ctl.json(&["ls"]);
+    let models = models["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    assert_eq!(models[0]["name"], "churn");
+    assert_eq!(models[0]["canary"]["version"], 2);
+    assert_eq!(models[0]["canary"]["percent"], 10);
+    assert_eq!(models[1]["kind"], "emotion");
+
+    let versions = ctl.json(&["versions", "churn"]);
+    let states: Vec<&str> = versions["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["live", "canary"]);
+
+    assert!(
+        ctl.ok(&["canary-clear", "churn"])
+            .contains("canary_cleared")
+    );
+    assert!(
+        ctl.ok(&["canary-clear", "churn"])
+            .contains("nothing written")
+    );
+
+    let out = ctl.files.path().join("fetched.onnx");
+    ctl.ok(&["fetch", "churn", "2", "--out", out.to_str().unwrap()]);
+    let fetched = std::fs::read(&out).unwrap();
+    assert_eq!(
+        fetched,
+        std::fs::read(ctl.files.path().join("churn-2.onnx")).unwrap()
+    );
+}

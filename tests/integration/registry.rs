@@ -30,13 +30,23 @@ impl Backend {
         let url = format!("file://{}", dir.path().display());
         let (store, prefix) = nurture_models::registry::open_store(&url).unwrap();
         let registry = Registry::open(&url).unwrap();
-        Backend { registry, store, prefix, _dir: Some(dir) }
+        Backend {
+            registry,
+            store,
+            prefix,
+            _dir: Some(dir),
+        }
     }
 
     fn memory() -> Self {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
         let registry = Registry::from_store(store.clone(), Path::default(), "memory://");
-        Backend { registry, store, prefix: Path::default(), _dir: None }
+        Backend {
+            registry,
+            store,
+            prefix: Path::default(),
+            _dir: None,
+        }
     }
 
     fn s3() -> Self {
@@ -44,15 +54,32 @@ impl Backend {
         let store = s3.store();
         let prefix = s3.fresh_prefix("suite");
         let registry = Registry::from_store(store.clone(), prefix.clone(), "s3 test server");
-        Backend { registry, store, prefix, _dir: None }
+        Backend {
+            registry,
+            store,
+            prefix,
+            _dir: None,
+        }
     }
 
     /// Every object under the registry's prefix with its bytes.
     async fn snapshot(&self) -> BTreeMap<String, Vec<u8>> {
-        let metas: Vec<_> = self.store.list(Some(&self.prefix)).try_collect().await.unwrap();
+        let metas: Vec<_> = self
+            .store
+            .list(Some(&self.prefix))
+            .try_collect()
+            .await
+            .unwrap();
         let mut objects = BTreeMap::new();
         for meta in metas {
-            let bytes = self.store.get(&meta.location).await.unwrap().bytes().await.unwrap();
+            let bytes = self
+                .store
+                .get(&meta.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
             objects.insert(meta.location.to_string(), bytes.to_vec());
         }
         objects
@@ -60,7 +87,8 @@ impl Backend {
 }
 
 fn env() -> &'static ort::environment::Environment {
-    runtime::environment(None).expect("ONNX Runtime is fetched by scripts/fetch-ort.sh (make test does it)")
+    runtime::environment(None)
+        .expect("ONNX Runtime is fetched by scripts/fetch-ort.sh (make test does it)")
 }
 
 fn name(value: &str) -> ModelName {
@@ -72,19 +100,41 @@ fn churn_width() -> usize {
 }
 
 fn request(model: &str, kind: ModelKind, onnx: Vec<u8>, draft: ManifestDraft) -> PublishRequest {
-    PublishRequest { name: name(model), kind, onnx: onnx.into(), draft, actor: "ml-engineer".into() }
+    PublishRequest {
+        name: name(model),
+        kind,
+        onnx: onnx.into(),
+        draft,
+        actor: "ml-engineer".into(),
+    }
 }
 
 async fn publish_churn(registry: &Registry, seed: u64) -> u64 {
     let onnx = Tabular::new(churn_width(), 2, seed).build();
-    registry.publish(env(), request("churn", ModelKind::Churn, onnx, ManifestDraft::default())).await.unwrap().version
+    registry
+        .publish(
+            env(),
+            request("churn", ModelKind::Churn, onnx, ManifestDraft::default()),
+        )
+        .await
+        .unwrap()
+        .version
 }
 
 async fn publish_fetch_and_promote(backend: Backend) {
     let registry = &backend.registry;
     let onnx = Tabular::new(churn_width(), 2, 1).build();
-    let draft = ManifestDraft { metrics: [("auc".to_owned(), 0.91)].into(), ..Default::default() };
-    let manifest = registry.publish(env(), request("churn", ModelKind::Churn, onnx.clone(), draft)).await.unwrap();
+    let draft = ManifestDraft {
+        metrics: [("auc".to_owned(), 0.91)].into(),
+        ..Default::default()
+    };
+    let manifest = registry
+        .publish(
+            env(),
+            request("churn", ModelKind::Churn, onnx.clone(), draft),
+        )
+        .await
+        .unwrap();
     assert_eq!(manifest.version, 1);
     assert_eq!(manifest.kind, ModelKind::Churn);
     assert_eq!(manifest.features.len(), churn_width());
@@ -99,7 +149,15 @@ async fn publish_fetch_and_promote(backend: Backend) {
 
     assert_eq!(publish_churn(registry, 2).await, 2);
     let emotion = registry
-        .publish(env(), request("emotion", ModelKind::Emotion, fixtures::emotion(1), ManifestDraft::default()))
+        .publish(
+            env(),
+            request(
+                "emotion",
+                ModelKind::Emotion,
+                fixtures::emotion(1),
+                ManifestDraft::default(),
+            ),
+        )
         .await
         .unwrap();
     assert_eq!(emotion.version, 1);
@@ -107,25 +165,59 @@ async fn publish_fetch_and_promote(backend: Backend) {
 
     let state = registry.state(&name("churn")).await.unwrap();
     assert_eq!(state.live, None);
-    assert_eq!(state.versions.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(
+        state.versions.keys().copied().collect::<Vec<_>>(),
+        vec![1, 2]
+    );
 
-    registry.promote(&name("churn"), 1, false, "sre", None).await.unwrap().unwrap();
-    registry.promote(&name("churn"), 2, false, "sre", None).await.unwrap().unwrap();
+    registry
+        .promote(&name("churn"), 1, false, "sre", None)
+        .await
+        .unwrap()
+        .unwrap();
+    registry
+        .promote(&name("churn"), 2, false, "sre", None)
+        .await
+        .unwrap()
+        .unwrap();
     // Promoting the live version again writes nothing.
-    assert!(registry.promote(&name("churn"), 2, false, "sre", None).await.unwrap().is_none());
+    assert!(
+        registry
+            .promote(&name("churn"), 2, false, "sre", None)
+            .await
+            .unwrap()
+            .is_none()
+    );
     let state = registry.state(&name("churn")).await.unwrap();
     assert_eq!(state.live, Some(2));
     assert_eq!(state.seq, 4);
 
-    let names: Vec<String> = registry.list_models().await.unwrap().iter().map(|n| n.to_string()).collect();
+    let names: Vec<String> = registry
+        .list_models()
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
     assert_eq!(names, ["churn", "emotion"]);
 
     // A model keeps its kind.
     let error = registry
-        .publish(env(), request("churn", ModelKind::Journey, Tabular::new(churn_width(), 5, 3).build(), ManifestDraft::default()))
+        .publish(
+            env(),
+            request(
+                "churn",
+                ModelKind::Journey,
+                Tabular::new(churn_width(), 5, 3).build(),
+                ManifestDraft::default(),
+            ),
+        )
         .await
         .unwrap_err();
-    assert!(error.to_string().contains("holds churn versions"), "{error}");
+    assert!(
+        error.to_string().contains("holds churn versions"),
+        "{error}"
+    );
 }
 
 async fn rollback_revokes_and_promote_needs_force(backend: Backend) {
@@ -135,45 +227,95 @@ async fn rollback_revokes_and_promote_needs_force(backend: Backend) {
         publish_churn(registry, seed).await;
     }
     for version in 1..=3 {
-        registry.promote(&churn, version, false, "sre", None).await.unwrap();
+        registry
+            .promote(&churn, version, false, "sre", None)
+            .await
+            .unwrap();
     }
-    registry.set_canary(&churn, 1, 10, false, "sre", None).await.unwrap();
+    registry
+        .set_canary(&churn, 1, 10, false, "sre", None)
+        .await
+        .unwrap();
 
-    let event = registry.rollback(&churn, None, "p99 doubled after deploy", "oncall", None).await.unwrap().unwrap();
-    assert_eq!(event.kind, EventKind::RolledBack { from: 3, to: 2, reason: "p99 doubled after deploy".into() });
+    let event = registry
+        .rollback(&churn, None, "p99 doubled after deploy", "oncall", None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        event.kind,
+        EventKind::RolledBack {
+            from: 3,
+            to: 2,
+            reason: "p99 doubled after deploy".into()
+        }
+    );
 
     let state = registry.state(&churn).await.unwrap();
     assert_eq!(state.live, Some(2));
     assert_eq!(state.canary, None, "a rollback clears the canary");
-    let revoked = state.versions[&3].revoked.as_ref().expect("version 3 is revoked");
+    let revoked = state.versions[&3]
+        .revoked
+        .as_ref()
+        .expect("version 3 is revoked");
     assert_eq!(revoked.reason, "p99 doubled after deploy");
     assert_eq!(revoked.actor, "oncall");
 
-    let refused = registry.promote(&churn, 3, false, "sre", None).await.unwrap_err();
+    let refused = registry
+        .promote(&churn, 3, false, "sre", None)
+        .await
+        .unwrap_err();
     assert!(matches!(refused, Error::Refused(_)));
     let message = refused.to_string();
-    assert!(message.contains("rolled back") && message.contains("p99 doubled after deploy") && message.contains("--force"), "{message}");
+    assert!(
+        message.contains("rolled back")
+            && message.contains("p99 doubled after deploy")
+            && message.contains("--force"),
+        "{message}"
+    );
     // A later publish does not bring it back either.
     publish_churn(registry, 4).await;
     let state = registry.state(&churn).await.unwrap();
     assert_eq!(state.live, Some(2));
     assert!(state.versions[&3].revoked.is_some());
 
-    let forced = registry.promote(&churn, 3, true, "sre", None).await.unwrap().unwrap();
-    assert_eq!(forced.kind, EventKind::Promoted { version: 3, forced: true });
+    let forced = registry
+        .promote(&churn, 3, true, "sre", None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        forced.kind,
+        EventKind::Promoted {
+            version: 3,
+            forced: true
+        }
+    );
     let history = registry.read_log(&churn).await.unwrap();
-    assert_eq!(history.last().unwrap().kind, EventKind::Promoted { version: 3, forced: true });
+    assert_eq!(
+        history.last().unwrap().kind,
+        EventKind::Promoted {
+            version: 3,
+            forced: true
+        }
+    );
     assert_eq!(registry.state(&churn).await.unwrap().live, Some(3));
 
     // Rollback to an explicit version.
-    registry.rollback(&churn, Some(1), "go back further", "oncall", None).await.unwrap();
+    registry
+        .rollback(&churn, Some(1), "go back further", "oncall", None)
+        .await
+        .unwrap();
     assert_eq!(registry.state(&churn).await.unwrap().live, Some(1));
 }
 
 async fn bad_artifacts_leave_the_registry_unchanged(backend: Backend) {
     let registry = &backend.registry;
     publish_churn(registry, 1).await;
-    registry.promote(&name("churn"), 1, false, "sre", None).await.unwrap();
+    registry
+        .promote(&name("churn"), 1, false, "sre", None)
+        .await
+        .unwrap();
     let before = backend.snapshot().await;
 
     let width = churn_width();
@@ -182,55 +324,139 @@ async fn bad_artifacts_leave_the_registry_unchanged(backend: Backend) {
         features: Some(vec!["email_open_rate".into(), "favourite_colour".into()]),
         ..Default::default()
     };
-    let narrow = ManifestDraft { features: Some(vec!["email_open_rate".into(), "sms_reply_rate".into()]), ..Default::default() };
+    let narrow = ManifestDraft {
+        features: Some(vec!["email_open_rate".into(), "sms_reply_rate".into()]),
+        ..Default::default()
+    };
     let wrong_golden = ManifestDraft {
-        golden: vec![GoldenExample { features: Some(vec![0.0; width]), text: None, probabilities: vec![0.99, 0.01] }],
+        golden: vec![GoldenExample {
+            features: Some(vec![0.0; width]),
+            text: None,
+            probabilities: vec![0.99, 0.01],
+        }],
         ..Default::default()
     };
     let cases: Vec<(&str, ModelKind, Vec<u8>, ManifestDraft, &str)> = vec![
-        ("truncated", ModelKind::Churn, valid[..valid.len() / 2].to_vec(), ManifestDraft::default(), "cannot load"),
-        ("not onnx", ModelKind::Churn, b"this is not an ONNX model".to_vec(), ManifestDraft::default(), "cannot load"),
-        ("empty", ModelKind::Churn, Vec::new(), ManifestDraft::default(), "empty"),
+        (
+            "truncated",
+            ModelKind::Churn,
+            valid[..valid.len() / 2].to_vec(),
+            ManifestDraft::default(),
+            "cannot load",
+        ),
+        (
+            "not onnx",
+            ModelKind::Churn,
+            b"this is not an ONNX model".to_vec(),
+            ManifestDraft::default(),
+            "cannot load",
+        ),
+        (
+            "empty",
+            ModelKind::Churn,
+            Vec::new(),
+            ManifestDraft::default(),
+            "empty",
+        ),
         (
             "wrong input name",
             ModelKind::Churn,
-            Tabular { input_name: "input", ..Tabular::new(width, 2, 7) }.build(),
+            Tabular {
+                input_name: "input",
+                ..Tabular::new(width, 2, 7)
+            }
+            .build(),
             ManifestDraft::default(),
             "input is named \"input\"",
         ),
         (
             "wrong dtype",
             ModelKind::Churn,
-            Tabular { input_type: DataType::Double, ..Tabular::new(width, 2, 7) }.build(),
+            Tabular {
+                input_type: DataType::Double,
+                ..Tabular::new(width, 2, 7)
+            }
+            .build(),
             ManifestDraft::default(),
             "float64, expected float32",
         ),
-        ("three classes for churn", ModelKind::Churn, Tabular::new(width, 3, 7).build(), ManifestDraft::default(), "[batch, 2]"),
+        (
+            "three classes for churn",
+            ModelKind::Churn,
+            Tabular::new(width, 3, 7).build(),
+            ManifestDraft::default(),
+            "[batch, 2]",
+        ),
         (
             "three classes behind a dynamic dimension",
             ModelKind::Churn,
-            Tabular { dynamic_classes: true, ..Tabular::new(width, 3, 7) }.build(),
+            Tabular {
+                dynamic_classes: true,
+                ..Tabular::new(width, 3, 7)
+            }
+            .build(),
             ManifestDraft::default(),
             "[batch, 2]",
         ),
         (
             "raw scores instead of probabilities",
             ModelKind::Churn,
-            Tabular { softmax: false, ..Tabular::new(width, 2, 7) }.build(),
+            Tabular {
+                softmax: false,
+                ..Tabular::new(width, 2, 7)
+            }
+            .build(),
             ManifestDraft::default(),
             "not a probability distribution",
         ),
-        ("unknown feature", ModelKind::Churn, valid.clone(), unknown_feature, "manifest.features[1]"),
-        ("width differs from manifest", ModelKind::Churn, valid.clone(), narrow, "[batch, 2]"),
-        ("golden not reproduced", ModelKind::Churn, valid.clone(), wrong_golden, "golden example 0"),
-        ("text model as churn", ModelKind::Churn, fixtures::emotion(1), ManifestDraft::default(), "expected \"features\""),
-        ("tabular model as emotion", ModelKind::Emotion, valid.clone(), ManifestDraft::default(), "expected \"text\""),
+        (
+            "unknown feature",
+            ModelKind::Churn,
+            valid.clone(),
+            unknown_feature,
+            "manifest.features[1]",
+        ),
+        (
+            "width differs from manifest",
+            ModelKind::Churn,
+            valid.clone(),
+            narrow,
+            "[batch, 2]",
+        ),
+        (
+            "golden not reproduced",
+            ModelKind::Churn,
+            valid.clone(),
+            wrong_golden,
+            "golden example 0",
+        ),
+        (
+            "text model as churn",
+            ModelKind::Churn,
+            fixtures::emotion(1),
+            ManifestDraft::default(),
+            "expected \"features\"",
+        ),
+        (
+            "tabular model as emotion",
+            ModelKind::Emotion,
+            valid.clone(),
+            ManifestDraft::default(),
+            "expected \"text\"",
+        ),
     ];
     for (case, kind, onnx, draft, expected) in cases {
-        let error = registry.publish(env(), request("churn", kind, onnx, draft)).await.unwrap_err();
+        let error = registry
+            .publish(env(), request("churn", kind, onnx, draft))
+            .await
+            .unwrap_err();
         let message = error.to_string();
         assert!(message.contains(expected), "{case}: {message}");
-        assert_eq!(backend.snapshot().await, before, "{case}: the registry changed");
+        assert_eq!(
+            backend.snapshot().await,
+            before,
+            "{case}: the registry changed"
+        );
     }
     let error = ModelName::new("team/churn").unwrap_err().to_string();
     assert!(error.contains("path separators"), "{error}");
@@ -243,11 +469,18 @@ async fn fetch_detects_tampered_bytes(backend: Backend) {
     // Bypass the registry and overwrite the stored bytes.
     let tampered = Tabular::new(churn_width(), 2, 99).build();
     let location = registry.model_path(&name("churn"), 1);
-    backend.store.put(&location, PutPayload::from(tampered)).await.unwrap();
+    backend
+        .store
+        .put(&location, PutPayload::from(tampered))
+        .await
+        .unwrap();
     let error = registry.fetch(&name("churn"), 1).await.unwrap_err();
     assert!(matches!(error, Error::Integrity { .. }), "{error}");
     assert!(error.to_string().contains("sha256"), "{error}");
-    assert!(matches!(registry.fetch(&name("churn"), 7).await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        registry.fetch(&name("churn"), 7).await,
+        Err(Error::NotFound(_))
+    ));
 }
 
 async fn racing_appends_have_exactly_one_winner(backend: Backend) {
@@ -263,8 +496,13 @@ async fn racing_appends_have_exactly_one_winner(backend: Backend) {
         let registry = registry.clone();
         let churn = churn.clone();
         tasks.push(tokio::spawn(async move {
-            let event = EventKind::Promoted { version: 1 + writer % 2, forced: false };
-            registry.append(&churn, seq + 1, &format!("writer-{writer}"), event).await
+            let event = EventKind::Promoted {
+                version: 1 + writer % 2,
+                forced: false,
+            };
+            registry
+                .append(&churn, seq + 1, &format!("writer-{writer}"), event)
+                .await
         }));
     }
     let mut winners = Vec::new();
@@ -278,8 +516,16 @@ async fn racing_appends_have_exactly_one_winner(backend: Backend) {
     assert_eq!(winners.len(), 1, "exactly one writer wins");
     let (_, won) = &winners[0];
     let log = registry.read_log(&churn).await.unwrap();
-    assert_eq!(log.iter().map(|e| e.seq).collect::<Vec<_>>(), (1..=seq + 1).collect::<Vec<_>>(), "no gap");
-    assert_eq!(log.last().unwrap(), won, "the stored event is the winner's, not overwritten");
+    assert_eq!(
+        log.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=seq + 1).collect::<Vec<_>>(),
+        "no gap"
+    );
+    assert_eq!(
+        log.last().unwrap(),
+        won,
+        "the stored event is the winner's, not overwritten"
+    );
 }
 
 async fn concurrent_publishes_get_distinct_versions(backend: Backend) {
@@ -287,7 +533,9 @@ async fn concurrent_publishes_get_distinct_versions(backend: Backend) {
     let mut tasks = Vec::new();
     for seed in 0..4 {
         let registry = registry.clone();
-        tasks.push(tokio::spawn(async move { publish_churn(&registry, 10 + seed).await }));
+        tasks.push(tokio::spawn(async move {
+            publish_churn(&registry, 10 + seed).await
+        }));
     }
     let mut versions = Vec::new();
     for task in tasks {
@@ -311,10 +559,22 @@ async fn golden_examples_are_replayed_at_publish(backend: Backend) {
     let row: Vec<f32> = (0..width).map(|i| (i % 3) as f32 * 0.25).collect();
     let input = ort::value::Tensor::from_array(([1usize, width], row.clone())).unwrap();
     let outputs = session.run(ort::inputs!["features" => input]).unwrap();
-    let (_, probabilities) = outputs["probabilities"].try_extract_tensor::<f32>().unwrap();
-    let golden = GoldenExample { features: Some(row), text: None, probabilities: probabilities.to_vec() };
-    let draft = ManifestDraft { golden: vec![golden.clone()], ..Default::default() };
-    let manifest = registry.publish(env(), request("churn", ModelKind::Churn, onnx, draft)).await.unwrap();
+    let (_, probabilities) = outputs["probabilities"]
+        .try_extract_tensor::<f32>()
+        .unwrap();
+    let golden = GoldenExample {
+        features: Some(row),
+        text: None,
+        probabilities: probabilities.to_vec(),
+    };
+    let draft = ManifestDraft {
+        golden: vec![golden.clone()],
+        ..Default::default()
+    };
+    let manifest = registry
+        .publish(env(), request("churn", ModelKind::Churn, onnx, draft))
+        .await
+        .unwrap();
     assert_eq!(manifest.golden, vec![golden]);
 }
 

@@ -1,7 +1,9 @@
 //! Small but real ONNX models, written in code, for each kind's contract and
 //! for the ways a model can break it. ONNX Runtime loads and runs them.
 
-use nurture_proto::onnx::build::{Dim, attr_int, attr_ints, attr_string, attr_strings, float_tensor, model, node, tensor_value};
+use nurture_proto::onnx::build::{
+    Dim, attr_int, attr_ints, attr_string, attr_strings, float_tensor, model, node, tensor_value,
+};
 use nurture_proto::onnx::tensor_proto::DataType;
 use nurture_proto::onnx::{GraphProto, TensorProto};
 use prost::Message;
@@ -29,7 +31,15 @@ pub struct Tabular {
 impl Tabular {
     /// A contract-meeting model with `features` inputs and `classes` outputs.
     pub fn new(features: usize, classes: usize, seed: u64) -> Self {
-        Tabular { input_name: "features", input_type: DataType::Float, features, classes, dynamic_classes: false, softmax: true, seed }
+        Tabular {
+            input_name: "features",
+            input_type: DataType::Float,
+            features,
+            classes,
+            dynamic_classes: false,
+            softmax: true,
+            seed,
+        }
     }
 
     /// Encodes the model: `softmax(features · W + b)` as `probabilities`.
@@ -47,28 +57,70 @@ impl Tabular {
                 double_data: weights.iter().map(|w| f64::from(*w)).collect(),
                 ..Default::default()
             });
-            nodes.push(node("MatMul", "", &[self.input_name, "W"], &["scores64"], vec![]));
-            nodes.push(node("Cast", "", &["scores64"], &["scores"], vec![attr_int("to", DataType::Float as i64)]));
+            nodes.push(node(
+                "MatMul",
+                "",
+                &[self.input_name, "W"],
+                &["scores64"],
+                vec![],
+            ));
+            nodes.push(node(
+                "Cast",
+                "",
+                &["scores64"],
+                &["scores"],
+                vec![attr_int("to", DataType::Float as i64)],
+            ));
             "scores"
         } else {
             initializer.push(float_tensor("W", &[f, c], weights));
-            nodes.push(node("MatMul", "", &[self.input_name, "W"], &["scores"], vec![]));
+            nodes.push(node(
+                "MatMul",
+                "",
+                &[self.input_name, "W"],
+                &["scores"],
+                vec![],
+            ));
             "scores"
         };
         initializer.push(float_tensor("B", &[c], bias));
         if self.softmax {
             nodes.push(node("Add", "", &[logits_input, "B"], &["logits"], vec![]));
-            nodes.push(node("Softmax", "", &["logits"], &["probabilities"], vec![attr_int("axis", -1)]));
+            nodes.push(node(
+                "Softmax",
+                "",
+                &["logits"],
+                &["probabilities"],
+                vec![attr_int("axis", -1)],
+            ));
         } else {
-            nodes.push(node("Add", "", &[logits_input, "B"], &["probabilities"], vec![]));
+            nodes.push(node(
+                "Add",
+                "",
+                &[logits_input, "B"],
+                &["probabilities"],
+                vec![],
+            ));
         }
-        let class_dim = if self.dynamic_classes { Dim::Dynamic("classes") } else { Dim::Fixed(c) };
+        let class_dim = if self.dynamic_classes {
+            Dim::Dynamic("classes")
+        } else {
+            Dim::Fixed(c)
+        };
         let graph = GraphProto {
             name: "fixture".into(),
             node: nodes,
             initializer,
-            input: vec![tensor_value(self.input_name, self.input_type, &[Dim::Dynamic("batch"), Dim::Fixed(f)])],
-            output: vec![tensor_value("probabilities", DataType::Float, &[Dim::Dynamic("batch"), class_dim])],
+            input: vec![tensor_value(
+                self.input_name,
+                self.input_type,
+                &[Dim::Dynamic("batch"), Dim::Fixed(f)],
+            )],
+            output: vec![tensor_value(
+                "probabilities",
+                DataType::Float,
+                &[Dim::Dynamic("batch"), class_dim],
+            )],
             ..Default::default()
         };
         model(graph, "fixture", &[]).encode_to_vec()
@@ -77,7 +129,8 @@ impl Tabular {
 
 /// Words the emotion fixture recognises, one per state.
 pub const EMOTION_WORDS: &[&str] = &[
-    "thrilled", "worried", "annoyed", "sure", "hopeful", "confused", "letdown", "happy", "swamped", "ok",
+    "thrilled", "worried", "annoyed", "sure", "hopeful", "confused", "letdown", "happy", "swamped",
+    "ok",
 ];
 
 /// An emotion model meeting the contract: `text` string `[batch, 1]` →
@@ -109,11 +162,28 @@ pub fn emotion(seed: u64) -> Vec<u8> {
             ),
             node("MatMul", "", &["counts", "W"], &["scores"], vec![]),
             node("Add", "", &["scores", "B"], &["logits"], vec![]),
-            node("Softmax", "", &["logits"], &["probabilities"], vec![attr_int("axis", -1)]),
+            node(
+                "Softmax",
+                "",
+                &["logits"],
+                &["probabilities"],
+                vec![attr_int("axis", -1)],
+            ),
         ],
-        initializer: vec![float_tensor("W", &[k, 10], weights), float_tensor("B", &[10], vec![0.0; 10])],
-        input: vec![tensor_value("text", DataType::String, &[Dim::Dynamic("batch"), Dim::Fixed(1)])],
-        output: vec![tensor_value("probabilities", DataType::Float, &[Dim::Dynamic("batch"), Dim::Fixed(10)])],
+        initializer: vec![
+            float_tensor("W", &[k, 10], weights),
+            float_tensor("B", &[10], vec![0.0; 10]),
+        ],
+        input: vec![tensor_value(
+            "text",
+            DataType::String,
+            &[Dim::Dynamic("batch"), Dim::Fixed(1)],
+        )],
+        output: vec![tensor_value(
+            "probabilities",
+            DataType::Float,
+            &[Dim::Dynamic("batch"), Dim::Fixed(10)],
+        )],
         ..Default::default()
     };
     model(graph, "fixture", &[]).encode_to_vec()

@@ -38,7 +38,8 @@ impl TestS3 {
                  run them through `make test` or `scripts/with-s3.sh cargo test`"
             )
         });
-        let bucket = std::env::var("NURTURE_TEST_S3_BUCKET").unwrap_or_else(|_| "nurture-test".to_owned());
+        let bucket =
+            std::env::var("NURTURE_TEST_S3_BUCKET").unwrap_or_else(|_| "nurture-test".to_owned());
         TestS3 { endpoint, bucket }
     }
 
@@ -49,7 +50,11 @@ impl TestS3 {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0);
-        format!("{label}-{}-{nanos}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "{label}-{}-{nanos}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// An object store on the test bucket.

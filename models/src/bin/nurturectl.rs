@@ -157,7 +157,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NURTURE_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("NURTURE_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -187,25 +188,51 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let registry = Registry::open(&cli.registry)?;
     let json = cli.json;
     match cli.command {
-        Command::Publish { kind, file, name, manifest, promote } => {
+        Command::Publish {
+            kind,
+            file,
+            name,
+            manifest,
+            promote,
+        } => {
             let name = ModelName::new(name.as_deref().unwrap_or(kind.as_str()))?;
-            let onnx = std::fs::read(&file).map_err(|error| Error::Io { path: file.clone(), reason: error.to_string() })?;
+            let onnx = std::fs::read(&file).map_err(|error| Error::Io {
+                path: file.clone(),
+                reason: error.to_string(),
+            })?;
             let draft = match &manifest {
                 Some(path) => {
-                    let bytes = std::fs::read(path).map_err(|error| Error::Io { path: path.clone(), reason: error.to_string() })?;
+                    let bytes = std::fs::read(path).map_err(|error| Error::Io {
+                        path: path.clone(),
+                        reason: error.to_string(),
+                    })?;
                     ManifestDraft::from_json(&bytes)?
                 }
                 None => ManifestDraft::default(),
             };
             let environment = runtime::environment(cli.ort_dylib.as_deref())?;
             let manifest = registry
-                .publish(environment, PublishRequest { name: name.clone(), kind, onnx: onnx.into(), draft, actor: actor.clone() })
+                .publish(
+                    environment,
+                    PublishRequest {
+                        name: name.clone(),
+                        kind,
+                        onnx: onnx.into(),
+                        draft,
+                        actor: actor.clone(),
+                    },
+                )
                 .await?;
             let promoted = if promote {
                 registry
                     .promote(&name, manifest.version, false, &actor, None)
                     .await
-                    .with_context(|| format!("version {} of {name} was published but not promoted", manifest.version))?
+                    .with_context(|| {
+                        format!(
+                            "version {} of {name} was published but not promoted",
+                            manifest.version
+                        )
+                    })?
                     .is_some()
             } else {
                 false
@@ -238,7 +265,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             state.name.clone(),
                             state.kind.map_or("-".into(), |k| k.to_string()),
                             opt(state.live),
-                            state.canary.map_or("-".into(), |c| format!("{} ({}%)", c.version, c.percent)),
+                            state
+                                .canary
+                                .map_or("-".into(), |c| format!("{} ({}%)", c.version, c.percent)),
                             state.versions.len().to_string(),
                         ]
                     })
@@ -275,14 +304,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     record.published_at.format("%Y-%m-%d %H:%M:%S").to_string(),
                     record.published_by.clone(),
                     record.sha256[..12].to_owned(),
-                    if metrics.is_empty() { "-".into() } else { metrics },
-                    record.revoked.as_ref().map_or(String::new(), |r| r.reason.clone()),
+                    if metrics.is_empty() {
+                        "-".into()
+                    } else {
+                        metrics
+                    },
+                    record
+                        .revoked
+                        .as_ref()
+                        .map_or(String::new(), |r| r.reason.clone()),
                 ]);
             }
             if json {
                 print_json(&json!({ "model": state.name, "versions": json_rows }));
             } else {
-                print_table(&["VERSION", "STATE", "PUBLISHED", "BY", "SHA256", "METRICS", "REVOKED BECAUSE"], rows);
+                print_table(
+                    &[
+                        "VERSION",
+                        "STATE",
+                        "PUBLISHED",
+                        "BY",
+                        "SHA256",
+                        "METRICS",
+                        "REVOKED BECAUSE",
+                    ],
+                    rows,
+                );
             }
         }
         Command::Status { model } => {
@@ -294,14 +341,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_status(&state);
             }
         }
-        Command::Promote { model, version, force, expect_seq } => {
+        Command::Promote {
+            model,
+            version,
+            force,
+            expect_seq,
+        } => {
             let name = ModelName::new(&model)?;
-            let event = registry.promote(&name, version, force, &actor, expect_seq).await?;
-            report(json, &name, event, &format!("version {version} is already live; nothing written"));
+            let event = registry
+                .promote(&name, version, force, &actor, expect_seq)
+                .await?;
+            report(
+                json,
+                &name,
+                event,
+                &format!("version {version} is already live; nothing written"),
+            );
         }
-        Command::Canary { model, version, percent, force, expect_seq } => {
+        Command::Canary {
+            model,
+            version,
+            percent,
+            force,
+            expect_seq,
+        } => {
             let name = ModelName::new(&model)?;
-            let event = registry.set_canary(&name, version, percent, force, &actor, expect_seq).await?;
+            let event = registry
+                .set_canary(&name, version, percent, force, &actor, expect_seq)
+                .await?;
             report(json, &name, event, "");
         }
         Command::CanaryClear { model, expect_seq } => {
@@ -309,14 +376,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let event = registry.clear_canary(&name, &actor, expect_seq).await?;
             report(json, &name, event, "no canary is set; nothing written");
         }
-        Command::Rollback { model, to, reason, expect_seq } => {
+        Command::Rollback {
+            model,
+            to,
+            reason,
+            expect_seq,
+        } => {
             let name = ModelName::new(&model)?;
-            let event = registry.rollback(&name, to, &reason, &actor, expect_seq).await?;
+            let event = registry
+                .rollback(&name, to, &reason, &actor, expect_seq)
+                .await?;
             report(json, &name, event, "");
         }
-        Command::Revoke { model, version, reason, expect_seq } => {
+        Command::Revoke {
+            model,
+            version,
+            reason,
+            expect_seq,
+        } => {
             let name = ModelName::new(&model)?;
-            let event = registry.revoke(&name, version, &reason, &actor, expect_seq).await?;
+            let event = registry
+                .revoke(&name, version, &reason, &actor, expect_seq)
+                .await?;
             report(json, &name, event, "");
         }
         Command::History { model } => {
@@ -343,14 +424,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_table(&["SEQ", "AT (UTC)", "ACTOR", "EVENT", "DETAILS"], rows);
             }
         }
-        Command::Fetch { model, version, out } => {
+        Command::Fetch {
+            model,
+            version,
+            out,
+        } => {
             let name = ModelName::new(&model)?;
             let fetched = registry.fetch(&name, version).await?;
-            std::fs::write(&out, &fetched.onnx).with_context(|| format!("cannot write {}", out.display()))?;
+            std::fs::write(&out, &fetched.onnx)
+                .with_context(|| format!("cannot write {}", out.display()))?;
             if json {
                 print_json(&json!({ "manifest": fetched.manifest, "path": out }));
             } else {
-                println!("wrote {} ({} bytes, sha256 verified)", out.display(), fetched.onnx.len());
+                println!(
+                    "wrote {} ({} bytes, sha256 verified)",
+                    out.display(),
+                    fetched.onnx.len()
+                );
             }
         }
     }
@@ -374,7 +464,11 @@ fn version_role(state: &ModelState, version: u64) -> &'static str {
         "live"
     } else if state.canary.is_some_and(|c| c.version == version) {
         "canary"
-    } else if state.versions.get(&version).is_some_and(|r| r.revoked.is_some()) {
+    } else if state
+        .versions
+        .get(&version)
+        .is_some_and(|r| r.revoked.is_some())
+    {
         "revoked"
     } else {
         "available"
@@ -394,11 +488,25 @@ fn state_summary(state: &ModelState) -> serde_json::Value {
 
 fn describe(kind: &EventKind) -> String {
     match kind {
-        EventKind::Published { version, kind, sha256 } => format!("version {version} ({kind}, sha256 {})", &sha256[..12.min(sha256.len())]),
-        EventKind::Promoted { version, forced } => format!("version {version} live{}", if *forced { " (forced)" } else { "" }),
-        EventKind::CanarySet { version, percent } => format!("version {version} canary at {percent}%"),
+        EventKind::Published {
+            version,
+            kind,
+            sha256,
+        } => format!(
+            "version {version} ({kind}, sha256 {})",
+            &sha256[..12.min(sha256.len())]
+        ),
+        EventKind::Promoted { version, forced } => format!(
+            "version {version} live{}",
+            if *forced { " (forced)" } else { "" }
+        ),
+        EventKind::CanarySet { version, percent } => {
+            format!("version {version} canary at {percent}%")
+        }
         EventKind::CanaryCleared {} => "canary removed".to_owned(),
-        EventKind::RolledBack { from, to, reason } => format!("{from} -> {to}, {from} revoked: {reason}"),
+        EventKind::RolledBack { from, to, reason } => {
+            format!("{from} -> {to}, {from} revoked: {reason}")
+        }
         EventKind::Revoked { version, reason } => format!("version {version} revoked: {reason}"),
     }
 }
@@ -406,14 +514,22 @@ fn describe(kind: &EventKind) -> String {
 fn report(json: bool, name: &ModelName, event: Option<Event>, nothing: &str) {
     match (json, event) {
         (true, event) => print_json(&json!({ "model": name.as_str(), "written": event })),
-        (false, Some(event)) => println!("{name}: seq {} {}: {}", event.seq, event.kind.name(), describe(&event.kind)),
+        (false, Some(event)) => println!(
+            "{name}: seq {} {}: {}",
+            event.seq,
+            event.kind.name(),
+            describe(&event.kind)
+        ),
         (false, None) => println!("{name}: {nothing}"),
     }
 }
 
 fn print_status(state: &ModelState) {
     println!("model     {}", state.name);
-    println!("kind      {}", state.kind.map_or("-".into(), |k| k.to_string()));
+    println!(
+        "kind      {}",
+        state.kind.map_or("-".into(), |k| k.to_string())
+    );
     match state.live.and_then(|v| state.versions.get(&v)) {
         Some(record) => println!(
             "live      {} (published {} by {})",
@@ -424,7 +540,10 @@ fn print_status(state: &ModelState) {
         None => println!("live      -"),
     }
     match state.canary {
-        Some(canary) => println!("canary    {} at {}% of leads", canary.version, canary.percent),
+        Some(canary) => println!(
+            "canary    {} at {}% of leads",
+            canary.version, canary.percent
+        ),
         None => println!("canary    -"),
     }
     println!("latest    {}", opt(state.latest_version()));
@@ -443,7 +562,10 @@ fn print_status(state: &ModelState) {
 }
 
 fn print_json(value: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(value).expect("JSON values serialise; this is a bug"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("JSON values serialise; this is a bug")
+    );
 }
 
 fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {

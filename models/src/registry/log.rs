@@ -151,7 +151,10 @@ pub struct ModelState {
 impl ModelState {
     /// An empty state for `name`.
     pub fn new(name: &str) -> Self {
-        ModelState { name: name.to_owned(), ..Default::default() }
+        ModelState {
+            name: name.to_owned(),
+            ..Default::default()
+        }
     }
 
     /// Folds a whole log. Events must come in sequence order from 1.
@@ -172,14 +175,24 @@ impl ModelState {
             reason,
         };
         if event.seq != self.seq + 1 {
-            return Err(corrupt(format!("expected seq {}, found {} (gap or reorder)", self.seq + 1, event.seq)));
+            return Err(corrupt(format!(
+                "expected seq {}, found {} (gap or reorder)",
+                self.seq + 1,
+                event.seq
+            )));
         }
         match &event.kind {
-            EventKind::Published { version, kind, sha256 } => {
+            EventKind::Published {
+                version,
+                kind,
+                sha256,
+            } => {
                 if let Some(existing) = self.kind
                     && existing != *kind
                 {
-                    return Err(corrupt(format!("version {version} is {kind}, the model is {existing}")));
+                    return Err(corrupt(format!(
+                        "version {version} is {kind}, the model is {existing}"
+                    )));
                 }
                 if self.versions.contains_key(version) {
                     return Err(corrupt(format!("version {version} published twice")));
@@ -197,7 +210,10 @@ impl ModelState {
                 );
             }
             EventKind::Promoted { version, .. } => {
-                let record = self.versions.get_mut(version).ok_or_else(|| corrupt(format!("version {version} was never published")))?;
+                let record = self
+                    .versions
+                    .get_mut(version)
+                    .ok_or_else(|| corrupt(format!("version {version} was never published")))?;
                 record.revoked = None;
                 if self.canary.is_some_and(|canary| canary.version == *version) {
                     self.canary = None;
@@ -209,23 +225,42 @@ impl ModelState {
                 if !self.versions.contains_key(version) {
                     return Err(corrupt(format!("version {version} was never published")));
                 }
-                self.canary = Some(Canary { version: *version, percent: *percent });
+                self.canary = Some(Canary {
+                    version: *version,
+                    percent: *percent,
+                });
             }
             EventKind::CanaryCleared {} => self.canary = None,
             EventKind::RolledBack { from, to, reason } => {
                 if !self.versions.contains_key(to) {
                     return Err(corrupt(format!("rollback target {to} was never published")));
                 }
-                let revocation = Revocation { seq: event.seq, at: event.at, actor: event.actor.clone(), reason: reason.clone() };
-                let record = self.versions.get_mut(from).ok_or_else(|| corrupt(format!("version {from} was never published")))?;
+                let revocation = Revocation {
+                    seq: event.seq,
+                    at: event.at,
+                    actor: event.actor.clone(),
+                    reason: reason.clone(),
+                };
+                let record = self
+                    .versions
+                    .get_mut(from)
+                    .ok_or_else(|| corrupt(format!("version {from} was never published")))?;
                 record.revoked = Some(revocation);
                 self.canary = None;
                 self.live = Some(*to);
                 self.live_history.push(*to);
             }
             EventKind::Revoked { version, reason } => {
-                let revocation = Revocation { seq: event.seq, at: event.at, actor: event.actor.clone(), reason: reason.clone() };
-                let record = self.versions.get_mut(version).ok_or_else(|| corrupt(format!("version {version} was never published")))?;
+                let revocation = Revocation {
+                    seq: event.seq,
+                    at: event.at,
+                    actor: event.actor.clone(),
+                    reason: reason.clone(),
+                };
+                let record = self
+                    .versions
+                    .get_mut(version)
+                    .ok_or_else(|| corrupt(format!("version {version} was never published")))?;
                 record.revoked = Some(revocation);
             }
         }
@@ -235,7 +270,9 @@ impl ModelState {
 
     /// Whether `version` is published and not revoked.
     pub fn is_servable(&self, version: u64) -> bool {
-        self.versions.get(&version).is_some_and(|record| record.revoked.is_none())
+        self.versions
+            .get(&version)
+            .is_some_and(|record| record.revoked.is_none())
     }
 
     /// The highest published version number.
@@ -256,7 +293,9 @@ impl ModelState {
                 record.version,
                 self.name,
                 revocation.actor,
-                revocation.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                revocation
+                    .at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 revocation.seq,
                 revocation.reason
             )
@@ -269,32 +308,50 @@ impl ModelState {
         let record = self.record(version)?;
         if let Some(message) = self.revoked_message(record) {
             if !force {
-                return Err(Error::Refused(format!("{message}; promote it again only with --force")));
+                return Err(Error::Refused(format!(
+                    "{message}; promote it again only with --force"
+                )));
             }
-            return Ok(Some(EventKind::Promoted { version, forced: true }));
+            return Ok(Some(EventKind::Promoted {
+                version,
+                forced: true,
+            }));
         }
         if self.live == Some(version) {
             return Ok(None);
         }
-        Ok(Some(EventKind::Promoted { version, forced: false }))
+        Ok(Some(EventKind::Promoted {
+            version,
+            forced: false,
+        }))
     }
 
     /// The event that routes `percent` of leads to `version`.
     pub fn plan_canary(&self, version: u64, percent: u8, force: bool) -> Result<EventKind> {
         if !(1..=100).contains(&percent) {
-            return Err(Error::invalid("percent", format!("must be 1 to 100, got {percent}")));
+            return Err(Error::invalid(
+                "percent",
+                format!("must be 1 to 100, got {percent}"),
+            ));
         }
         let record = self.record(version)?;
         if let Some(message) = self.revoked_message(record)
             && !force
         {
-            return Err(Error::Refused(format!("{message}; use it as a canary only with --force")));
+            return Err(Error::Refused(format!(
+                "{message}; use it as a canary only with --force"
+            )));
         }
         let Some(live) = self.live else {
-            return Err(Error::Refused(format!("model {} has no live version; promote one before setting a canary", self.name)));
+            return Err(Error::Refused(format!(
+                "model {} has no live version; promote one before setting a canary",
+                self.name
+            )));
         };
         if live == version {
-            return Err(Error::Refused(format!("version {version} is already live; a canary must differ from it")));
+            return Err(Error::Refused(format!(
+                "version {version} is already live; a canary must differ from it"
+            )));
         }
         Ok(EventKind::CanarySet { version, percent })
     }
@@ -311,7 +368,10 @@ impl ModelState {
             return Err(Error::invalid("reason", "a rollback must say why"));
         }
         let Some(from) = self.live else {
-            return Err(Error::Refused(format!("model {} has no live version to roll back", self.name)));
+            return Err(Error::Refused(format!(
+                "model {} has no live version to roll back",
+                self.name
+            )));
         };
         let to = match to {
             Some(target) => {
@@ -337,7 +397,11 @@ impl ModelState {
                     ))
                 })?,
         };
-        Ok(EventKind::RolledBack { from, to, reason: reason.to_owned() })
+        Ok(EventKind::RolledBack {
+            from,
+            to,
+            reason: reason.to_owned(),
+        })
     }
 
     /// The event that revokes a version that is neither live nor canary.
@@ -350,12 +414,19 @@ impl ModelState {
             return Err(Error::Refused(format!("already revoked: {message}")));
         }
         if self.live == Some(version) {
-            return Err(Error::Refused(format!("version {version} is live; use rollback to replace and revoke it")));
+            return Err(Error::Refused(format!(
+                "version {version} is live; use rollback to replace and revoke it"
+            )));
         }
         if self.canary.is_some_and(|canary| canary.version == version) {
-            return Err(Error::Refused(format!("version {version} is the canary; clear the canary first")));
+            return Err(Error::Refused(format!(
+                "version {version} is the canary; clear the canary first"
+            )));
         }
-        Ok(EventKind::Revoked { version, reason: reason.to_owned() })
+        Ok(EventKind::Revoked {
+            version,
+            reason: reason.to_owned(),
+        })
     }
 }
 
@@ -369,17 +440,28 @@ mod tests {
 
     impl Log {
         fn new() -> Self {
-            Log { state: ModelState::new("churn") }
+            Log {
+                state: ModelState::new("churn"),
+            }
         }
 
         fn push(&mut self, kind: EventKind) -> &mut Self {
-            let event = Event { seq: self.state.seq + 1, at: DateTime::UNIX_EPOCH, actor: "test".into(), kind };
+            let event = Event {
+                seq: self.state.seq + 1,
+                at: DateTime::UNIX_EPOCH,
+                actor: "test".into(),
+                kind,
+            };
             self.state.apply(&event).unwrap();
             self
         }
 
         fn publish(&mut self, version: u64) -> &mut Self {
-            self.push(EventKind::Published { version, kind: ModelKind::Churn, sha256: format!("{version:064x}") })
+            self.push(EventKind::Published {
+                version,
+                kind: ModelKind::Churn,
+                sha256: format!("{version:064x}"),
+            })
         }
 
         fn promote(&mut self, version: u64) -> &mut Self {
@@ -391,18 +473,46 @@ mod tests {
     #[test]
     fn rollback_goes_to_the_previous_good_version_and_revokes_the_bad_one() {
         let mut log = Log::new();
-        log.publish(1).publish(2).publish(3).promote(1).promote(2).promote(3);
+        log.publish(1)
+            .publish(2)
+            .publish(3)
+            .promote(1)
+            .promote(2)
+            .promote(3);
         let event = log.state.plan_rollback(None, "p99 doubled").unwrap();
-        assert_eq!(event, EventKind::RolledBack { from: 3, to: 2, reason: "p99 doubled".into() });
+        assert_eq!(
+            event,
+            EventKind::RolledBack {
+                from: 3,
+                to: 2,
+                reason: "p99 doubled".into()
+            }
+        );
         log.push(event);
         assert_eq!(log.state.live, Some(2));
-        assert_eq!(log.state.versions[&3].revoked.as_ref().unwrap().reason, "p99 doubled");
+        assert_eq!(
+            log.state.versions[&3].revoked.as_ref().unwrap().reason,
+            "p99 doubled"
+        );
 
         // A second rollback skips the revoked 3 and goes to 1.
         let event = log.state.plan_rollback(None, "still bad").unwrap();
-        assert_eq!(event, EventKind::RolledBack { from: 2, to: 1, reason: "still bad".into() });
+        assert_eq!(
+            event,
+            EventKind::RolledBack {
+                from: 2,
+                to: 1,
+                reason: "still bad".into()
+            }
+        );
         log.push(event);
-        assert!(log.state.plan_rollback(None, "again").unwrap_err().to_string().contains("--to N"));
+        assert!(
+            log.state
+                .plan_rollback(None, "again")
+                .unwrap_err()
+                .to_string()
+                .contains("--to N")
+        );
     }
 
     #[test]
@@ -412,9 +522,20 @@ mod tests {
         let rollback = log.state.plan_rollback(None, "bad calibration").unwrap();
         log.push(rollback);
         let error = log.state.plan_promote(2, false).unwrap_err().to_string();
-        assert!(error.contains("rolled back") && error.contains("bad calibration") && error.contains("--force"), "{error}");
+        assert!(
+            error.contains("rolled back")
+                && error.contains("bad calibration")
+                && error.contains("--force"),
+            "{error}"
+        );
         let forced = log.state.plan_promote(2, true).unwrap().unwrap();
-        assert_eq!(forced, EventKind::Promoted { version: 2, forced: true });
+        assert_eq!(
+            forced,
+            EventKind::Promoted {
+                version: 2,
+                forced: true
+            }
+        );
         log.push(forced);
         assert_eq!(log.state.live, Some(2));
         assert!(log.state.versions[&2].revoked.is_none());
@@ -425,21 +546,42 @@ mod tests {
         let mut log = Log::new();
         log.publish(1).promote(1);
         assert_eq!(log.state.plan_promote(1, false).unwrap(), None);
-        assert!(matches!(log.state.plan_promote(7, false), Err(Error::NotFound(_))));
+        assert!(matches!(
+            log.state.plan_promote(7, false),
+            Err(Error::NotFound(_))
+        ));
     }
 
     #[test]
     fn canary_rules() {
         let mut log = Log::new();
         log.publish(1).publish(2);
-        assert!(log.state.plan_canary(2, 10, false).unwrap_err().to_string().contains("no live version"));
+        assert!(
+            log.state
+                .plan_canary(2, 10, false)
+                .unwrap_err()
+                .to_string()
+                .contains("no live version")
+        );
         log.promote(1);
         assert!(log.state.plan_canary(1, 10, false).is_err());
-        assert!(matches!(log.state.plan_canary(2, 0, false), Err(Error::Invalid { .. })));
-        assert!(matches!(log.state.plan_canary(2, 101, false), Err(Error::Invalid { .. })));
+        assert!(matches!(
+            log.state.plan_canary(2, 0, false),
+            Err(Error::Invalid { .. })
+        ));
+        assert!(matches!(
+            log.state.plan_canary(2, 101, false),
+            Err(Error::Invalid { .. })
+        ));
         let event = log.state.plan_canary(2, 10, false).unwrap();
         log.push(event);
-        assert_eq!(log.state.canary, Some(Canary { version: 2, percent: 10 }));
+        assert_eq!(
+            log.state.canary,
+            Some(Canary {
+                version: 2,
+                percent: 10
+            })
+        );
         // Promoting the canary makes it live and removes the canary.
         log.promote(2);
         assert_eq!(log.state.canary, None);
@@ -464,9 +606,24 @@ mod tests {
         log.publish(1).publish(2).publish(3).promote(1);
         let canary = log.state.plan_canary(2, 50, false).unwrap();
         log.push(canary);
-        assert!(log.state.plan_revoke(1, "x").unwrap_err().to_string().contains("rollback"));
-        assert!(log.state.plan_revoke(2, "x").unwrap_err().to_string().contains("canary"));
-        assert!(matches!(log.state.plan_revoke(3, " "), Err(Error::Invalid { .. })));
+        assert!(
+            log.state
+                .plan_revoke(1, "x")
+                .unwrap_err()
+                .to_string()
+                .contains("rollback")
+        );
+        assert!(
+            log.state
+                .plan_revoke(2, "x")
+                .unwrap_err()
+                .to_string()
+                .contains("canary")
+        );
+        assert!(matches!(
+            log.state.plan_revoke(3, " "),
+            Err(Error::Invalid { .. })
+        ));
         let revoke = log.state.plan_revoke(3, "leaked test data").unwrap();
         log.push(revoke);
         assert!(!log.state.is_servable(3));
@@ -476,17 +633,50 @@ mod tests {
     #[test]
     fn fold_refuses_gaps_and_unknown_versions() {
         let at = DateTime::UNIX_EPOCH;
-        let published = Event { seq: 1, at, actor: "a".into(), kind: EventKind::Published { version: 1, kind: ModelKind::Churn, sha256: "x".into() } };
-        let gap = Event { seq: 3, at, actor: "a".into(), kind: EventKind::CanaryCleared {} };
-        let error = ModelState::fold("churn", &[published.clone(), gap]).unwrap_err().to_string();
+        let published = Event {
+            seq: 1,
+            at,
+            actor: "a".into(),
+            kind: EventKind::Published {
+                version: 1,
+                kind: ModelKind::Churn,
+                sha256: "x".into(),
+            },
+        };
+        let gap = Event {
+            seq: 3,
+            at,
+            actor: "a".into(),
+            kind: EventKind::CanaryCleared {},
+        };
+        let error = ModelState::fold("churn", &[published.clone(), gap])
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("expected seq 2"), "{error}");
-        let unknown = Event { seq: 2, at, actor: "a".into(), kind: EventKind::Promoted { version: 9, forced: false } };
+        let unknown = Event {
+            seq: 2,
+            at,
+            actor: "a".into(),
+            kind: EventKind::Promoted {
+                version: 9,
+                forced: false,
+            },
+        };
         assert!(ModelState::fold("churn", &[published, unknown]).is_err());
     }
 
     #[test]
     fn events_serialise_with_a_type_tag() {
-        let event = Event { seq: 4, at: DateTime::UNIX_EPOCH, actor: "sre".into(), kind: EventKind::RolledBack { from: 3, to: 2, reason: "r".into() } };
+        let event = Event {
+            seq: 4,
+            at: DateTime::UNIX_EPOCH,
+            actor: "sre".into(),
+            kind: EventKind::RolledBack {
+                from: 3,
+                to: 2,
+                reason: "r".into(),
+            },
+        };
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["type"], "rolled_back");
         assert_eq!(json["from"], 3);

@@ -59,7 +59,9 @@ pub struct Registry {
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL never carries credentials (they come from the environment).
-        f.debug_struct("Registry").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("Registry")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -91,12 +93,20 @@ impl Registry {
     /// Opens the registry a URL names (see [`open_store`]).
     pub fn open(url: &str) -> Result<Self> {
         let (store, prefix) = open_store(url)?;
-        Ok(Registry { store, prefix, url: url.to_owned() })
+        Ok(Registry {
+            store,
+            prefix,
+            url: url.to_owned(),
+        })
     }
 
     /// A registry on an already configured store, under `prefix`.
     pub fn from_store(store: Arc<dyn ObjectStore>, prefix: Path, description: &str) -> Self {
-        Registry { store, prefix, url: description.to_owned() }
+        Registry {
+            store,
+            prefix,
+            url: description.to_owned(),
+        }
     }
 
     /// The URL or description the registry was opened with.
@@ -115,7 +125,9 @@ impl Registry {
     }
 
     fn version_dir(&self, name: &ModelName, version: u64) -> Path {
-        self.model_dir(name).join("versions").join(format!("{version:08}"))
+        self.model_dir(name)
+            .join("versions")
+            .join(format!("{version:08}"))
     }
 
     fn log_dir(&self, name: &ModelName) -> Path {
@@ -128,7 +140,10 @@ impl Registry {
 
     /// Names of every model with at least one log entry, sorted.
     pub async fn list_models(&self) -> Result<Vec<ModelName>> {
-        let listing = self.store.list_with_delimiter(Some(&self.prefix.clone().join("models"))).await?;
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&self.prefix.clone().join("models")))
+            .await?;
         let mut names: Vec<ModelName> = listing
             .common_prefixes
             .iter()
@@ -161,10 +176,11 @@ impl Registry {
         let events: Vec<Event> = futures::stream::iter(locations)
             .map(|(seq, location)| async move {
                 let bytes = store.get(&location).await?.bytes().await?;
-                let event: Event = serde_json::from_slice(&bytes).map_err(|error| Error::Corrupt {
-                    object: location.to_string(),
-                    reason: error.to_string(),
-                })?;
+                let event: Event =
+                    serde_json::from_slice(&bytes).map_err(|error| Error::Corrupt {
+                        object: location.to_string(),
+                        reason: error.to_string(),
+                    })?;
                 if event.seq != seq {
                     return Err(Error::Corrupt {
                         object: location.to_string(),
@@ -188,17 +204,37 @@ impl Registry {
 
     /// Appends `kind` at position `seq` with create-if-absent. Fails with
     /// [`Error::Conflict`] when that position is taken.
-    pub async fn append(&self, name: &ModelName, seq: u64, actor: &str, kind: EventKind) -> Result<Event> {
-        let event = Event { seq, at: Utc::now(), actor: actor.to_owned(), kind };
-        let body = serde_json::to_vec_pretty(&event).expect("events always serialise; this is a bug");
-        let options = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.store.put_opts(&self.event_path(name, seq), PutPayload::from(body), options).await {
+    pub async fn append(
+        &self,
+        name: &ModelName,
+        seq: u64,
+        actor: &str,
+        kind: EventKind,
+    ) -> Result<Event> {
+        let event = Event {
+            seq,
+            at: Utc::now(),
+            actor: actor.to_owned(),
+            kind,
+        };
+        let body =
+            serde_json::to_vec_pretty(&event).expect("events always serialise; this is a bug");
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&self.event_path(name, seq), PutPayload::from(body), options)
+            .await
+        {
             Ok(_) => Ok(event),
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                Err(Error::Conflict(format!(
-                    "another writer appended event {seq} to the release log of {name} first"
-                )))
-            }
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Err(Error::Conflict(format!(
+                "another writer appended event {seq} to the release log of {name} first"
+            ))),
             Err(other) => Err(other.into()),
         }
     }
@@ -234,37 +270,96 @@ impl Registry {
     }
 
     /// Makes `version` live. A revoked version needs `force`.
-    pub async fn promote(&self, name: &ModelName, version: u64, force: bool, actor: &str, expect_seq: Option<u64>) -> Result<Option<Event>> {
-        self.change(name, actor, expect_seq, |state| state.plan_promote(version, force)).await
+    pub async fn promote(
+        &self,
+        name: &ModelName,
+        version: u64,
+        force: bool,
+        actor: &str,
+        expect_seq: Option<u64>,
+    ) -> Result<Option<Event>> {
+        self.change(name, actor, expect_seq, |state| {
+            state.plan_promote(version, force)
+        })
+        .await
     }
 
     /// Routes `percent` of leads (sticky by lead id) to `version`.
-    pub async fn set_canary(&self, name: &ModelName, version: u64, percent: u8, force: bool, actor: &str, expect_seq: Option<u64>) -> Result<Option<Event>> {
-        self.change(name, actor, expect_seq, |state| state.plan_canary(version, percent, force).map(Some)).await
+    pub async fn set_canary(
+        &self,
+        name: &ModelName,
+        version: u64,
+        percent: u8,
+        force: bool,
+        actor: &str,
+        expect_seq: Option<u64>,
+    ) -> Result<Option<Event>> {
+        self.change(name, actor, expect_seq, |state| {
+            state.plan_canary(version, percent, force).map(Some)
+        })
+        .await
     }
 
     /// Removes the canary (nothing is written when there is none).
-    pub async fn clear_canary(&self, name: &ModelName, actor: &str, expect_seq: Option<u64>) -> Result<Option<Event>> {
-        self.change(name, actor, expect_seq, |state| Ok(state.plan_canary_clear())).await
+    pub async fn clear_canary(
+        &self,
+        name: &ModelName,
+        actor: &str,
+        expect_seq: Option<u64>,
+    ) -> Result<Option<Event>> {
+        self.change(name, actor, expect_seq, |state| {
+            Ok(state.plan_canary_clear())
+        })
+        .await
     }
 
     /// Revokes the live version and makes `to` (default: the previous good
     /// live version) live.
-    pub async fn rollback(&self, name: &ModelName, to: Option<u64>, reason: &str, actor: &str, expect_seq: Option<u64>) -> Result<Option<Event>> {
-        self.change(name, actor, expect_seq, |state| state.plan_rollback(to, reason).map(Some)).await
+    pub async fn rollback(
+        &self,
+        name: &ModelName,
+        to: Option<u64>,
+        reason: &str,
+        actor: &str,
+        expect_seq: Option<u64>,
+    ) -> Result<Option<Event>> {
+        self.change(name, actor, expect_seq, |state| {
+            state.plan_rollback(to, reason).map(Some)
+        })
+        .await
     }
 
     /// Revokes a version that is neither live nor canary.
-    pub async fn revoke(&self, name: &ModelName, version: u64, reason: &str, actor: &str, expect_seq: Option<u64>) -> Result<Option<Event>> {
-        self.change(name, actor, expect_seq, |state| state.plan_revoke(version, reason).map(Some)).await
+    pub async fn revoke(
+        &self,
+        name: &ModelName,
+        version: u64,
+        reason: &str,
+        actor: &str,
+        expect_seq: Option<u64>,
+    ) -> Result<Option<Event>> {
+        self.change(name, actor, expect_seq, |state| {
+            state.plan_revoke(version, reason).map(Some)
+        })
+        .await
     }
 
     /// Validates and publishes a new version: the draft against the kind,
     /// the ONNX graph against the kind's contract in ONNX Runtime (probe run
     /// and golden examples), then writes bytes, manifest and the `published`
     /// event. Nothing is written unless every check passes.
-    pub async fn publish(&self, environment: &Environment, request: PublishRequest) -> Result<Manifest> {
-        let PublishRequest { name, kind, onnx, draft, actor } = request;
+    pub async fn publish(
+        &self,
+        environment: &Environment,
+        request: PublishRequest,
+    ) -> Result<Manifest> {
+        let PublishRequest {
+            name,
+            kind,
+            onnx,
+            draft,
+            actor,
+        } = request;
         if onnx.is_empty() {
             return Err(Error::contract(kind, "the ONNX file is empty"));
         }
@@ -278,7 +373,9 @@ impl Registry {
         {
             return Err(Error::invalid(
                 "kind",
-                format!("model {name} holds {existing} versions; publish {kind} models under another name"),
+                format!(
+                    "model {name} holds {existing} versions; publish {kind} models under another name"
+                ),
             ));
         }
 
@@ -310,28 +407,45 @@ impl Registry {
         // so a concurrent publisher that picked the same number loses and
         // moves on to the next.
         let mut version = self.next_version(&name, &state).await?;
-        let create = || PutOptions { mode: PutMode::Create, ..Default::default() };
+        let create = || PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
         let mut claimed = false;
         for _ in 0..PUBLISH_ATTEMPTS {
             manifest.version = version;
-            let body = serde_json::to_vec_pretty(&manifest).expect("manifests always serialise; this is a bug");
+            let body = serde_json::to_vec_pretty(&manifest)
+                .expect("manifests always serialise; this is a bug");
             let location = self.version_dir(&name, version).join("manifest.json");
-            match self.store.put_opts(&location, PutPayload::from(body), create()).await {
+            match self
+                .store
+                .put_opts(&location, PutPayload::from(body), create())
+                .await
+            {
                 Ok(_) => {
                     claimed = true;
                     break;
                 }
-                Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                Err(
+                    object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. },
+                ) => {
                     version += 1;
                 }
                 Err(other) => return Err(other.into()),
             }
         }
         if !claimed {
-            return Err(Error::Conflict(format!("could not claim a version number for {name} after {PUBLISH_ATTEMPTS} attempts")));
+            return Err(Error::Conflict(format!(
+                "could not claim a version number for {name} after {PUBLISH_ATTEMPTS} attempts"
+            )));
         }
         self.store
-            .put_opts(&self.version_dir(&name, version).join("model.onnx"), PutPayload::from(onnx), create())
+            .put_opts(
+                &self.version_dir(&name, version).join("model.onnx"),
+                PutPayload::from(onnx),
+                create(),
+            )
             .await?;
 
         // Record the publication; other writers may append meanwhile, so
@@ -341,7 +455,11 @@ impl Registry {
             if attempt > 0 {
                 state = self.state(&name).await?;
             }
-            let event = EventKind::Published { version, kind, sha256: sha256.clone() };
+            let event = EventKind::Published {
+                version,
+                kind,
+                sha256: sha256.clone(),
+            };
             match self.append(&name, state.seq + 1, &actor, event).await {
                 Ok(_) => return Ok(manifest),
                 Err(Error::Conflict(_)) => continue,
@@ -356,13 +474,20 @@ impl Registry {
     /// One more than the highest version number in the log or in storage
     /// (storage may hold versions whose publication did not finish).
     async fn next_version(&self, name: &ModelName, state: &ModelState) -> Result<u64> {
-        let listing = self.store.list_with_delimiter(Some(&self.model_dir(name).join("versions"))).await?;
+        let listing = self
+            .store
+            .list_with_delimiter(Some(&self.model_dir(name).join("versions")))
+            .await?;
         let stored: BTreeSet<u64> = listing
             .common_prefixes
             .iter()
             .filter_map(|prefix| prefix.filename().and_then(|file| file.parse().ok()))
             .collect();
-        let highest = stored.last().copied().max(state.latest_version()).unwrap_or(0);
+        let highest = stored
+            .last()
+            .copied()
+            .max(state.latest_version())
+            .unwrap_or(0);
         Ok(highest + 1)
     }
 
@@ -372,12 +497,17 @@ impl Registry {
         let bytes = match self.store.get(&location).await {
             Ok(result) => result.bytes().await?,
             Err(object_store::Error::NotFound { .. }) => {
-                return Err(Error::NotFound(format!("version {version} of model {name}")));
+                return Err(Error::NotFound(format!(
+                    "version {version} of model {name}"
+                )));
             }
             Err(other) => return Err(other.into()),
         };
-        let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|error| Error::Corrupt { object: location.to_string(), reason: error.to_string() })?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|error| Error::Corrupt {
+                object: location.to_string(),
+                reason: error.to_string(),
+            })?;
         if manifest.version != version || manifest.name != name.as_str() {
             return Err(Error::Corrupt {
                 object: location.to_string(),
@@ -394,7 +524,11 @@ impl Registry {
         let onnx = self.store.get(&location).await?.bytes().await?;
         let actual = sha256_hex(&onnx);
         if actual != manifest.sha256 {
-            return Err(Error::Integrity { object: location.to_string(), expected: manifest.sha256, actual });
+            return Err(Error::Integrity {
+                object: location.to_string(),
+                expected: manifest.sha256,
+                actual,
+            });
         }
         Ok(FetchedVersion { manifest, onnx })
     }

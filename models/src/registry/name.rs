@@ -23,10 +23,20 @@ impl ModelName {
             return refuse("must not be empty".into());
         }
         if name.len() > MAX_NAME_LEN {
-            return refuse(format!("is {} bytes long, at most {MAX_NAME_LEN} allowed", name.len()));
+            return refuse(format!(
+                "is {} bytes long, at most {MAX_NAME_LEN} allowed",
+                name.len()
+            ));
         }
-        if let Some(bad) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(*c))) {
-            let what = if bad == '/' || bad == '\\' { "path separators are not allowed".to_owned() } else { format!("character {bad:?} is not allowed (use a-z, 0-9, _, -, .)") };
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(*c)))
+        {
+            let what = if bad == '/' || bad == '\\' {
+                "path separators are not allowed".to_owned()
+            } else {
+                format!("character {bad:?} is not allowed (use a-z, 0-9, _, -, .)")
+            };
             return refuse(what);
         }
         if name.contains("..") {
@@ -87,7 +97,12 @@ mod tests {
             assert!(error.contains(reason), "{name:?}: {error}");
         }
         let long = "a".repeat(MAX_NAME_LEN + 1);
-        assert!(ModelName::new(&long).unwrap_err().to_string().contains("at most 64"));
+        assert!(
+            ModelName::new(&long)
+                .unwrap_err()
+                .to_string()
+                .contains("at most 64")
+        );
         assert!(ModelName::new(&"a".repeat(MAX_NAME_LEN)).is_ok());
     }
 }

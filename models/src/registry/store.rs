@@ -31,10 +31,14 @@ pub fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
     let invalid = |reason: String| Error::invalid("registry", format!("{url:?}: {reason}"));
     if let Some(folder) = url.strip_prefix("file://") {
         if folder.is_empty() {
-            return Err(invalid("file:// needs a folder, e.g. file://./var/registry".into()));
+            return Err(invalid(
+                "file:// needs a folder, e.g. file://./var/registry".into(),
+            ));
         }
-        std::fs::create_dir_all(folder).map_err(|error| invalid(format!("cannot create the folder: {error}")))?;
-        let store = LocalFileSystem::new_with_prefix(folder).map_err(|error| invalid(error.to_string()))?;
+        std::fs::create_dir_all(folder)
+            .map_err(|error| invalid(format!("cannot create the folder: {error}")))?;
+        let store =
+            LocalFileSystem::new_with_prefix(folder).map_err(|error| invalid(error.to_string()))?;
         return Ok((Arc::new(store), Path::default()));
     }
     if url == "memory://" || url == "memory:///" {
@@ -44,7 +48,10 @@ pub fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
     let prefix = Path::from_url_path(parsed.path()).map_err(|error| invalid(error.to_string()))?;
     let store: Arc<dyn ObjectStore> = match parsed.scheme() {
         "s3" | "s3a" => Arc::new(
-            AmazonS3Builder::from_env().with_url(url).build().map_err(|error| invalid(error.to_string()))?,
+            AmazonS3Builder::from_env()
+                .with_url(url)
+                .build()
+                .map_err(|error| invalid(error.to_string()))?,
         ),
         "gs" => Arc::new(
             GoogleCloudStorageBuilder::from_env()
@@ -74,7 +81,10 @@ mod tests {
     #[test]
     fn unsupported_schemes_are_named() {
         let error = open_store("ftp://host/x").unwrap_err().to_string();
-        assert!(error.contains("invalid registry") && error.contains("\"ftp\""), "{error}");
+        assert!(
+            error.contains("invalid registry") && error.contains("\"ftp\""),
+            "{error}"
+        );
         assert!(open_store("file://").is_err());
     }
 

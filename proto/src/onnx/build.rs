@@ -2,9 +2,10 @@
 //! test fixtures) read as graphs rather than as protobuf plumbing.
 
 use super::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto,
-    TypeProto, ValueInfoProto, attribute_proto::AttributeType, tensor_proto::DataType,
-    tensor_shape_proto::Dimension, tensor_shape_proto::dimension, type_proto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto, attribute_proto::AttributeType,
+    tensor_proto::DataType, tensor_shape_proto::Dimension, tensor_shape_proto::dimension,
+    type_proto,
 };
 
 /// ONNX IR version written (ONNX 1.14+, read by ONNX Runtime 1.31).
@@ -71,7 +72,13 @@ pub fn int64_tensor(name: &str, dims: &[i64], values: Vec<i64>) -> TensorProto {
 }
 
 /// A node in the default domain (`domain` empty) or another one.
-pub fn node(op_type: &str, domain: &str, inputs: &[&str], outputs: &[&str], attributes: Vec<AttributeProto>) -> NodeProto {
+pub fn node(
+    op_type: &str,
+    domain: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attributes: Vec<AttributeProto>,
+) -> NodeProto {
     NodeProto {
         op_type: op_type.to_owned(),
         domain: domain.to_owned(),
@@ -84,53 +91,88 @@ pub fn node(op_type: &str, domain: &str, inputs: &[&str], outputs: &[&str], attr
 }
 
 fn attribute(name: &str, r#type: AttributeType) -> AttributeProto {
-    AttributeProto { name: name.to_owned(), r#type: r#type as i32, ..Default::default() }
+    AttributeProto {
+        name: name.to_owned(),
+        r#type: r#type as i32,
+        ..Default::default()
+    }
 }
 
 /// An integer attribute.
 pub fn attr_int(name: &str, value: i64) -> AttributeProto {
-    AttributeProto { i: value, ..attribute(name, AttributeType::Int) }
+    AttributeProto {
+        i: value,
+        ..attribute(name, AttributeType::Int)
+    }
 }
 
 /// A float attribute.
 pub fn attr_float(name: &str, value: f32) -> AttributeProto {
-    AttributeProto { f: value, ..attribute(name, AttributeType::Float) }
+    AttributeProto {
+        f: value,
+        ..attribute(name, AttributeType::Float)
+    }
 }
 
 /// A string attribute.
 pub fn attr_string(name: &str, value: &str) -> AttributeProto {
-    AttributeProto { s: value.as_bytes().to_vec(), ..attribute(name, AttributeType::String) }
+    AttributeProto {
+        s: value.as_bytes().to_vec(),
+        ..attribute(name, AttributeType::String)
+    }
 }
 
 /// An integer-list attribute.
 pub fn attr_ints(name: &str, values: Vec<i64>) -> AttributeProto {
-    AttributeProto { ints: values, ..attribute(name, AttributeType::Ints) }
+    AttributeProto {
+        ints: values,
+        ..attribute(name, AttributeType::Ints)
+    }
 }
 
 /// A float-list attribute.
 pub fn attr_floats(name: &str, values: Vec<f32>) -> AttributeProto {
-    AttributeProto { floats: values, ..attribute(name, AttributeType::Floats) }
+    AttributeProto {
+        floats: values,
+        ..attribute(name, AttributeType::Floats)
+    }
 }
 
 /// A string-list attribute.
 pub fn attr_strings<S: AsRef<str>>(name: &str, values: &[S]) -> AttributeProto {
     AttributeProto {
-        strings: values.iter().map(|s| s.as_ref().as_bytes().to_vec()).collect(),
+        strings: values
+            .iter()
+            .map(|s| s.as_ref().as_bytes().to_vec())
+            .collect(),
         ..attribute(name, AttributeType::Strings)
     }
 }
 
 /// A model around `graph`, importing the default and `ai.onnx.ml` opsets
 /// plus any `(domain, version)` pairs in `extra_opsets`.
-pub fn model(graph: GraphProto, producer_version: &str, extra_opsets: &[(&str, i64)]) -> ModelProto {
+pub fn model(
+    graph: GraphProto,
+    producer_version: &str,
+    extra_opsets: &[(&str, i64)],
+) -> ModelProto {
     let mut opset_import = vec![
-        OperatorSetIdProto { domain: String::new(), version: DEFAULT_OPSET },
-        OperatorSetIdProto { domain: "ai.onnx.ml".to_owned(), version: ML_OPSET },
+        OperatorSetIdProto {
+            domain: String::new(),
+            version: DEFAULT_OPSET,
+        },
+        OperatorSetIdProto {
+            domain: "ai.onnx.ml".to_owned(),
+            version: ML_OPSET,
+        },
     ];
     opset_import.extend(
         extra_opsets
             .iter()
-            .map(|(domain, version)| OperatorSetIdProto { domain: (*domain).to_owned(), version: *version }),
+            .map(|(domain, version)| OperatorSetIdProto {
+                domain: (*domain).to_owned(),
+                version: *version,
+            }),
     );
     ModelProto {
         ir_version: IR_VERSION,

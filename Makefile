@@ -1,0 +1,28 @@
+# Nurture's entry points. `make test` is what CI runs (.ci/run).
+
+CARGO ?= cargo
+
+.PHONY: test ort tools fmt-check clippy build unit check
+
+## Run every check and test: ONNX Runtime and test tools are fetched when
+## missing, then fmt, clippy, and all tests with a real S3-compatible server.
+test: ort tools fmt-check clippy build
+	scripts/with-s3.sh $(CARGO) test --workspace --all-targets
+
+## Fetch the ONNX Runtime library into .ort/ (from the onnxruntime wheel on PyPI).
+ort:
+	scripts/fetch-ort.sh
+
+## Install test-only tools (the S3-compatible server) into .tools/.
+tools:
+	scripts/install-test-tools.sh
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Build the binaries that end-to-end tests start as processes.
+build:
+	$(CARGO) build --workspace --bins
