@@ -170,8 +170,9 @@ impl ModelState {
     /// does not follow or contradicts the log, which only a writer bypassing
     /// the registry can cause.
     pub fn apply(&mut self, event: &Event) -> Result<()> {
+        let object = format!("release log of {} at seq {}", self.name, event.seq);
         let corrupt = |reason: String| Error::Corrupt {
-            object: format!("release log of {} at seq {}", self.name, event.seq),
+            object: object.clone(),
             reason,
         };
         if event.seq != self.seq + 1 {
@@ -235,36 +236,36 @@ impl ModelState {
                 if !self.versions.contains_key(to) {
                     return Err(corrupt(format!("rollback target {to} was never published")));
                 }
-                let revocation = Revocation {
-                    seq: event.seq,
-                    at: event.at,
-                    actor: event.actor.clone(),
-                    reason: reason.clone(),
-                };
-                let record = self
-                    .versions
-                    .get_mut(from)
-                    .ok_or_else(|| corrupt(format!("version {from} was never published")))?;
-                record.revoked = Some(revocation);
+                self.mark_revoked(*from, event, reason).map_err(corrupt)?;
                 self.canary = None;
                 self.live = Some(*to);
                 self.live_history.push(*to);
             }
             EventKind::Revoked { version, reason } => {
-                let revocation = Revocation {
-                    seq: event.seq,
-                    at: event.at,
-                    actor: event.actor.clone(),
-                    reason: reason.clone(),
-                };
-                let record = self
-                    .versions
-                    .get_mut(version)
-                    .ok_or_else(|| corrupt(format!("version {version} was never published")))?;
-                record.revoked = Some(revocation);
+                self.mark_revoked(*version, event, reason)
+                    .map_err(corrupt)?;
             }
         }
         self.seq = event.seq;
+        Ok(())
+    }
+
+    fn mark_revoked(
+        &mut self,
+        version: u64,
+        event: &Event,
+        reason: &str,
+    ) -> std::result::Result<(), String> {
+        let record = self
+            .versions
+            .get_mut(&version)
+            .ok_or_else(|| format!("version {version} was never published"))?;
+        record.revoked = Some(Revocation {
+            seq: event.seq,
+            at: event.at,
+            actor: event.actor.clone(),
+            reason: reason.to_owned(),
+        });
         Ok(())
     }
 
