@@ -1,0 +1,325 @@
+//! Training data: the CSV schema of each kind, loading with errors that name
+//! the row and column, and the fixed holdout split.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use nurture_models::ModelKind;
+use nurture_models::kind::InputContract;
+
+use crate::error::{Error, Result};
+
+/// Column every dataset starts with: a stable id of the lead (or message).
+/// Rows sharing an id land on the same side of the split.
+pub const ID_COLUMN: &str = "lead_id";
+/// Column holding the text of an emotion dataset.
+pub const TEXT_COLUMN: &str = "text";
+
+/// Share of ids (in percent) that go to the holdout.
+pub const HOLDOUT_PERCENT: u64 = 20;
+
+/// Name of the label column of a kind's dataset.
+pub fn label_column(kind: ModelKind) -> &'static str {
+    match kind {
+        ModelKind::Emotion => "emotion",
+        ModelKind::Churn => "churned",
+        ModelKind::Journey => "stage",
+        ModelKind::ChannelTiming => "responded",
+        ModelKind::Optimization => "converted",
+    }
+}
+
+/// The exact header a kind's CSV must have.
+pub fn header(kind: ModelKind) -> Vec<String> {
+    let mut columns = vec![ID_COLUMN.to_owned()];
+    match kind.input() {
+        InputContract::Text => columns.push(TEXT_COLUMN.to_owned()),
+        InputContract::Features => columns.extend(kind.allowed_features().into_iter().map(str::to_owned)),
+    }
+    columns.push(label_column(kind).to_owned());
+    columns
+}
+
+/// How a label is written in the CSV: class names for multi-class kinds,
+/// 0/1 for binary ones.
+pub fn label_text(kind: ModelKind, class: usize) -> String {
+    match kind {
+        ModelKind::Emotion | ModelKind::Journey => kind.labels()[class].to_owned(),
+        _ => class.to_string(),
+    }
+}
+
+fn parse_label(kind: ModelKind, value: &str) -> Option<usize> {
+    match kind {
+        ModelKind::Emotion | ModelKind::Journey => kind.labels().iter().position(|label| *label == value),
+        _ => match value {
+            "0" => Some(0),
+            "1" => Some(1),
+            _ => None,
+        },
+    }
+}
+
+/// Whether an id belongs to the holdout: FNV-1a (64 bit) of its bytes,
+/// modulo 100, below [`HOLDOUT_PERCENT`]. Fixed, so every version of a model
+/// (and the scikit-learn reference) is scored on the same rows.
+pub fn is_holdout(id: &str) -> bool {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in id.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash % 100 < HOLDOUT_PERCENT
+}
+
+/// Inputs of a dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inputs {
+    /// Row-major feature matrix, `rows × features.len()`.
+    Features {
+        /// Column names.
+        names: Vec<String>,
+        /// Values.
+        values: Vec<f32>,
+    },
+    /// One text per row.
+    Texts(Vec<String>),
+}
+
+/// A loaded, validated dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// Kind it trains.
+    pub kind: ModelKind,
+    /// Id of each row.
+    pub ids: Vec<String>,
+    /// Inputs.
+    pub inputs: Inputs,
+    /// Class index of each row.
+    pub labels: Vec<usize>,
+}
+
+impl Dataset {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Number of feature columns (0 for text).
+    pub fn width(&self) -> usize {
+        match &self.inputs {
+            Inputs::Features { names, .. } => names.len(),
+            Inputs::Texts(_) => 0,
+        }
+    }
+
+    /// Feature row `row`.
+    pub fn row(&self, row: usize) -> &[f32] {
+        match &self.inputs {
+            Inputs::Features { values, names } => &values[row * names.len()..(row + 1) * names.len()],
+            Inputs::Texts(_) => &[],
+        }
+    }
+
+    /// Text of row `row`.
+    pub fn text(&self, row: usize) -> &str {
+        match &self.inputs {
+            Inputs::Texts(texts) => &texts[row],
+            Inputs::Features { .. } => "",
+        }
+    }
+
+    /// The rows selected by `keep`, in order.
+    pub fn subset(&self, keep: impl Fn(usize) -> bool) -> Dataset {
+        let rows: Vec<usize> = (0..self.len()).filter(|row| keep(*row)).collect();
+        let inputs = match &self.inputs {
+            Inputs::Features { names, .. } => Inputs::Features {
+                names: names.clone(),
+                values: rows.iter().flat_map(|row| self.row(*row).iter().copied()).collect(),
+            },
+            Inputs::Texts(texts) => Inputs::Texts(rows.iter().map(|row| texts[*row].clone()).collect()),
+        };
+        Dataset {
+            kind: self.kind,
+            ids: rows.iter().map(|row| self.ids[*row].clone()).collect(),
+            inputs,
+            labels: rows.iter().map(|row| self.labels[*row]).collect(),
+        }
+    }
+
+    /// Keeps only the named feature columns, in the given order.
+    pub fn select_features(&self, selected: &[String]) -> Result<Dataset> {
+        let Inputs::Features { names, values } = &self.inputs else {
+            return Err(Error::usage("--features applies to tabular kinds only"));
+        };
+        let mut columns = Vec::new();
+        for name in selected {
+            let index = names
+                .iter()
+                .position(|n| n == name)
+                .ok_or_else(|| Error::usage(format!("--features names {name:?}, which the dataset does not have")))?;
+            columns.push(index);
+        }
+        let width = names.len();
+        let values = (0..self.len())
+            .flat_map(|row| columns.iter().map(move |column| values[row * width + column]))
+            .collect();
+        Ok(Dataset { inputs: Inputs::Features { names: selected.to_vec(), values }, ..self.clone() })
+    }
+
+    /// Splits into (train, holdout) by [`is_holdout`] of each row's id.
+    pub fn split(&self) -> (Dataset, Dataset) {
+        let train = self.subset(|row| !is_holdout(&self.ids[row]));
+        let holdout = self.subset(|row| is_holdout(&self.ids[row]));
+        (train, holdout)
+    }
+
+    /// Rows per class.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.kind.labels().len()];
+        for label in &self.labels {
+            counts[*label] += 1;
+        }
+        counts
+    }
+}
+
+/// Loads and validates a kind's CSV. Every problem names the file, line and
+/// column; nothing is trained from a file with any problem.
+pub fn load_csv(kind: ModelKind, path: &Path) -> Result<Dataset> {
+    let file = std::fs::File::open(path).map_err(|error| Error::data(path, None, None, format!("cannot open: {error}")))?;
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(file);
+    let expected = header(kind);
+    let found: Vec<String> = reader
+        .headers()
+        .map_err(|error| Error::data(path, Some(1), None, format!("cannot read the header: {error}")))?
+        .iter()
+        .map(|h| h.trim().to_owned())
+        .collect();
+    if found.len() == 1 && found[0].is_empty() {
+        return Err(Error::data(path, None, None, "the file is empty".to_owned()));
+    }
+    check_header(kind, path, &expected, &found)?;
+
+    let label_index = expected.len() - 1;
+    let mut ids = Vec::new();
+    let mut labels = Vec::new();
+    let mut values = Vec::new();
+    let mut texts = Vec::new();
+    let features: Vec<&str> = kind.allowed_features();
+    for (index, record) in reader.records().enumerate() {
+        let line = index + 2;
+        let record = record.map_err(|error| Error::data(path, Some(line), None, error.to_string()))?;
+        if record.len() != expected.len() {
+            return Err(Error::data(
+                path,
+                Some(line),
+                None,
+                format!("has {} fields, the header has {}", record.len(), expected.len()),
+            ));
+        }
+        let id = record[0].trim();
+        if id.is_empty() {
+            return Err(Error::data(path, Some(line), Some(ID_COLUMN), "is empty".to_owned()));
+        }
+        ids.push(id.to_owned());
+        match kind.input() {
+            InputContract::Text => texts.push(record[1].to_owned()),
+            InputContract::Features => {
+                for (offset, name) in features.iter().enumerate() {
+                    let raw = record[offset + 1].trim();
+                    let value: f64 = raw.parse().map_err(|_| {
+                        Error::data(path, Some(line), Some(name), format!("{raw:?} is not a number"))
+                    })?;
+                    let feature = kind.feature(name).expect("header columns are the kind's features");
+                    if !feature.unit.accepts(value) {
+                        let (low, high) = feature.unit.range();
+                        let range = if high == f64::MAX { format!(">= {low}") } else { format!("in [{low}, {high}]") };
+                        return Err(Error::data(
+                            path,
+                            Some(line),
+                            Some(name),
+                            format!("{raw} is not a finite value {range}"),
+                        ));
+                    }
+                    values.push(value as f32);
+                }
+            }
+        }
+        let raw_label = record[label_index].trim();
+        let label = parse_label(kind, raw_label).ok_or_else(|| {
+            let allowed: Vec<String> = (0..kind.labels().len()).map(|class| label_text(kind, class)).collect();
+            Error::data(
+                path,
+                Some(line),
+                Some(label_column(kind)),
+                format!("{raw_label:?} is not one of {}", allowed.join(", ")),
+            )
+        })?;
+        labels.push(label);
+    }
+    if labels.is_empty() {
+        return Err(Error::data(path, None, None, "has a header but no rows".to_owned()));
+    }
+    let classes: BTreeSet<usize> = labels.iter().copied().collect();
+    if classes.len() < 2 {
+        return Err(Error::data(
+            path,
+            None,
+            Some(label_column(kind)),
+            format!("every row has the same label ({}); a model needs at least two classes", label_text(kind, labels[0])),
+        ));
+    }
+    let inputs = match kind.input() {
+        InputContract::Text => Inputs::Texts(texts),
+        InputContract::Features => Inputs::Features { names: features.iter().map(|f| (*f).to_owned()).collect(), values },
+    };
+    Ok(Dataset { kind, ids, inputs, labels })
+}
+
+fn check_header(kind: ModelKind, path: &Path, expected: &[String], found: &[String]) -> Result<()> {
+    for column in expected {
+        if !found.contains(column) {
+            return Err(Error::data(path, Some(1), Some(column), format!("missing column (a {kind} dataset needs {})", expected.join(","))));
+        }
+    }
+    for column in found {
+        if !expected.contains(column) {
+            return Err(Error::data(path, Some(1), Some(column), format!("unexpected column (a {kind} dataset has exactly {})", expected.join(","))));
+        }
+    }
+    if found != expected {
+        return Err(Error::data(path, Some(1), None, format!("columns must come in this order: {}", expected.join(","))));
+    }
+    Ok(())
+}
+
+/// Default file name of a kind's dataset inside a data folder.
+pub fn default_file(folder: &Path, kind: ModelKind) -> PathBuf {
+    folder.join(format!("{kind}.csv"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holdout_is_about_a_fifth_and_stable() {
+        let held = (0..10_000).filter(|i| is_holdout(&format!("lead-{i}"))).count();
+        assert!((1_800..2_200).contains(&held), "{held}");
+        assert!(is_holdout("lead-3") == is_holdout("lead-3"));
+    }
+
+    #[test]
+    fn header_lists_id_features_and_label() {
+        let churn = header(ModelKind::Churn);
+        assert_eq!(churn.first().map(String::as_str), Some("lead_id"));
+        assert_eq!(churn.last().map(String::as_str), Some("churned"));
+        assert_eq!(header(ModelKind::Emotion), ["lead_id", "text", "emotion"]);
+    }
+}

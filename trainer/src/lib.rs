@@ -1,0 +1,11 @@
+//! `nurture-trainer`: synthetic datasets, gradient-boosted trees for the
+//! tabular kinds, a TF-IDF + logistic-regression text model for emotion, ONNX
+//! export, parity checks against ONNX Runtime, and publishing through the
+//! registry behind a quality gate.
+
+pub mod dataset;
+pub mod error;
+pub mod generate;
+pub mod metrics;
+
+pub use error::{Error, Result};
