@@ -34,7 +34,9 @@ pub fn header(kind: ModelKind) -> Vec<String> {
     let mut columns = vec![ID_COLUMN.to_owned()];
     match kind.input() {
         InputContract::Text => columns.push(TEXT_COLUMN.to_owned()),
-        InputContract::Features => columns.extend(kind.allowed_features().into_iter().map(str::to_owned)),
+        InputContract::Features => {
+            columns.extend(kind.allowed_features().into_iter().map(str::to_owned))
+        }
     }
     columns.push(label_column(kind).to_owned());
     columns
@@ -51,7 +53,9 @@ pub fn label_text(kind: ModelKind, class: usize) -> String {
 
 fn parse_label(kind: ModelKind, value: &str) -> Option<usize> {
     match kind {
-        ModelKind::Emotion | ModelKind::Journey => kind.labels().iter().position(|label| *label == value),
+        ModelKind::Emotion | ModelKind::Journey => {
+            kind.labels().iter().position(|label| *label == value)
+        }
         _ => match value {
             "0" => Some(0),
             "1" => Some(1),
@@ -121,7 +125,9 @@ impl Dataset {
     /// Feature row `row`.
     pub fn row(&self, row: usize) -> &[f32] {
         match &self.inputs {
-            Inputs::Features { values, names } => &values[row * names.len()..(row + 1) * names.len()],
+            Inputs::Features { values, names } => {
+                &values[row * names.len()..(row + 1) * names.len()]
+            }
             Inputs::Texts(_) => &[],
         }
     }
@@ -140,9 +146,14 @@ impl Dataset {
         let inputs = match &self.inputs {
             Inputs::Features { names, .. } => Inputs::Features {
                 names: names.clone(),
-                values: rows.iter().flat_map(|row| self.row(*row).iter().copied()).collect(),
+                values: rows
+                    .iter()
+                    .flat_map(|row| self.row(*row).iter().copied())
+                    .collect(),
             },
-            Inputs::Texts(texts) => Inputs::Texts(rows.iter().map(|row| texts[*row].clone()).collect()),
+            Inputs::Texts(texts) => {
+                Inputs::Texts(rows.iter().map(|row| texts[*row].clone()).collect())
+            }
         };
         Dataset {
             kind: self.kind,
@@ -159,17 +170,28 @@ impl Dataset {
         };
         let mut columns = Vec::new();
         for name in selected {
-            let index = names
-                .iter()
-                .position(|n| n == name)
-                .ok_or_else(|| Error::usage(format!("--features names {name:?}, which the dataset does not have")))?;
+            let index = names.iter().position(|n| n == name).ok_or_else(|| {
+                Error::usage(format!(
+                    "--features names {name:?}, which the dataset does not have"
+                ))
+            })?;
             columns.push(index);
         }
         let width = names.len();
         let values = (0..self.len())
-            .flat_map(|row| columns.iter().map(move |column| values[row * width + column]))
+            .flat_map(|row| {
+                columns
+                    .iter()
+                    .map(move |column| values[row * width + column])
+            })
             .collect();
-        Ok(Dataset { inputs: Inputs::Features { names: selected.to_vec(), values }, ..self.clone() })
+        Ok(Dataset {
+            inputs: Inputs::Features {
+                names: selected.to_vec(),
+                values,
+            },
+            ..self.clone()
+        })
     }
 
     /// Splits into (train, holdout) by [`is_holdout`] of each row's id.
@@ -192,17 +214,33 @@ impl Dataset {
 /// Loads and validates a kind's CSV. Every problem names the file, line and
 /// column; nothing is trained from a file with any problem.
 pub fn load_csv(kind: ModelKind, path: &Path) -> Result<Dataset> {
-    let file = std::fs::File::open(path).map_err(|error| Error::data(path, None, None, format!("cannot open: {error}")))?;
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(true).from_reader(file);
+    let file = std::fs::File::open(path)
+        .map_err(|error| Error::data(path, None, None, format!("cannot open: {error}")))?;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(file);
     let expected = header(kind);
     let found: Vec<String> = reader
         .headers()
-        .map_err(|error| Error::data(path, Some(1), None, format!("cannot read the header: {error}")))?
+        .map_err(|error| {
+            Error::data(
+                path,
+                Some(1),
+                None,
+                format!("cannot read the header: {error}"),
+            )
+        })?
         .iter()
         .map(|h| h.trim().to_owned())
         .collect();
     if found.len() == 1 && found[0].is_empty() {
-        return Err(Error::data(path, None, None, "the file is empty".to_owned()));
+        return Err(Error::data(
+            path,
+            None,
+            None,
+            "the file is empty".to_owned(),
+        ));
     }
     check_header(kind, path, &expected, &found)?;
 
@@ -214,18 +252,28 @@ pub fn load_csv(kind: ModelKind, path: &Path) -> Result<Dataset> {
     let features: Vec<&str> = kind.allowed_features();
     for (index, record) in reader.records().enumerate() {
         let line = index + 2;
-        let record = record.map_err(|error| Error::data(path, Some(line), None, error.to_string()))?;
+        let record =
+            record.map_err(|error| Error::data(path, Some(line), None, error.to_string()))?;
         if record.len() != expected.len() {
             return Err(Error::data(
                 path,
                 Some(line),
                 None,
-                format!("has {} fields, the header has {}", record.len(), expected.len()),
+                format!(
+                    "has {} fields, the header has {}",
+                    record.len(),
+                    expected.len()
+                ),
             ));
         }
         let id = record[0].trim();
         if id.is_empty() {
-            return Err(Error::data(path, Some(line), Some(ID_COLUMN), "is empty".to_owned()));
+            return Err(Error::data(
+                path,
+                Some(line),
+                Some(ID_COLUMN),
+                "is empty".to_owned(),
+            ));
         }
         ids.push(id.to_owned());
         match kind.input() {
@@ -234,12 +282,23 @@ pub fn load_csv(kind: ModelKind, path: &Path) -> Result<Dataset> {
                 for (offset, name) in features.iter().enumerate() {
                     let raw = record[offset + 1].trim();
                     let value: f64 = raw.parse().map_err(|_| {
-                        Error::data(path, Some(line), Some(name), format!("{raw:?} is not a number"))
+                        Error::data(
+                            path,
+                            Some(line),
+                            Some(name),
+                            format!("{raw:?} is not a number"),
+                        )
                     })?;
-                    let feature = kind.feature(name).expect("header columns are the kind's features");
+                    let feature = kind
+                        .feature(name)
+                        .expect("header columns are the kind's features");
                     if !feature.unit.accepts(value) {
                         let (low, high) = feature.unit.range();
-                        let range = if high == f64::MAX { format!(">= {low}") } else { format!("in [{low}, {high}]") };
+                        let range = if high == f64::MAX {
+                            format!(">= {low}")
+                        } else {
+                            format!("in [{low}, {high}]")
+                        };
                         return Err(Error::data(
                             path,
                             Some(line),
@@ -253,7 +312,9 @@ pub fn load_csv(kind: ModelKind, path: &Path) -> Result<Dataset> {
         }
         let raw_label = record[label_index].trim();
         let label = parse_label(kind, raw_label).ok_or_else(|| {
-            let allowed: Vec<String> = (0..kind.labels().len()).map(|class| label_text(kind, class)).collect();
+            let allowed: Vec<String> = (0..kind.labels().len())
+                .map(|class| label_text(kind, class))
+                .collect();
             Error::data(
                 path,
                 Some(line),
@@ -264,7 +325,12 @@ pub fn load_csv(kind: ModelKind, path: &Path) -> Result<Dataset> {
         labels.push(label);
     }
     if labels.is_empty() {
-        return Err(Error::data(path, None, None, "has a header but no rows".to_owned()));
+        return Err(Error::data(
+            path,
+            None,
+            None,
+            "has a header but no rows".to_owned(),
+        ));
     }
     let classes: BTreeSet<usize> = labels.iter().copied().collect();
     if classes.len() < 2 {
@@ -272,29 +338,61 @@ pub fn load_csv(kind: ModelKind, path: &Path) -> Result<Dataset> {
             path,
             None,
             Some(label_column(kind)),
-            format!("every row has the same label ({}); a model needs at least two classes", label_text(kind, labels[0])),
+            format!(
+                "every row has the same label ({}); a model needs at least two classes",
+                label_text(kind, labels[0])
+            ),
         ));
     }
     let inputs = match kind.input() {
         InputContract::Text => Inputs::Texts(texts),
-        InputContract::Features => Inputs::Features { names: features.iter().map(|f| (*f).to_owned()).collect(), values },
+        InputContract::Features => Inputs::Features {
+            names: features.iter().map(|f| (*f).to_owned()).collect(),
+            values,
+        },
     };
-    Ok(Dataset { kind, ids, inputs, labels })
+    Ok(Dataset {
+        kind,
+        ids,
+        inputs,
+        labels,
+    })
 }
 
 fn check_header(kind: ModelKind, path: &Path, expected: &[String], found: &[String]) -> Result<()> {
     for column in expected {
         if !found.contains(column) {
-            return Err(Error::data(path, Some(1), Some(column), format!("missing column (a {kind} dataset needs {})", expected.join(","))));
+            return Err(Error::data(
+                path,
+                Some(1),
+                Some(column),
+                format!(
+                    "missing column (a {kind} dataset needs {})",
+                    expected.join(",")
+                ),
+            ));
         }
     }
     for column in found {
         if !expected.contains(column) {
-            return Err(Error::data(path, Some(1), Some(column), format!("unexpected column (a {kind} dataset has exactly {})", expected.join(","))));
+            return Err(Error::data(
+                path,
+                Some(1),
+                Some(column),
+                format!(
+                    "unexpected column (a {kind} dataset has exactly {})",
+                    expected.join(",")
+                ),
+            ));
         }
     }
     if found != expected {
-        return Err(Error::data(path, Some(1), None, format!("columns must come in this order: {}", expected.join(","))));
+        return Err(Error::data(
+            path,
+            Some(1),
+            None,
+            format!("columns must come in this order: {}", expected.join(",")),
+        ));
     }
     Ok(())
 }
@@ -310,7 +408,9 @@ mod tests {
 
     #[test]
     fn holdout_is_about_a_fifth_and_stable() {
-        let held = (0..10_000).filter(|i| is_holdout(&format!("lead-{i}"))).count();
+        let held = (0..10_000)
+            .filter(|i| is_holdout(&format!("lead-{i}")))
+            .count();
         assert!((1_800..2_200).contains(&held), "{held}");
         assert!(is_holdout("lead-3") == is_holdout("lead-3"));
     }

@@ -45,7 +45,12 @@ pub enum Error {
 impl Error {
     /// Builds [`Error::Data`].
     pub fn data(path: &Path, line: Option<usize>, column: Option<&str>, reason: String) -> Self {
-        Error::Data { path: path.to_path_buf(), line, column: column.map(str::to_owned), reason }
+        Error::Data {
+            path: path.to_path_buf(),
+            line,
+            column: column.map(str::to_owned),
+            reason,
+        }
     }
 
     /// Builds [`Error::Usage`].
@@ -55,7 +60,10 @@ impl Error {
 
     /// Builds [`Error::Io`].
     pub fn io(path: &Path, error: std::io::Error) -> Self {
-        Error::Io { path: path.to_path_buf(), reason: error.to_string() }
+        Error::Io {
+            path: path.to_path_buf(),
+            reason: error.to_string(),
+        }
     }
 }
 

@@ -5,7 +5,11 @@
 
 pub mod dataset;
 pub mod error;
+pub mod export;
+pub mod gbdt;
 pub mod generate;
 pub mod metrics;
+pub mod text;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -28,7 +28,12 @@ pub fn auc(scores: &[f64], positive: &[bool]) -> f64 {
     if positives == 0.0 || negatives == 0.0 {
         return f64::NAN;
     }
-    let rank_sum: f64 = ranks.iter().zip(positive).filter(|(_, p)| **p).map(|(r, _)| r).sum();
+    let rank_sum: f64 = ranks
+        .iter()
+        .zip(positive)
+        .filter(|(_, p)| **p)
+        .map(|(r, _)| r)
+        .sum();
     (rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives)
 }
 
@@ -63,9 +68,21 @@ pub fn accuracy(predicted: &[usize], labels: &[usize]) -> f64 {
 pub fn macro_f1(predicted: &[usize], labels: &[usize], classes: usize) -> f64 {
     let mut f1s = Vec::new();
     for class in 0..classes {
-        let tp = predicted.iter().zip(labels).filter(|(p, l)| **p == class && **l == class).count() as f64;
-        let fp = predicted.iter().zip(labels).filter(|(p, l)| **p == class && **l != class).count() as f64;
-        let fn_ = predicted.iter().zip(labels).filter(|(p, l)| **p != class && **l == class).count() as f64;
+        let tp = predicted
+            .iter()
+            .zip(labels)
+            .filter(|(p, l)| **p == class && **l == class)
+            .count() as f64;
+        let fp = predicted
+            .iter()
+            .zip(labels)
+            .filter(|(p, l)| **p == class && **l != class)
+            .count() as f64;
+        let fn_ = predicted
+            .iter()
+            .zip(labels)
+            .filter(|(p, l)| **p != class && **l == class)
+            .count() as f64;
         if tp + fp + fn_ == 0.0 {
             continue;
         }
@@ -76,7 +93,11 @@ pub fn macro_f1(predicted: &[usize], labels: &[usize], classes: usize) -> f64 {
 
 /// The metrics that fit a kind: binary kinds get AUC, log loss, accuracy
 /// and Brier score; multi-class kinds accuracy, macro-F1 and log loss.
-pub fn evaluate(probabilities: &[Vec<f64>], labels: &[usize], classes: usize) -> BTreeMap<String, f64> {
+pub fn evaluate(
+    probabilities: &[Vec<f64>],
+    labels: &[usize],
+    classes: usize,
+) -> BTreeMap<String, f64> {
     let predicted: Vec<usize> = probabilities.iter().map(|row| argmax(row)).collect();
     let mut metrics = BTreeMap::new();
     metrics.insert("log_loss".to_owned(), log_loss(probabilities, labels));
@@ -85,7 +106,11 @@ pub fn evaluate(probabilities: &[Vec<f64>], labels: &[usize], classes: usize) ->
         let scores: Vec<f64> = probabilities.iter().map(|row| row[1]).collect();
         let positive: Vec<bool> = labels.iter().map(|l| *l == 1).collect();
         metrics.insert("auc".to_owned(), auc(&scores, &positive));
-        let brier = scores.iter().zip(&positive).map(|(s, p)| (s - f64::from(u8::from(*p))).powi(2)).sum::<f64>()
+        let brier = scores
+            .iter()
+            .zip(&positive)
+            .map(|(s, p)| (s - f64::from(u8::from(*p))).powi(2))
+            .sum::<f64>()
             / scores.len() as f64;
         metrics.insert("brier".to_owned(), brier);
     } else {
@@ -106,7 +131,10 @@ mod tests {
 
     #[test]
     fn auc_matches_hand_computed_values() {
-        assert_eq!(auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]), 0.75);
+        assert_eq!(
+            auc(&[0.1, 0.4, 0.35, 0.8], &[false, false, true, true]),
+            0.75
+        );
         assert_eq!(auc(&[0.5, 0.5], &[false, true]), 0.5);
         assert_eq!(auc(&[0.1, 0.9], &[false, true]), 1.0);
     }

@@ -20,35 +20,146 @@ pub const LABEL_NOISE: f64 = 0.03;
 /// Phrases per state, in `EMOTION_LABELS` order.
 const PHRASES: [&[&str]; 10] = [
     // excited
-    &["i'm so excited about", "can't wait to see", "we are thrilled about", "this is amazing news about", "so pumped about", "absolutely love", "we're over the moon about"],
+    &[
+        "i'm so excited about",
+        "can't wait to see",
+        "we are thrilled about",
+        "this is amazing news about",
+        "so pumped about",
+        "absolutely love",
+        "we're over the moon about",
+    ],
     // anxious
-    &["i'm worried about", "i'm nervous about", "a bit scared about", "losing sleep over", "i keep stressing about", "really anxious about", "uneasy about"],
+    &[
+        "i'm worried about",
+        "i'm nervous about",
+        "a bit scared about",
+        "losing sleep over",
+        "i keep stressing about",
+        "really anxious about",
+        "uneasy about",
+    ],
     // frustrated
-    &["i'm fed up with", "this is ridiculous,", "so annoyed about", "i'm tired of waiting on", "nobody is answering about", "sick of the delays with", "not okay with how you handled"],
+    &[
+        "i'm fed up with",
+        "this is ridiculous,",
+        "so annoyed about",
+        "i'm tired of waiting on",
+        "nobody is answering about",
+        "sick of the delays with",
+        "not okay with how you handled",
+    ],
     // confident
-    &["we're ready to move forward with", "i'm sure about", "no doubts about", "we know exactly what we want in", "i'm not worried about", "pretty certain about", "we're confident in"],
+    &[
+        "we're ready to move forward with",
+        "i'm sure about",
+        "no doubts about",
+        "we know exactly what we want in",
+        "i'm not worried about",
+        "pretty certain about",
+        "we're confident in",
+    ],
     // hopeful
-    &["fingers crossed for", "hoping it works out with", "i have a good feeling about", "we hope they accept", "keeping our hopes up for", "optimistic about", "praying it goes through with"],
+    &[
+        "fingers crossed for",
+        "hoping it works out with",
+        "i have a good feeling about",
+        "we hope they accept",
+        "keeping our hopes up for",
+        "optimistic about",
+        "praying it goes through with",
+    ],
     // confused
-    &["i don't understand", "can you explain", "what does this mean for", "i'm confused about", "not sure about", "lost with the paperwork for", "which step comes next for"],
+    &[
+        "i don't understand",
+        "can you explain",
+        "what does this mean for",
+        "i'm confused about",
+        "not sure about",
+        "lost with the paperwork for",
+        "which step comes next for",
+    ],
     // disappointed
-    &["i'm disappointed with", "not happy with", "a real letdown,", "expected more from", "sad that we lost", "not impressed by", "bummed about"],
+    &[
+        "i'm disappointed with",
+        "not happy with",
+        "a real letdown,",
+        "expected more from",
+        "sad that we lost",
+        "not impressed by",
+        "bummed about",
+    ],
     // satisfied
-    &["thank you so much for", "really happy with", "great job on", "everything went smoothly with", "pleased with", "appreciate your help with", "glad we chose"],
+    &[
+        "thank you so much for",
+        "really happy with",
+        "great job on",
+        "everything went smoothly with",
+        "pleased with",
+        "appreciate your help with",
+        "glad we chose",
+    ],
     // overwhelmed
-    &["too much going on with", "drowning in paperwork for", "i can't keep up with", "overwhelmed by", "way too many options for", "my head is spinning about", "so much to handle with"],
+    &[
+        "too much going on with",
+        "drowning in paperwork for",
+        "i can't keep up with",
+        "overwhelmed by",
+        "way too many options for",
+        "my head is spinning about",
+        "so much to handle with",
+    ],
     // neutral
-    &["just checking in about", "please send the details for", "what time works for", "can we schedule", "following up on", "here is my question about", "noting the update on"],
+    &[
+        "just checking in about",
+        "please send the details for",
+        "what time works for",
+        "can we schedule",
+        "following up on",
+        "here is my question about",
+        "noting the update on",
+    ],
 ];
 
 const TOPICS: &[&str] = &[
-    "the house on maple street", "the condo downtown", "the listing you sent", "the open house", "our offer",
-    "the inspection", "the mortgage", "the neighborhood", "the closing date", "the price", "the appraisal",
-    "the townhouse", "the new listings", "the showing on saturday",
+    "the house on maple street",
+    "the condo downtown",
+    "the listing you sent",
+    "the open house",
+    "our offer",
+    "the inspection",
+    "the mortgage",
+    "the neighborhood",
+    "the closing date",
+    "the price",
+    "the appraisal",
+    "the townhouse",
+    "the new listings",
+    "the showing on saturday",
 ];
 
-const OPENERS: &[&str] = &["", "", "hi,", "hello,", "hey,", "so", "honestly", "thanks for the update.", "quick note:"];
-const CLOSINGS: &[&str] = &["", "", "", "let me know.", "talk soon.", "call me when you can.", "thanks.", "!!", "..."];
+const OPENERS: &[&str] = &[
+    "",
+    "",
+    "hi,",
+    "hello,",
+    "hey,",
+    "so",
+    "honestly",
+    "thanks for the update.",
+    "quick note:",
+];
+const CLOSINGS: &[&str] = &[
+    "",
+    "",
+    "",
+    "let me know.",
+    "talk soon.",
+    "call me when you can.",
+    "thanks.",
+    "!!",
+    "...",
+];
 
 /// One generated message.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,7 +226,11 @@ pub fn message(rng: &mut ChaCha8Rng) -> Message {
     } else {
         state
     };
-    Message { text, label, intended: state }
+    Message {
+        text,
+        label,
+        intended: state,
+    }
 }
 
 /// Highest accuracy any model can reach: the noisy labels are wrong for
@@ -133,7 +248,11 @@ mod tests {
     fn messages_are_ascii_and_labelled() {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         let messages: Vec<Message> = (0..2_000).map(|_| message(&mut rng)).collect();
-        assert!(messages.iter().all(|m| m.text.is_ascii() && !m.text.trim().is_empty() && m.label < 10));
+        assert!(
+            messages
+                .iter()
+                .all(|m| m.text.is_ascii() && !m.text.trim().is_empty() && m.label < 10)
+        );
         let noisy = messages.iter().filter(|m| m.label != m.intended).count();
         assert!((20..120).contains(&noisy), "{noisy}");
         assert!(messages.iter().any(|m| m.text.contains(", but ")));

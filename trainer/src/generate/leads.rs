@@ -22,7 +22,9 @@ fn round(value: f64, decimals: i32) -> f64 {
 }
 
 fn poisson(rng: &mut ChaCha8Rng, mean: f64) -> f64 {
-    Poisson::new(mean.max(1e-9)).expect("positive mean").sample(rng)
+    Poisson::new(mean.max(1e-9))
+        .expect("positive mean")
+        .sample(rng)
 }
 
 fn normal(rng: &mut ChaCha8Rng, sd: f64) -> f64 {
@@ -60,21 +62,29 @@ impl Lead {
     pub fn sample(rng: &mut ChaCha8Rng) -> Lead {
         let e = normal(rng, 1.0);
         let i = 0.4 * e + 0.92 * normal(rng, 1.0);
-        let exp = |rng: &mut ChaCha8Rng, mean: f64| Exp::new(1.0 / mean).expect("positive mean").sample(rng);
+        let exp = |rng: &mut ChaCha8Rng, mean: f64| {
+            Exp::new(1.0 / mean).expect("positive mean").sample(rng)
+        };
         let email_open_rate = round(sigmoid(0.9 * e - 0.2 + normal(rng, 0.6)), 3);
         Lead {
             days_since_first_contact: round(rng.random_range(1.0..365.0), 1),
             days_since_last_contact: round(exp(rng, 4.0), 1),
             days_since_last_reply: round(exp(rng, 6.0 * (-0.7 * e).exp()).min(180.0), 1),
             email_open_rate,
-            email_click_rate: round(email_open_rate * sigmoid(0.6 * i - 1.0 + normal(rng, 0.5)), 3),
+            email_click_rate: round(
+                email_open_rate * sigmoid(0.6 * i - 1.0 + normal(rng, 0.5)),
+                3,
+            ),
             sms_reply_rate: round(sigmoid(0.8 * e - 0.6 + normal(rng, 0.8)), 3),
             call_answer_rate: round(sigmoid(0.6 * e - 0.8 + normal(rng, 0.8)), 3),
             video_join_rate: round(sigmoid(0.5 * e + 0.5 * i - 1.2 + normal(rng, 0.8)), 3),
             messages_sent_30d: poisson(rng, 6.0),
             messages_received_30d: poisson(rng, 3.0 * (0.5 * e).exp()),
             avg_response_hours: round(
-                LogNormal::new(10f64.ln() - 0.5 * e, 0.6).expect("valid").sample(rng).min(240.0),
+                LogNormal::new(10f64.ln() - 0.5 * e, 0.6)
+                    .expect("valid")
+                    .sample(rng)
+                    .min(240.0),
                 1,
             ),
             sentiment_score: round((0.6 * e + 0.3 * i + normal(rng, 0.5)).tanh(), 3),
@@ -85,7 +95,12 @@ impl Lead {
             showings_attended: poisson(rng, 0.6 * (0.8 * i).exp()),
             pre_approved: f64::from(u8::from(rng.random_bool(sigmoid(1.2 * i - 0.8)))),
             mortgage_calculator_uses_30d: poisson(rng, (0.7 * i - 0.3).exp()),
-            budget_k_usd: (LogNormal::new(420f64.ln(), 0.35).expect("valid").sample(rng) / 5.0).round() * 5.0,
+            budget_k_usd: (LogNormal::new(420f64.ln(), 0.35)
+                .expect("valid")
+                .sample(rng)
+                / 5.0)
+                .round()
+                * 5.0,
         }
     }
 
@@ -135,7 +150,11 @@ impl Lead {
     /// Local hour around which the lead answers: 10 for leads with a budget
     /// over 500k (business hours), else 19 (evenings).
     pub fn active_hour(&self) -> f64 {
-        if self.budget_k_usd > 500.0 { 10.0 } else { 19.0 }
+        if self.budget_k_usd > 500.0 {
+            10.0
+        } else {
+            19.0
+        }
     }
 
     /// Segment for message optimization: 2 hot (pre-approved with two or

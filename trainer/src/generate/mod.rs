@@ -38,16 +38,24 @@ pub struct BayesReport {
 
 /// Writes `{kind}.csv` for every kind and `bayes.json` into `out`, `rows`
 /// rows per file, reproducibly from `seed`.
-pub fn generate(out: &Path, rows: usize, seed: u64, progress: &ProgressBar) -> Result<BTreeMap<ModelKind, BayesReport>> {
+pub fn generate(
+    out: &Path,
+    rows: usize,
+    seed: u64,
+    progress: &ProgressBar,
+) -> Result<BTreeMap<ModelKind, BayesReport>> {
     if rows < 100 {
-        return Err(Error::usage(format!("--rows must be at least 100, got {rows}")));
+        return Err(Error::usage(format!(
+            "--rows must be at least 100, got {rows}"
+        )));
     }
     std::fs::create_dir_all(out).map_err(|error| Error::io(out, error))?;
     progress.set_length((rows * ModelKind::ALL.len()) as u64);
     let mut reports = BTreeMap::new();
     for (index, kind) in ModelKind::ALL.into_iter().enumerate() {
         progress.set_message(format!("generating {kind}"));
-        let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9).wrapping_add(index as u64));
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9).wrapping_add(index as u64));
         let path = dataset::default_file(out, kind);
         let report = write_kind(kind, &path, rows, &mut rng, progress)?;
         reports.insert(kind, report);
@@ -67,11 +75,22 @@ pub fn read_bayes(data: &Path, kind: ModelKind) -> Option<BayesReport> {
     reports.remove(&kind)
 }
 
-fn write_kind(kind: ModelKind, path: &Path, rows: usize, rng: &mut ChaCha8Rng, progress: &ProgressBar) -> Result<BayesReport> {
+fn write_kind(
+    kind: ModelKind,
+    path: &Path,
+    rows: usize,
+    rng: &mut ChaCha8Rng,
+    progress: &ProgressBar,
+) -> Result<BayesReport> {
     let file = std::fs::File::create(path).map_err(|error| Error::io(path, error))?;
     let mut writer = csv::Writer::from_writer(std::io::BufWriter::new(file));
-    let write_error = |error: csv::Error| Error::Io { path: path.to_path_buf(), reason: error.to_string() };
-    writer.write_record(dataset::header(kind)).map_err(write_error)?;
+    let write_error = |error: csv::Error| Error::Io {
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    };
+    writer
+        .write_record(dataset::header(kind))
+        .map_err(write_error)?;
 
     // True class probabilities and labels of holdout rows, for the Bayes rate.
     let mut truth: Vec<Vec<f64>> = Vec::new();
@@ -95,7 +114,11 @@ fn write_kind(kind: ModelKind, path: &Path, rows: usize, rng: &mut ChaCha8Rng, p
             ModelKind::Emotion => {
                 let message = emotion::message(rng);
                 record.clear();
-                record.extend([id.clone(), message.text.clone(), dataset::label_text(kind, message.label)]);
+                record.extend([
+                    id.clone(),
+                    message.text.clone(),
+                    dataset::label_text(kind, message.label),
+                ]);
                 emit(&record, one_hot(message.intended, 10), message.label)?;
                 written += 1;
             }
@@ -129,7 +152,11 @@ fn write_kind(kind: ModelKind, path: &Path, rows: usize, rng: &mut ChaCha8Rng, p
                     record.push(id.clone());
                     record.extend(lead.values().iter().map(|v| v.to_string()));
                     record.extend((0..4).map(|c| u8::from(c == slot.channel).to_string()));
-                    record.extend([slot.weekday.to_string(), slot.hour.to_string(), label.to_string()]);
+                    record.extend([
+                        slot.weekday.to_string(),
+                        slot.hour.to_string(),
+                        label.to_string(),
+                    ]);
                     emit(&record, vec![1.0 - p, p], label)?;
                     written += 1;
                 }
@@ -170,7 +197,9 @@ fn write_kind(kind: ModelKind, path: &Path, rows: usize, rng: &mut ChaCha8Rng, p
 }
 
 fn one_hot(index: usize, classes: usize) -> Vec<f64> {
-    (0..classes).map(|class| f64::from(u8::from(class == index))).collect()
+    (0..classes)
+        .map(|class| f64::from(u8::from(class == index)))
+        .collect()
 }
 
 /// Draws a class from a distribution.
@@ -191,7 +220,10 @@ fn bayes_report(kind: ModelKind, truth: &[Vec<f64>], labels: &[usize]) -> BayesR
             let predicted: Vec<usize> = truth.iter().map(|row| metrics::argmax(row)).collect();
             let mut metrics = BTreeMap::new();
             metrics.insert("accuracy".to_owned(), metrics::accuracy(&predicted, labels));
-            metrics.insert("macro_f1".to_owned(), metrics::macro_f1(&predicted, labels, 10));
+            metrics.insert(
+                "macro_f1".to_owned(),
+                metrics::macro_f1(&predicted, labels, 10),
+            );
             BayesReport {
                 metrics,
                 note: format!(

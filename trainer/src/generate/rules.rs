@@ -9,7 +9,8 @@ use super::leads::{Lead, sigmoid};
 /// contact gap over 14 days; falls with positive sentiment, showings
 /// attended (capped at 6), pre-approval and email opens.
 pub fn churn(lead: &Lead) -> f64 {
-    let logit = -1.3 + 0.09 * lead.days_since_last_reply.min(60.0) - 1.6 * lead.sentiment_score
+    let logit = -1.3 + 0.09 * lead.days_since_last_reply.min(60.0)
+        - 1.6 * lead.sentiment_score
         - 0.45 * lead.showings_attended.min(6.0)
         - 1.1 * lead.pre_approved
         + 0.5 * lead.complaints_90d.min(4.0)
@@ -38,8 +39,17 @@ pub fn journey_score(lead: &Lead) -> f64 {
 /// with logistic noise of scale [`JOURNEY_NOISE`]).
 pub fn journey(lead: &Lead) -> [f64; 5] {
     let z = journey_score(lead);
-    let below: Vec<f64> = JOURNEY_CUTS.iter().map(|cut| sigmoid((cut - z) / JOURNEY_NOISE)).collect();
-    [below[0], below[1] - below[0], below[2] - below[1], below[3] - below[2], 1.0 - below[3]]
+    let below: Vec<f64> = JOURNEY_CUTS
+        .iter()
+        .map(|cut| sigmoid((cut - z) / JOURNEY_NOISE))
+        .collect();
+    [
+        below[0],
+        below[1] - below[0],
+        below[2] - below[1],
+        below[3] - below[2],
+        1.0 - below[3],
+    ]
 }
 
 /// A candidate contact slot.
@@ -112,7 +122,11 @@ pub fn conversion(lead: &Lead, variant: Variant) -> f64 {
     let logit = base
         + tone
         + 0.5 * f64::from(u8::from(variant.personalized))
-        + if variant.has_incentive && segment == 0 { 0.7 } else { 0.0 }
+        + if variant.has_incentive && segment == 0 {
+            0.7
+        } else {
+            0.0
+        }
         + length
         + 0.8 * f64::from(u8::from(variant.channel == lead.preferred_channel()));
     sigmoid(logit)

@@ -1,0 +1,521 @@
+//! `nurture-trainer train`: load, split, fit, export, prove parity in ONNX
+//! Runtime, build the manifest, and publish behind the quality gate.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::ProgressBar;
+use nurture_models::manifest::{GoldenExample, ManifestDraft};
+use nurture_models::registry::{PublishRequest, sha256_hex};
+use nurture_models::{ModelKind, ModelName, Registry, runtime};
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::value::Tensor;
+use serde::Serialize;
+
+use crate::dataset::{self, Dataset, Inputs};
+use crate::error::{Error, Result};
+use crate::export;
+use crate::gbdt::{Booster, Params};
+use crate::generate::{self, BayesReport};
+use crate::metrics;
+use crate::text::logistic::Logistic;
+use crate::text::{TextParams, Vectorizer};
+
+/// Largest difference allowed between the trainer's and ONNX Runtime's
+/// probabilities on any holdout row.
+pub const PARITY_TOLERANCE: f64 = 1e-4;
+/// Default `--max-regression`: how much lower (absolute) the primary metric
+/// may be than the live version's before `--promote` is refused.
+pub const DEFAULT_MAX_REGRESSION: f64 = 0.01;
+/// Golden examples stored in the manifest.
+pub const GOLDEN_EXAMPLES: usize = 5;
+/// Rows per ONNX Runtime call when scoring the holdout.
+const SCORING_BATCH: usize = 1024;
+/// Holdout quantiles of predicted churn probability that separate the five
+/// risk levels: 40% of leads very_low, 25% low, 20% medium, 10% high, 5%
+/// critical.
+pub const RISK_QUANTILES: [f64; 4] = [0.40, 0.65, 0.85, 0.95];
+
+/// What to train and where to publish it.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// Kind to train.
+    pub kind: ModelKind,
+    /// The kind's CSV.
+    pub data: PathBuf,
+    /// Use only these features (tabular kinds); default: all of the dataset.
+    pub features: Option<Vec<String>>,
+    /// Seed (early-stopping split); the same data and seed give the same ONNX bytes.
+    pub seed: u64,
+    /// Booster settings (tabular kinds).
+    pub gbdt: Params,
+    /// Text settings (emotion).
+    pub text: TextParams,
+    /// Inverse regularisation strength of the emotion classifier.
+    pub c: f64,
+    /// Registry URL; needed to publish.
+    pub registry: Option<String>,
+    /// Model name; default: the kind's.
+    pub name: Option<String>,
+    /// Publish the version.
+    pub publish: bool,
+    /// Make it live (implies publish), subject to the quality gate.
+    pub promote: bool,
+    /// Promote even when the gate says no.
+    pub force: bool,
+    /// Allowed drop of the primary metric against the live version.
+    pub max_regression: f64,
+    /// Who publishes.
+    pub actor: String,
+    /// Write `{kind}.onnx` and `{kind}.manifest.json` here.
+    pub out_dir: Option<PathBuf>,
+}
+
+/// Wall time of each step, in seconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    /// Reading and validating the CSV.
+    pub load: f64,
+    /// Fitting.
+    pub fit: f64,
+    /// Exporting ONNX.
+    pub export: f64,
+    /// Scoring the holdout in ONNX Runtime.
+    pub parity: f64,
+    /// Everything, including publishing.
+    pub total: f64,
+}
+
+/// The quality gate's comparison.
+#[derive(Debug, Clone, Serialize)]
+pub struct GateReport {
+    /// Metric compared.
+    pub metric: String,
+    /// Live version.
+    pub live_version: u64,
+    /// Live version's score on this holdout.
+    pub live: f64,
+    /// New model's score.
+    pub candidate: f64,
+    /// Whether the promotion may go ahead (or was forced).
+    pub passed: bool,
+    /// Whether `--force` overrode a failure.
+    pub forced: bool,
+}
+
+/// What a training run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    /// Kind.
+    pub kind: ModelKind,
+    /// Rows used for fitting.
+    pub train_rows: usize,
+    /// Holdout rows.
+    pub holdout_rows: usize,
+    /// Features used (tabular).
+    pub features: Vec<String>,
+    /// Holdout metrics (from ONNX Runtime's outputs).
+    pub metrics: BTreeMap<String, f64>,
+    /// The generator's best possible scores, when `bayes.json` is beside the data.
+    pub bayes: Option<BayesReport>,
+    /// Largest |trainer − ONNX Runtime| probability difference on the holdout.
+    pub parity_max_diff: f64,
+    /// sha256 of the ONNX bytes.
+    pub sha256: String,
+    /// Size of the ONNX bytes.
+    pub onnx_bytes: usize,
+    /// Trees or logistic-regression size, for people.
+    pub model_summary: String,
+    /// Published version, if any.
+    pub published_version: Option<u64>,
+    /// Whether it was made live.
+    pub promoted: bool,
+    /// Quality gate, when a live version existed.
+    pub gate: Option<GateReport>,
+    /// Step timings.
+    pub timings: Timings,
+}
+
+/// A fitted model of either family.
+enum Fitted {
+    Trees(Booster),
+    Text(Vectorizer, Logistic),
+}
+
+impl Fitted {
+    fn predict(&self, data: &Dataset, row: usize) -> Vec<f64> {
+        match self {
+            Fitted::Trees(booster) => booster.predict(data.row(row)),
+            Fitted::Text(vectorizer, classifier) => {
+                classifier.predict(&vectorizer.transform(data.text(row)))
+            }
+        }
+    }
+}
+
+/// Scores `data` with an ONNX session, in batches.
+pub fn score_onnx(session: &mut Session, data: &Dataset) -> Result<Vec<Vec<f64>>> {
+    let mut out = Vec::with_capacity(data.len());
+    let classes = data.kind.labels().len();
+    let mut start = 0;
+    while start < data.len() {
+        let end = (start + SCORING_BATCH).min(data.len());
+        let outputs = match &data.inputs {
+            Inputs::Features { names, values } => {
+                let width = names.len();
+                let batch = values[start * width..end * width].to_vec();
+                let tensor = Tensor::from_array(([end - start, width], batch))?;
+                session.run(ort::inputs![nurture_models::kind::FEATURES_INPUT => tensor])?
+            }
+            Inputs::Texts(texts) => {
+                let tensor = Tensor::from_string_array(([end - start], &texts[start..end]))?;
+                session.run(ort::inputs![nurture_models::kind::TEXT_INPUT => tensor])?
+            }
+        };
+        let (_, values) =
+            outputs[nurture_models::kind::PROBABILITIES_OUTPUT].try_extract_tensor::<f32>()?;
+        out.extend(
+            values
+                .chunks(classes)
+                .map(|row| row.iter().map(|p| f64::from(*p)).collect::<Vec<f64>>()),
+        );
+        start = end;
+    }
+    Ok(out)
+}
+
+fn feature_means(data: &Dataset) -> BTreeMap<String, f64> {
+    let Inputs::Features { names, .. } = &data.inputs else {
+        return BTreeMap::new();
+    };
+    names
+        .iter()
+        .enumerate()
+        .map(|(column, name)| {
+            let sum: f64 = (0..data.len())
+                .map(|row| f64::from(data.row(row)[column]))
+                .sum();
+            (name.clone(), sum / data.len() as f64)
+        })
+        .collect()
+}
+
+fn risk_thresholds(probabilities: &[Vec<f64>]) -> [f64; 4] {
+    let mut churn: Vec<f64> = probabilities.iter().map(|row| row[1]).collect();
+    churn.sort_by(f64::total_cmp);
+    let mut thresholds = [0.0; 4];
+    let mut previous = 0.0_f64;
+    for (slot, quantile) in thresholds.iter_mut().zip(RISK_QUANTILES) {
+        let value = churn[((churn.len() - 1) as f64 * quantile) as usize];
+        // Strictly ascending inside (0, 1), even where predictions tie.
+        *slot = value.max(previous + 1e-4).clamp(1e-4, 1.0 - 1e-4);
+        previous = *slot;
+    }
+    thresholds
+}
+
+/// Trains one kind; publishes and promotes as asked.
+pub async fn train(
+    options: &TrainOptions,
+    environment: &Environment,
+    progress: &ProgressBar,
+) -> Result<TrainReport> {
+    let started = Instant::now();
+    let mut timings = Timings::default();
+    let kind = options.kind;
+    let classes = kind.labels().len();
+    let name = ModelName::new(options.name.as_deref().unwrap_or(kind.as_str()))?;
+    if (options.publish || options.promote) && options.registry.is_none() {
+        return Err(Error::usage(
+            "--publish and --promote need --registry (or NURTURE_REGISTRY)",
+        ));
+    }
+
+    progress.set_message(format!("{kind}: loading"));
+    let full = dataset::load_csv(kind, &options.data)?;
+    let data = match &options.features {
+        Some(features) => {
+            ManifestDraft {
+                features: Some(features.clone()),
+                ..Default::default()
+            }
+            .check(kind)?;
+            full.select_features(features)?
+        }
+        None => full.clone(),
+    };
+    let (train, holdout) = data.split();
+    let (_, full_holdout) = full.split();
+    for (part, set) in [("training", &train), ("holdout", &holdout)] {
+        let present = set.class_counts().iter().filter(|c| **c > 0).count();
+        if present < 2 {
+            return Err(Error::data(
+                &options.data,
+                None,
+                Some(dataset::label_column(kind)),
+                format!("the {part} split has fewer than two classes; add rows"),
+            ));
+        }
+    }
+    timings.load = started.elapsed().as_secs_f64();
+
+    progress.set_message(format!("{kind}: fitting"));
+    let fit_started = Instant::now();
+    let version = env!("CARGO_PKG_VERSION");
+    let producer = format!("nurture-trainer {version}");
+    let (fitted, onnx, summary) = match &train.inputs {
+        Inputs::Features { values, names } => {
+            let params = Params {
+                seed: options.seed,
+                ..options.gbdt
+            };
+            let booster = Booster::fit(
+                values,
+                names.len(),
+                &train.labels,
+                classes,
+                params,
+                progress,
+            );
+            timings.fit = fit_started.elapsed().as_secs_f64();
+            let export_started = Instant::now();
+            let onnx = export::trees::to_onnx(&booster, names.len(), &producer);
+            timings.export = export_started.elapsed().as_secs_f64();
+            let summary = format!(
+                "{} iterations x {} trees, {} leaves",
+                booster.trees.len(),
+                booster.outputs(),
+                booster
+                    .trees
+                    .iter()
+                    .flatten()
+                    .map(|t| t.nodes.iter().filter(|n| n.leaf).count())
+                    .sum::<usize>()
+            );
+            (Fitted::Trees(booster), onnx, summary)
+        }
+        Inputs::Texts(texts) => {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let vectorizer = Vectorizer::fit(&refs, options.text);
+            let rows: Vec<_> = refs.iter().map(|t| vectorizer.transform(t)).collect();
+            progress.set_length(1);
+            let classifier = Logistic::fit(
+                &rows,
+                &train.labels,
+                vectorizer.width(),
+                classes,
+                options.c,
+                300,
+            )?;
+            progress.inc(1);
+            timings.fit = fit_started.elapsed().as_secs_f64();
+            let export_started = Instant::now();
+            let onnx = export::text::to_onnx(&vectorizer, &classifier, &producer);
+            timings.export = export_started.elapsed().as_secs_f64();
+            let summary = format!(
+                "{} word + {} character n-grams",
+                vectorizer.words.width(),
+                vectorizer.chars.width()
+            );
+            (Fitted::Text(vectorizer, classifier), onnx, summary)
+        }
+    };
+
+    progress.set_message(format!("{kind}: parity"));
+    let parity_started = Instant::now();
+    let mut session = runtime::session(environment, &onnx, 1)?;
+    let served = score_onnx(&mut session, &holdout)?;
+    let mut parity_max_diff = 0.0_f64;
+    for (row, onnx_row) in served.iter().enumerate() {
+        let own = fitted.predict(&holdout, row);
+        for (a, b) in own.iter().zip(onnx_row) {
+            let diff = (a - b).abs();
+            if diff.is_nan() || diff > PARITY_TOLERANCE {
+                return Err(Error::Parity(format!(
+                    "holdout row {row} (id {}): trainer {own:?}, ONNX Runtime {onnx_row:?}",
+                    holdout.ids[row]
+                )));
+            }
+            parity_max_diff = parity_max_diff.max(diff);
+        }
+    }
+    timings.parity = parity_started.elapsed().as_secs_f64();
+    let mut holdout_metrics = metrics::evaluate(&served, &holdout.labels, classes);
+
+    // Manifest draft.
+    let golden = (0..holdout.len().min(GOLDEN_EXAMPLES))
+        .map(|row| GoldenExample {
+            features: matches!(holdout.inputs, Inputs::Features { .. })
+                .then(|| holdout.row(row).to_vec()),
+            text: matches!(holdout.inputs, Inputs::Texts(_)).then(|| holdout.text(row).to_owned()),
+            probabilities: served[row].iter().map(|p| *p as f32).collect(),
+        })
+        .collect();
+    let features = match &data.inputs {
+        Inputs::Features { names, .. } => names.clone(),
+        Inputs::Texts(_) => Vec::new(),
+    };
+    let importances = match &fitted {
+        Fitted::Trees(booster) => {
+            let total: f64 = booster.gains.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+            features
+                .iter()
+                .zip(&booster.gains)
+                .map(|(name, gain)| (name.clone(), gain / total))
+                .collect()
+        }
+        Fitted::Text(..) => BTreeMap::new(),
+    };
+    let data_bytes =
+        std::fs::read(&options.data).map_err(|error| Error::io(&options.data, error))?;
+    holdout_metrics.insert("holdout_rows".to_owned(), holdout.len() as f64);
+    holdout_metrics.insert("train_rows".to_owned(), train.len() as f64);
+    let draft = ManifestDraft {
+        kind: Some(kind),
+        features: (!features.is_empty()).then(|| features.clone()),
+        labels: None,
+        risk_thresholds: (kind == ModelKind::Churn).then(|| risk_thresholds(&served)),
+        metrics: holdout_metrics.clone(),
+        feature_means: feature_means(&train),
+        feature_importances: importances,
+        golden,
+        data_hash: Some(sha256_hex(&data_bytes)),
+        trainer_version: Some(producer.clone()),
+        description: Some(format!(
+            "{kind} model trained on {} ({summary})",
+            options.data.display()
+        )),
+    };
+    let sha256 = sha256_hex(&onnx);
+    if let Some(dir) = &options.out_dir {
+        write_artifacts(dir, kind, &onnx, &draft)?;
+    }
+
+    // Quality gate, then publish and promote.
+    let mut report = TrainReport {
+        kind,
+        train_rows: train.len(),
+        holdout_rows: holdout.len(),
+        features,
+        metrics: holdout_metrics,
+        bayes: generate::read_bayes(&options.data, kind),
+        parity_max_diff,
+        sha256,
+        onnx_bytes: onnx.len(),
+        model_summary: summary,
+        published_version: None,
+        promoted: false,
+        gate: None,
+        timings,
+    };
+    if let Some(url) = options
+        .registry
+        .as_deref()
+        .filter(|_| options.publish || options.promote)
+    {
+        progress.set_message(format!("{kind}: publishing"));
+        let registry = Registry::open(url)?;
+        let gate = if options.promote {
+            quality_gate(
+                &registry,
+                &name,
+                &full_holdout,
+                &served,
+                options,
+                environment,
+            )
+            .await?
+        } else {
+            None
+        };
+        let manifest = registry
+            .publish(
+                environment,
+                PublishRequest {
+                    name: name.clone(),
+                    kind,
+                    onnx: onnx.into(),
+                    draft,
+                    actor: options.actor.clone(),
+                },
+            )
+            .await?;
+        report.published_version = Some(manifest.version);
+        report.gate = gate.clone();
+        if options.promote {
+            if let Some(gate) = gate.as_ref().filter(|g| !g.passed) {
+                report.timings.total = started.elapsed().as_secs_f64();
+                return Err(Error::Gate(format!(
+                    "version {} of {name} was published but not promoted: its {} is {:.4}, the live version {} scores {:.4} \
+                     on the same holdout (allowed drop {}); use --force to promote anyway",
+                    manifest.version,
+                    gate.metric,
+                    gate.candidate,
+                    gate.live_version,
+                    gate.live,
+                    options.max_regression
+                )));
+            }
+            report.promoted = registry
+                .promote(&name, manifest.version, false, &options.actor, None)
+                .await?
+                .is_some();
+        }
+    }
+    report.timings.total = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+    Ok(report)
+}
+
+/// Scores the live version on the same holdout and compares primary metrics.
+async fn quality_gate(
+    registry: &Registry,
+    name: &ModelName,
+    full_holdout: &Dataset,
+    candidate: &[Vec<f64>],
+    options: &TrainOptions,
+    environment: &Environment,
+) -> Result<Option<GateReport>> {
+    let state = registry.state(name).await?;
+    let Some(live) = state.live else {
+        return Ok(None);
+    };
+    let classes = options.kind.labels().len();
+    let metric = metrics::primary(classes);
+    let fetched = registry.fetch(name, live).await?;
+    let live_data = if fetched.manifest.features.is_empty() {
+        full_holdout.clone()
+    } else {
+        full_holdout.select_features(&fetched.manifest.features).map_err(|_| {
+            Error::Gate(format!(
+                "the live version {live} uses features this dataset lacks ({}); use --force to promote without comparing",
+                fetched.manifest.features.join(", ")
+            ))
+        })?
+    };
+    let mut session = runtime::session(environment, &fetched.onnx, 1)?;
+    let live_scores = score_onnx(&mut session, &live_data)?;
+    let live_score = metrics::evaluate(&live_scores, &live_data.labels, classes)[metric];
+    let candidate_score = metrics::evaluate(candidate, &live_data.labels, classes)[metric];
+    let better_enough = candidate_score >= live_score - options.max_regression;
+    Ok(Some(GateReport {
+        metric: metric.to_owned(),
+        live_version: live,
+        live: live_score,
+        candidate: candidate_score,
+        passed: better_enough || options.force,
+        forced: !better_enough && options.force,
+    }))
+}
+
+fn write_artifacts(dir: &Path, kind: ModelKind, onnx: &[u8], draft: &ManifestDraft) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|error| Error::io(dir, error))?;
+    let model = dir.join(format!("{kind}.onnx"));
+    std::fs::write(&model, onnx).map_err(|error| Error::io(&model, error))?;
+    let manifest = dir.join(format!("{kind}.manifest.json"));
+    let json = serde_json::to_vec_pretty(draft).expect("drafts serialise");
+    std::fs::write(&manifest, json).map_err(|error| Error::io(&manifest, error))?;
+    Ok(())
+}
