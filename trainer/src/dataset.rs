@@ -234,7 +234,7 @@ pub fn load_csv(kind: ModelKind, path: &Path) -> Result<Dataset> {
         .iter()
         .map(|h| h.trim().to_owned())
         .collect();
-    if found.len() == 1 && found[0].is_empty() {
+    if found.iter().all(String::is_empty) {
         return Err(Error::data(
             path,
             None,

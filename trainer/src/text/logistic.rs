@@ -21,12 +21,18 @@ pub struct Logistic {
     pub classes: usize,
 }
 
+/// Cost and gradient of the last parameters evaluated.
+type Evaluation = (Vec<f64>, f64, Vec<f64>);
+
 struct Problem<'a> {
     rows: &'a [SparseRow],
     labels: &'a [usize],
     width: usize,
     classes: usize,
     c: f64,
+    // NOTE: L-BFGS asks for the cost and then the gradient at the same point;
+    // both come from one pass over the data, so the pass is cached.
+    last: std::cell::RefCell<Option<Evaluation>>,
 }
 
 impl Problem<'_> {
@@ -41,6 +47,17 @@ impl Problem<'_> {
             }
         }
         logits
+    }
+
+    fn evaluate(&self, params: &[f64]) -> (f64, Vec<f64>) {
+        if let Some((cached, cost, gradient)) = self.last.borrow().as_ref()
+            && cached.as_slice() == params
+        {
+            return (*cost, gradient.clone());
+        }
+        let (cost, gradient) = self.cost_and_gradient(params, true);
+        *self.last.borrow_mut() = Some((params.to_vec(), cost, gradient.clone()));
+        (cost, gradient)
     }
 
     fn cost_and_gradient(&self, params: &[f64], want_gradient: bool) -> (f64, Vec<f64>) {
@@ -90,7 +107,7 @@ impl CostFunction for Problem<'_> {
     type Output = f64;
 
     fn cost(&self, params: &Self::Param) -> Result<f64, argmin::core::Error> {
-        Ok(self.cost_and_gradient(params, false).0)
+        Ok(self.evaluate(params).0)
     }
 }
 
@@ -99,7 +116,7 @@ impl Gradient for Problem<'_> {
     type Gradient = Vec<f64>;
 
     fn gradient(&self, params: &Self::Param) -> Result<Vec<f64>, argmin::core::Error> {
-        Ok(self.cost_and_gradient(params, true).1)
+        Ok(self.evaluate(params).1)
     }
 }
 
@@ -119,6 +136,7 @@ impl Logistic {
             width,
             classes,
             c,
+            last: std::cell::RefCell::new(None),
         };
         let initial = vec![0.0; (width + 1) * classes];
         let solver = LBFGS::new(MoreThuenteLineSearch::new(), 10)

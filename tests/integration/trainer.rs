@@ -1,0 +1,216 @@
+//! `nurture-trainer` as ML engineers run it: generate, train, publish,
+//! promote behind the quality gate, and refuse bad data.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+struct Trainer {
+    dir: TempDir,
+}
+
+impl Trainer {
+    fn new() -> Self {
+        Trainer { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn registry(&self) -> String {
+        format!("file://{}", self.path("registry").display())
+    }
+
+    fn command(&self, binary: &str, args: &[&str]) -> Command {
+        let mut command = Command::new(nurture_tests::binary(binary));
+        command
+            .args(args)
+            .env("NURTURE_REGISTRY", self.registry())
+            .env("NURTURE_ACTOR", "ml-engineer")
+            .env_remove("ORT_DYLIB_PATH")
+            .current_dir(nurture_tests::project_root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    fn run(&self, binary: &str, args: &[&str]) -> Output {
+        self.command(binary, args).output().unwrap()
+    }
+
+    fn ok(&self, binary: &str, args: &[&str]) -> String {
+        let output = self.run(binary, args);
+        assert!(output.status.success(), "{binary} {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    fn generate(&self, rows: usize) -> PathBuf {
+        let data = self.path("data");
+        self.ok("nurture-trainer", &["generate", "--out", data.to_str().unwrap(), "--rows", &rows.to_string()]);
+        data
+    }
+
+    fn train_json(&self, args: &[&str]) -> Vec<Value> {
+        let mut all = vec!["--json", "train"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ok("nurture-trainer", &all)).unwrap()
+    }
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn trains_publishes_and_promotes_every_kind() {
+    let trainer = Trainer::new();
+    let data = trainer.generate(1_500);
+    let out = trainer.path("artifacts");
+    let reports = trainer.train_json(&["all", "--data", data.to_str().unwrap(), "--promote", "--out-dir", out.to_str().unwrap()]);
+    assert_eq!(reports.len(), 5);
+    for report in &reports {
+        let kind = report["kind"].as_str().unwrap();
+        assert!(report["parity_max_diff"].as_f64().unwrap() <= 1e-4, "{kind}");
+        assert_eq!(report["published_version"], 1, "{kind}");
+        assert_eq!(report["promoted"], true, "{kind}");
+        let metric = if kind == "emotion" || kind == "journey" { "macro_f1" } else { "auc" };
+        let score = report["metrics"][metric].as_f64().unwrap();
+        // Far better than chance on every kind, even with small data.
+        let chance = if metric == "auc" { 0.5 } else { 1.0 / if kind == "emotion" { 10.0 } else { 5.0 } };
+        assert!(score > chance + 0.1, "{kind}: {metric} = {score}");
+        assert!(report["bayes"]["metrics"][metric].as_f64().is_some(), "{kind}: Bayes rate reported");
+    }
+
+    // The registry holds all five, live, with the trainer's manifest.
+    let models: Value = serde_json::from_str(&trainer.ok("nurturectl", &["--json", "ls"])).unwrap();
+    let models = models["models"].as_array().unwrap();
+    assert_eq!(models.len(), 5);
+    assert!(models.iter().all(|m| m["live"] == 1));
+    let versions: Value = serde_json::from_str(&trainer.ok("nurturectl", &["--json", "versions", "churn"])).unwrap();
+    assert!(versions["versions"][0]["metrics"]["auc"].as_f64().is_some());
+
+    // The exported files are ordinary ONNX: nurturectl publishes them too.
+    for kind in ["churn", "emotion"] {
+        let model = out.join(format!("{kind}.onnx"));
+        let manifest = out.join(format!("{kind}.manifest.json"));
+        let published: Value = serde_json::from_str(&trainer.ok(
+            "nurturectl",
+            &["--json", "publish", kind, model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap()],
+        ))
+        .unwrap();
+        assert_eq!(published["manifest"]["version"], 2);
+        let stored = &published["manifest"];
+        assert_eq!(stored["golden"].as_array().unwrap().len(), 5);
+        if kind == "churn" {
+            let thresholds: Vec<f64> = stored["risk_thresholds"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
+            assert!(thresholds.windows(2).all(|w| w[0] < w[1]), "{thresholds:?}");
+            assert_eq!(stored["feature_means"].as_object().unwrap().len(), 20);
+        }
+    }
+}
+
+#[test]
+fn the_same_data_and_seed_give_identical_onnx() {
+    let trainer = Trainer::new();
+    let data = trainer.generate(600);
+    let sha = |kind: &str, seed: &str| -> String {
+        let file = data.join(format!("{kind}.csv"));
+        let reports = trainer.train_json(&[kind, "--data", file.to_str().unwrap(), "--seed", seed]);
+        reports[0]["sha256"].as_str().unwrap().to_owned()
+    };
+    for kind in ["churn", "journey", "emotion"] {
+        assert_eq!(sha(kind, "7"), sha(kind, "7"), "{kind}");
+    }
+}
+
+#[test]
+fn the_quality_gate_refuses_a_worse_model_unless_forced() {
+    let trainer = Trainer::new();
+    let data = trainer.generate(3_000);
+    let churn = data.join("churn.csv");
+    let churn = churn.to_str().unwrap();
+    trainer.train_json(&["churn", "--data", churn, "--promote"]);
+
+    // One weak feature: clearly worse on the same holdout.
+    let output = trainer.run("nurture-trainer", &["train", "churn", "--data", churn, "--features", "budget_k_usd", "--promote"]);
+    assert_eq!(code(&output), 1);
+    let message = stderr(&output);
+    assert!(message.contains("quality gate") && message.contains("published but not promoted") && message.contains("--force"), "{message}");
+    let status: Value = serde_json::from_str(&trainer.ok("nurturectl", &["--json", "status", "churn"])).unwrap();
+    assert_eq!(status["live"], 1);
+    assert!(status["versions"]["2"].is_object(), "the refused version is still published");
+
+    let forced = trainer.train_json(&["churn", "--data", churn, "--features", "budget_k_usd", "--promote", "--force"]);
+    assert_eq!(forced[0]["gate"]["forced"], true);
+    assert_eq!(forced[0]["promoted"], true);
+    let status: Value = serde_json::from_str(&trainer.ok("nurturectl", &["--json", "status", "churn"])).unwrap();
+    assert_eq!(status["live"], 3);
+}
+
+fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+#[test]
+fn bad_data_is_named_by_line_and_column_and_publishes_nothing() {
+    let trainer = Trainer::new();
+    let data = trainer.generate(200);
+    let good = std::fs::read_to_string(data.join("churn.csv")).unwrap();
+    let lines: Vec<String> = good.lines().map(str::to_owned).collect();
+    let header = lines[0].clone();
+    let bad_dir = trainer.path("bad");
+    std::fs::create_dir_all(&bad_dir).unwrap();
+
+    let replace_field = |line: usize, column: usize, value: &str| -> String {
+        let mut rows = lines.clone();
+        let mut fields: Vec<String> = rows[line - 1].split(',').map(str::to_owned).collect();
+        fields[column] = value.to_owned();
+        rows[line - 1] = fields.join(",");
+        rows.join("\n")
+    };
+    let without_column = lines.iter().map(|l| l.rsplit_once(',').unwrap().0.to_owned()).collect::<Vec<_>>().join("\n");
+    let extra_column = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| if i == 0 { format!("{l},shoe_size") } else { format!("{l},42") })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let single_class = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| if i == 0 { l.clone() } else { format!("{},0", l.rsplit_once(',').unwrap().0) })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        ("missing column", without_column, "line 1, column churned", "missing column"),
+        ("extra column", extra_column, "column shoe_size", "unexpected column"),
+        ("non-numeric", replace_field(5, 4, "often"), "line 5, column email_open_rate", "not a number"),
+        ("NaN", replace_field(7, 12, "NaN"), "line 7, column sentiment_score", "not a finite value"),
+        ("negative count", replace_field(8, 9, "-3"), "line 8, column messages_sent_30d", ">= 0"),
+        ("label outside the set", replace_field(9, 21, "maybe"), "line 9, column churned", "is not one of 0, 1"),
+        ("empty file", String::new(), "churn.csv", "empty"),
+        ("header only", header.clone(), "churn.csv", "no rows"),
+        ("single class", single_class, "column churned", "at least two classes"),
+    ];
+    for (case, contents, location, reason) in cases {
+        let file = write(&bad_dir, "churn.csv", &contents);
+        let output = trainer.run("nurture-trainer", &["train", "churn", "--data", file.to_str().unwrap(), "--promote"]);
+        assert_eq!(code(&output), 1, "{case}");
+        let message = stderr(&output);
+        assert!(message.contains(location) && message.contains(reason), "{case}: {message}");
+        assert!(!trainer.path("registry").join("models").exists(), "{case}: something was published");
+    }
+    let unknown = trainer.run("nurture-trainer", &["train", "churn", "--data", data.join("churn.csv").to_str().unwrap(), "--features", "shoe_size"]);
+    assert_eq!(code(&unknown), 1);
+    assert!(stderr(&unknown).contains("shoe_size"), "{}", stderr(&unknown));
+}
