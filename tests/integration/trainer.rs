@@ -13,7 +13,9 @@ struct Trainer {
 
 impl Trainer {
     fn new() -> Self {
-        Trainer { dir: tempfile::tempdir().unwrap() }
+        Trainer {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -44,13 +46,26 @@ impl Trainer {
 
     fn ok(&self, binary: &str, args: &[&str]) -> String {
         let output = self.run(binary, args);
-        assert!(output.status.success(), "{binary} {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{binary} {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         String::from_utf8(output.stdout).unwrap()
     }
 
     fn generate(&self, rows: usize) -> PathBuf {
         let data = self.path("data");
-        self.ok("nurture-trainer", &["generate", "--out", data.to_str().unwrap(), "--rows", &rows.to_string()]);
+        self.ok(
+            "nurture-trainer",
+            &[
+                "generate",
+                "--out",
+                data.to_str().unwrap(),
+                "--rows",
+                &rows.to_string(),
+            ],
+        );
         data
     }
 
@@ -74,19 +89,40 @@ fn trains_publishes_and_promotes_every_kind() {
     let trainer = Trainer::new();
     let data = trainer.generate(1_500);
     let out = trainer.path("artifacts");
-    let reports = trainer.train_json(&["all", "--data", data.to_str().unwrap(), "--promote", "--out-dir", out.to_str().unwrap()]);
+    let reports = trainer.train_json(&[
+        "all",
+        "--data",
+        data.to_str().unwrap(),
+        "--promote",
+        "--out-dir",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(reports.len(), 5);
     for report in &reports {
         let kind = report["kind"].as_str().unwrap();
-        assert!(report["parity_max_diff"].as_f64().unwrap() <= 1e-4, "{kind}");
+        assert!(
+            report["parity_max_diff"].as_f64().unwrap() <= 1e-4,
+            "{kind}"
+        );
         assert_eq!(report["published_version"], 1, "{kind}");
         assert_eq!(report["promoted"], true, "{kind}");
-        let metric = if kind == "emotion" || kind == "journey" { "macro_f1" } else { "auc" };
+        let metric = if kind == "emotion" || kind == "journey" {
+            "macro_f1"
+        } else {
+            "auc"
+        };
         let score = report["metrics"][metric].as_f64().unwrap();
         // Far better than chance on every kind, even with small data.
-        let chance = if metric == "auc" { 0.5 } else { 1.0 / if kind == "emotion" { 10.0 } else { 5.0 } };
+        let chance = if metric == "auc" {
+            0.5
+        } else {
+            1.0 / if kind == "emotion" { 10.0 } else { 5.0 }
+        };
         assert!(score > chance + 0.1, "{kind}: {metric} = {score}");
-        assert!(report["bayes"]["metrics"][metric].as_f64().is_some(), "{kind}: Bayes rate reported");
+        assert!(
+            report["bayes"]["metrics"][metric].as_f64().is_some(),
+            "{kind}: Bayes rate reported"
+        );
     }
 
     // The registry holds all five, live, with the trainer's manifest.
@@ -94,7 +130,8 @@ fn trains_publishes_and_promotes_every_kind() {
     let models = models["models"].as_array().unwrap();
     assert_eq!(models.len(), 5);
     assert!(models.iter().all(|m| m["live"] == 1));
-    let versions: Value = serde_json::from_str(&trainer.ok("nurturectl", &["--json", "versions", "churn"])).unwrap();
+    let versions: Value =
+        serde_json::from_str(&trainer.ok("nurturectl", &["--json", "versions", "churn"])).unwrap();
     assert!(versions["versions"][0]["metrics"]["auc"].as_f64().is_some());
 
     // The exported files are ordinary ONNX: nurturectl publishes them too.
@@ -103,14 +140,26 @@ fn trains_publishes_and_promotes_every_kind() {
         let manifest = out.join(format!("{kind}.manifest.json"));
         let published: Value = serde_json::from_str(&trainer.ok(
             "nurturectl",
-            &["--json", "publish", kind, model.to_str().unwrap(), "--manifest", manifest.to_str().unwrap()],
+            &[
+                "--json",
+                "publish",
+                kind,
+                model.to_str().unwrap(),
+                "--manifest",
+                manifest.to_str().unwrap(),
+            ],
         ))
         .unwrap();
         assert_eq!(published["manifest"]["version"], 2);
         let stored = &published["manifest"];
         assert_eq!(stored["golden"].as_array().unwrap().len(), 5);
         if kind == "churn" {
-            let thresholds: Vec<f64> = stored["risk_thresholds"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
+            let thresholds: Vec<f64> = stored["risk_thresholds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_f64().unwrap())
+                .collect();
             assert!(thresholds.windows(2).all(|w| w[0] < w[1]), "{thresholds:?}");
             assert_eq!(stored["feature_means"].as_object().unwrap().len(), 20);
         }
@@ -140,18 +189,47 @@ fn the_quality_gate_refuses_a_worse_model_unless_forced() {
     trainer.train_json(&["churn", "--data", churn, "--promote"]);
 
     // One weak feature: clearly worse on the same holdout.
-    let output = trainer.run("nurture-trainer", &["train", "churn", "--data", churn, "--features", "budget_k_usd", "--promote"]);
+    let output = trainer.run(
+        "nurture-trainer",
+        &[
+            "train",
+            "churn",
+            "--data",
+            churn,
+            "--features",
+            "budget_k_usd",
+            "--promote",
+        ],
+    );
     assert_eq!(code(&output), 1);
     let message = stderr(&output);
-    assert!(message.contains("quality gate") && message.contains("published but not promoted") && message.contains("--force"), "{message}");
-    let status: Value = serde_json::from_str(&trainer.ok("nurturectl", &["--json", "status", "churn"])).unwrap();
+    assert!(
+        message.contains("quality gate")
+            && message.contains("published but not promoted")
+            && message.contains("--force"),
+        "{message}"
+    );
+    let status: Value =
+        serde_json::from_str(&trainer.ok("nurturectl", &["--json", "status", "churn"])).unwrap();
     assert_eq!(status["live"], 1);
-    assert!(status["versions"]["2"].is_object(), "the refused version is still published");
+    assert!(
+        status["versions"]["2"].is_object(),
+        "the refused version is still published"
+    );
 
-    let forced = trainer.train_json(&["churn", "--data", churn, "--features", "budget_k_usd", "--promote", "--force"]);
+    let forced = trainer.train_json(&[
+        "churn",
+        "--data",
+        churn,
+        "--features",
+        "budget_k_usd",
+        "--promote",
+        "--force",
+    ]);
     assert_eq!(forced[0]["gate"]["forced"], true);
     assert_eq!(forced[0]["promoted"], true);
-    let status: Value = serde_json::from_str(&trainer.ok("nurturectl", &["--json", "status", "churn"])).unwrap();
+    let status: Value =
+        serde_json::from_str(&trainer.ok("nurturectl", &["--json", "status", "churn"])).unwrap();
     assert_eq!(status["live"], 3);
 }
 
@@ -178,39 +256,119 @@ fn bad_data_is_named_by_line_and_column_and_publishes_nothing() {
         rows[line - 1] = fields.join(",");
         rows.join("\n")
     };
-    let without_column = lines.iter().map(|l| l.rsplit_once(',').unwrap().0.to_owned()).collect::<Vec<_>>().join("\n");
+    let without_column = lines
+        .iter()
+        .map(|l| l.rsplit_once(',').unwrap().0.to_owned())
+        .collect::<Vec<_>>()
+        .join("\n");
     let extra_column = lines
         .iter()
         .enumerate()
-        .map(|(i, l)| if i == 0 { format!("{l},shoe_size") } else { format!("{l},42") })
+        .map(|(i, l)| {
+            if i == 0 {
+                format!("{l},shoe_size")
+            } else {
+                format!("{l},42")
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n");
     let single_class = lines
         .iter()
         .enumerate()
-        .map(|(i, l)| if i == 0 { l.clone() } else { format!("{},0", l.rsplit_once(',').unwrap().0) })
+        .map(|(i, l)| {
+            if i == 0 {
+                l.clone()
+            } else {
+                format!("{},0", l.rsplit_once(',').unwrap().0)
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n");
     let cases: Vec<(&str, String, &str, &str)> = vec![
-        ("missing column", without_column, "line 1, column churned", "missing column"),
-        ("extra column", extra_column, "column shoe_size", "unexpected column"),
-        ("non-numeric", replace_field(5, 4, "often"), "line 5, column email_open_rate", "not a number"),
-        ("NaN", replace_field(7, 12, "NaN"), "line 7, column sentiment_score", "not a finite value"),
-        ("negative count", replace_field(8, 9, "-3"), "line 8, column messages_sent_30d", ">= 0"),
-        ("label outside the set", replace_field(9, 21, "maybe"), "line 9, column churned", "is not one of 0, 1"),
+        (
+            "missing column",
+            without_column,
+            "line 1, column churned",
+            "missing column",
+        ),
+        (
+            "extra column",
+            extra_column,
+            "column shoe_size",
+            "unexpected column",
+        ),
+        (
+            "non-numeric",
+            replace_field(5, 4, "often"),
+            "line 5, column email_open_rate",
+            "not a number",
+        ),
+        (
+            "NaN",
+            replace_field(7, 12, "NaN"),
+            "line 7, column sentiment_score",
+            "not a finite value",
+        ),
+        (
+            "negative count",
+            replace_field(8, 9, "-3"),
+            "line 8, column messages_sent_30d",
+            ">= 0",
+        ),
+        (
+            "label outside the set",
+            replace_field(9, 21, "maybe"),
+            "line 9, column churned",
+            "is not one of 0, 1",
+        ),
         ("empty file", String::new(), "churn.csv", "empty"),
         ("header only", header.clone(), "churn.csv", "no rows"),
-        ("single class", single_class, "column churned", "at least two classes"),
+        (
+            "single class",
+            single_class,
+            "column churned",
+            "at least two classes",
+        ),
     ];
     for (case, contents, location, reason) in cases {
         let file = write(&bad_dir, "churn.csv", &contents);
-        let output = trainer.run("nurture-trainer", &["train", "churn", "--data", file.to_str().unwrap(), "--promote"]);
+        let output = trainer.run(
+            "nurture-trainer",
+            &[
+                "train",
+                "churn",
+                "--data",
+                file.to_str().unwrap(),
+                "--promote",
+            ],
+        );
         assert_eq!(code(&output), 1, "{case}");
         let message = stderr(&output);
-        assert!(message.contains(location) && message.contains(reason), "{case}: {message}");
-        assert!(!trainer.path("registry").join("models").exists(), "{case}: something was published");
+        assert!(
+            message.contains(location) && message.contains(reason),
+            "{case}: {message}"
+        );
+        assert!(
+            !trainer.path("registry").join("models").exists(),
+            "{case}: something was published"
+        );
     }
-    let unknown = trainer.run("nurture-trainer", &["train", "churn", "--data", data.join("churn.csv").to_str().unwrap(), "--features", "shoe_size"]);
+    let unknown = trainer.run(
+        "nurture-trainer",
+        &[
+            "train",
+            "churn",
+            "--data",
+            data.join("churn.csv").to_str().unwrap(),
+            "--features",
+            "shoe_size",
+        ],
+    );
     assert_eq!(code(&unknown), 1);
-    assert!(stderr(&unknown).contains("shoe_size"), "{}", stderr(&unknown));
+    assert!(
+        stderr(&unknown).contains("shoe_size"),
+        "{}",
+        stderr(&unknown)
+    );
 }
