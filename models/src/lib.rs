@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod features;
+pub mod input;
 pub mod kind;
 pub mod manifest;
 pub mod registry;

@@ -155,6 +155,26 @@ pub struct CheckedDraft {
     pub draft: ManifestDraft,
 }
 
+impl Manifest {
+    /// The author-supplied part of this manifest, to check it again (e.g.
+    /// when a server loads a version written by someone else).
+    pub fn draft(&self) -> ManifestDraft {
+        ManifestDraft {
+            kind: Some(self.kind),
+            features: (!self.features.is_empty()).then(|| self.features.clone()),
+            labels: Some(self.labels.clone()),
+            risk_thresholds: self.risk_thresholds,
+            metrics: self.metrics.clone(),
+            feature_means: self.feature_means.clone(),
+            feature_importances: self.feature_importances.clone(),
+            golden: self.golden.clone(),
+            data_hash: self.data_hash.clone(),
+            trainer_version: self.trainer_version.clone(),
+            description: self.description.clone(),
+        }
+    }
+}
+
 impl ManifestDraft {
     /// Parses a draft from JSON, naming the offending field on error.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {

@@ -3,4 +3,5 @@
 
 mod cli;
 mod registry;
+mod server;
 mod trainer;

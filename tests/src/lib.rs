@@ -3,6 +3,7 @@
 
 pub mod fixtures;
 pub mod s3;
+pub mod server;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,126 @@
+//! Every knob of `nurture-server`: a flag with a `NURTURE_*` variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use nurture_models::registry::DEFAULT_REGISTRY;
+
+/// Serves Nurture's models over gRPC, following the registry's release logs.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "nurture-server", version)]
+pub struct Config {
+    /// Registry URL: file://PATH, s3://BUCKET[/PREFIX] (AWS_* variables), gs://, az://.
+    #[arg(long, env = "NURTURE_REGISTRY", default_value = DEFAULT_REGISTRY)]
+    pub registry: String,
+
+    /// gRPC listen address (port 0 picks a free port; the bound address is logged).
+    #[arg(long, env = "NURTURE_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+
+    /// Prometheus /metrics listen address.
+    #[arg(long, env = "NURTURE_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+
+    /// How often each model's release log is read.
+    #[arg(long, env = "NURTURE_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub poll_interval: Duration,
+
+    /// Local copy of fetched versions and the last known release state, so a
+    /// restart while the store is unreachable still serves.
+    #[arg(long, env = "NURTURE_CACHE_DIR", default_value = "./var/cache")]
+    pub cache_dir: PathBuf,
+
+    /// Models to serve, as NAME or NAME=KIND; a bare NAME must be a kind.
+    #[arg(
+        long,
+        env = "NURTURE_MODELS",
+        value_delimiter = ',',
+        default_value = "emotion,churn,journey,channel_timing,optimization"
+    )]
+    pub models: Vec<String>,
+
+    /// Most rows one inference call takes.
+    #[arg(long, env = "NURTURE_MAX_BATCH", default_value_t = 256)]
+    pub max_batch: usize,
+
+    /// Longest a request waits for others to join its batch.
+    #[arg(long, env = "NURTURE_MAX_DELAY", default_value = "2ms", value_parser = parse_duration)]
+    pub max_delay: Duration,
+
+    /// Inference threads per loaded version, each with its own session.
+    #[arg(long, env = "NURTURE_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+
+    /// Requests waiting per loaded version before new ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "NURTURE_QUEUE_CAPACITY", default_value_t = 1024)]
+    pub queue_capacity: usize,
+
+    /// ONNX Runtime intra-op threads per session.
+    #[arg(long, env = "NURTURE_INTRA_THREADS", default_value_t = 1)]
+    pub intra_threads: usize,
+
+    /// Most items (leads or texts) in one request.
+    #[arg(long, env = "NURTURE_MAX_ITEMS", default_value_t = 256)]
+    pub max_items: usize,
+
+    /// Most leads in one channel-timing request (each expands to up to 672 rows).
+    #[arg(long, env = "NURTURE_MAX_TIMING_LEADS", default_value_t = 16)]
+    pub max_timing_leads: usize,
+
+    /// Longest text accepted, in bytes.
+    #[arg(long, env = "NURTURE_MAX_TEXT_BYTES", default_value_t = 4096)]
+    pub max_text_bytes: usize,
+
+    /// How long shutdown waits for in-flight requests.
+    #[arg(long, env = "NURTURE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Path of the ONNX Runtime library; else .ort/ of the project is used.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub ort_dylib: Option<PathBuf>,
+}
+
+/// Parses `250ms`, `2s`, `1m` or a bare number of seconds.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let (number, unit) = match value.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(at) => value.split_at(at),
+        None => (value, "s"),
+    };
+    let number: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration (e.g. 250ms, 2s, 1m)"))?;
+    if !number.is_finite() || number < 0.0 {
+        return Err(format!("{value:?} must be a non-negative duration"));
+    }
+    let seconds = match unit {
+        "us" => number / 1e6,
+        "ms" => number / 1e3,
+        "s" => number,
+        "m" => number * 60.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {value:?}; use us, ms, s or m"
+            ));
+        }
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+}

@@ -1,0 +1,176 @@
+//! The edge: protocol messages to domain values, validated once, with errors
+//! that name the field. Exhaustive destructuring makes a new proto field a
+//! compile error here until someone decides what it means.
+
+use std::time::{Duration, Instant};
+
+use nurture_models::input::LeadValues;
+use nurture_proto::v1;
+
+use crate::error::ServeError;
+
+/// Longest lead id, in bytes.
+pub const MAX_LEAD_ID_BYTES: usize = 128;
+
+fn invalid(field: String, reason: impl std::fmt::Display) -> ServeError {
+    ServeError::InvalidArgument(format!("invalid {field}: {reason}"))
+}
+
+/// Converts and validates a `LeadProfile`; `field` names it in errors
+/// (e.g. `leads[2]`).
+pub fn lead(profile: &v1::LeadProfile, field: &str) -> Result<LeadValues, ServeError> {
+    let v1::LeadProfile {
+        lead_id,
+        days_since_first_contact,
+        days_since_last_contact,
+        days_since_last_reply,
+        email_open_rate,
+        email_click_rate,
+        sms_reply_rate,
+        call_answer_rate,
+        video_join_rate,
+        messages_sent_30d,
+        messages_received_30d,
+        avg_response_hours,
+        sentiment_score,
+        complaints_90d,
+        website_visits_30d,
+        listings_viewed_30d,
+        saved_searches,
+        showings_attended,
+        pre_approved,
+        mortgage_calculator_uses_30d,
+        budget_k_usd,
+        time_zone: _,
+    } = profile;
+    check_lead_id(lead_id, &format!("{field}.lead_id"))?;
+    let count = |v: &Option<i32>| v.map(f64::from);
+    let flag = |v: &Option<bool>| v.map(|b| f64::from(u8::from(b)));
+    let values = LeadValues {
+        id: lead_id.clone(),
+        values: [
+            *days_since_first_contact,
+            *days_since_last_contact,
+            *days_since_last_reply,
+            *email_open_rate,
+            *email_click_rate,
+            *sms_reply_rate,
+            *call_answer_rate,
+            *video_join_rate,
+            count(messages_sent_30d),
+            count(messages_received_30d),
+            *avg_response_hours,
+            *sentiment_score,
+            count(complaints_90d),
+            count(website_visits_30d),
+            count(listings_viewed_30d),
+            count(saved_searches),
+            count(showings_attended),
+            flag(pre_approved),
+            count(mortgage_calculator_uses_30d),
+            *budget_k_usd,
+        ],
+    };
+    values.validate(field)?;
+    Ok(values)
+}
+
+/// Checks a lead id's length.
+pub fn check_lead_id(id: &str, field: &str) -> Result<(), ServeError> {
+    if id.len() > MAX_LEAD_ID_BYTES {
+        return Err(invalid(
+            field.to_owned(),
+            format!("is {} bytes, at most {MAX_LEAD_ID_BYTES}", id.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a batch's size: 1 to `max` items.
+pub fn check_batch(len: usize, max: usize, field: &str) -> Result<(), ServeError> {
+    if len == 0 {
+        return Err(invalid(field.to_owned(), "must hold at least one item"));
+    }
+    if len > max {
+        return Err(invalid(
+            field.to_owned(),
+            format!("holds {len} items, at most {max} per request"),
+        ));
+    }
+    Ok(())
+}
+
+/// The request's deadline from its `grpc-timeout` header, if any.
+pub fn deadline<T>(request: &tonic::Request<T>) -> Option<Instant> {
+    let header = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = header.split_at(header.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    let duration = match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    };
+    Instant::now().checked_add(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lead_profiles_are_validated_with_field_names() {
+        let profile = v1::LeadProfile {
+            lead_id: "l1".into(),
+            email_open_rate: Some(1.5),
+            ..Default::default()
+        };
+        let error = lead(&profile, "leads[4]").unwrap_err().to_string();
+        assert!(error.contains("leads[4].email_open_rate"), "{error}");
+        let profile = v1::LeadProfile {
+            showings_attended: Some(-2),
+            ..Default::default()
+        };
+        assert!(
+            lead(&profile, "leads[0]")
+                .unwrap_err()
+                .to_string()
+                .contains("leads[0].showings_attended")
+        );
+        let profile = v1::LeadProfile {
+            pre_approved: Some(true),
+            ..Default::default()
+        };
+        assert_eq!(lead(&profile, "x").unwrap().values[17], Some(1.0));
+        let long = v1::LeadProfile {
+            lead_id: "x".repeat(200),
+            ..Default::default()
+        };
+        assert!(
+            lead(&long, "leads[1]")
+                .unwrap_err()
+                .to_string()
+                .contains("leads[1].lead_id")
+        );
+    }
+
+    #[test]
+    fn batch_limits() {
+        assert!(
+            check_batch(0, 10, "leads")
+                .unwrap_err()
+                .to_string()
+                .contains("invalid leads")
+        );
+        assert!(
+            check_batch(11, 10, "leads")
+                .unwrap_err()
+                .to_string()
+                .contains("at most 10")
+        );
+        assert!(check_batch(3, 10, "leads").is_ok());
+    }
+}

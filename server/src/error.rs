@@ -1,0 +1,80 @@
+//! The server's error type and its one mapping to gRPC status codes.
+
+use tonic::{Code, Status};
+
+/// Errors answering a request. `Clone` so a failed batch can answer every
+/// request in it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ServeError {
+    /// Bad input; the message names the field.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The version's queue is full (load shedding).
+    #[error("the {model} queue is full; retry with backoff")]
+    Overloaded {
+        /// Model name.
+        model: String,
+    },
+    /// No version is live (yet) for the model.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Unknown model or version.
+    #[error("{0}")]
+    NotFound(String),
+    /// A pinned version may not be served (revoked).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The request's deadline passed before inference.
+    #[error("deadline exceeded before inference")]
+    DeadlineExceeded,
+    /// ONNX Runtime failed.
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+impl ServeError {
+    /// Bounded label for metrics.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ServeError::InvalidArgument(_) => "invalid_argument",
+            ServeError::Overloaded { .. } => "overloaded",
+            ServeError::Unavailable(_) => "unavailable",
+            ServeError::NotFound(_) => "not_found",
+            ServeError::FailedPrecondition(_) => "failed_precondition",
+            ServeError::DeadlineExceeded => "deadline_exceeded",
+            ServeError::Inference(_) => "inference_error",
+        }
+    }
+}
+
+impl From<nurture_models::Error> for ServeError {
+    fn from(error: nurture_models::Error) -> Self {
+        match error {
+            nurture_models::Error::Invalid { .. } => ServeError::InvalidArgument(error.to_string()),
+            nurture_models::Error::NotFound(_) => ServeError::NotFound(error.to_string()),
+            other => ServeError::Inference(other.to_string()),
+        }
+    }
+}
+
+impl From<ServeError> for Status {
+    fn from(error: ServeError) -> Self {
+        let code = match &error {
+            ServeError::InvalidArgument(_) => Code::InvalidArgument,
+            ServeError::Overloaded { .. } => Code::ResourceExhausted,
+            ServeError::Unavailable(_) => Code::Unavailable,
+            ServeError::NotFound(_) => Code::NotFound,
+            ServeError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ServeError::DeadlineExceeded => Code::DeadlineExceeded,
+            ServeError::Inference(_) => Code::Internal,
+        };
+        let mut status = Status::new(code, error.to_string());
+        if code == Code::ResourceExhausted {
+            status.metadata_mut().insert(
+                "retry-after",
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        }
+        status
+    }
+}

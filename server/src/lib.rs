@@ -1,0 +1,204 @@
+//! `nurture-server`: serves the registry's live model versions over gRPC.
+//!
+//! Request path: edge validation (`edge`) → the kind's slot is loaded once
+//! (`deployment`) → the chosen version's dynamic batcher (`batcher`) → a
+//! worker thread with its own ONNX Runtime session → the answer, stamped
+//! with the version. Swap path: `watcher` polls release logs, loads and
+//! checks versions completely (`model`), then swaps the slot.
+
+pub mod batcher;
+pub mod cache;
+pub mod config;
+pub mod deployment;
+pub mod edge;
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod services;
+pub mod watcher;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use nurture_models::{ModelKind, ModelName, Registry, runtime};
+use nurture_proto::v1;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::batcher::BatchConfig;
+use crate::cache::DiskCache;
+use crate::config::Config;
+use crate::deployment::Slot;
+use crate::model::Loader;
+use crate::services::Limits;
+use crate::watcher::{Watched, Watcher};
+
+/// gRPC service name of each kind's typed service.
+pub fn service_name(kind: ModelKind) -> Option<&'static str> {
+    match kind {
+        ModelKind::Emotion => Some("nurture.v1.EmotionService"),
+        ModelKind::Churn => Some("nurture.v1.ChurnService"),
+        ModelKind::Journey => Some("nurture.v1.JourneyService"),
+        ModelKind::ChannelTiming => Some("nurture.v1.ChannelTimingService"),
+        // The optimization service arrives with experiments.
+        ModelKind::Optimization => None,
+    }
+}
+
+/// Parses `--models`: `NAME` (a kind's name) or `NAME=KIND`.
+pub fn parse_models(models: &[String]) -> anyhow::Result<Vec<(ModelName, ModelKind)>> {
+    let mut parsed = Vec::new();
+    for entry in models.iter().map(|m| m.trim()).filter(|m| !m.is_empty()) {
+        let (name, kind) = match entry.split_once('=') {
+            Some((name, kind)) => (name, kind.parse::<ModelKind>()?),
+            None => (
+                entry,
+                entry.parse::<ModelKind>().with_context(|| {
+                    format!("--models entry {entry:?}: a bare name must be a kind; use NAME=KIND")
+                })?,
+            ),
+        };
+        let name = ModelName::new(name)?;
+        if parsed
+            .iter()
+            .any(|(_, k): &(ModelName, ModelKind)| *k == kind)
+        {
+            anyhow::bail!("--models names two {kind} models; each kind has one slot");
+        }
+        parsed.push((name, kind));
+    }
+    Ok(parsed)
+}
+
+/// Runs the server until `shutdown` turns true, then drains in-flight
+/// requests. Prints `grpc=ADDR metrics=ADDR` on stdout once listening.
+pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let environment = runtime::environment(config.ort_dylib.as_deref())?;
+    let registry = Registry::open(&config.registry)?;
+    let models = parse_models(&config.models)?;
+    let handle = metrics::install()?;
+
+    let slots: Vec<Arc<Slot>> = models
+        .iter()
+        .map(|(name, kind)| Arc::new(Slot::new(name.as_str(), *kind)))
+        .collect();
+    let slot = |kind: ModelKind| slots.iter().find(|s| s.kind == kind).cloned();
+    let limits = Limits {
+        max_items: config.max_items,
+        max_timing_leads: config.max_timing_leads,
+        max_text_bytes: config.max_text_bytes,
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    for slot in &slots {
+        if let Some(service) = service_name(slot.kind) {
+            health
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+        }
+    }
+    let watcher = Watcher {
+        registry,
+        watched: slots
+            .iter()
+            .map(|slot| Watched {
+                slot: slot.clone(),
+                service: service_name(slot.kind),
+            })
+            .collect(),
+        loader: Loader {
+            environment,
+            batch: BatchConfig {
+                max_batch: config.max_batch,
+                max_delay: config.max_delay,
+                queue_capacity: config.queue_capacity,
+            },
+            workers: config.workers,
+            intra_threads: config.intra_threads,
+        },
+        cache: DiskCache::new(config.cache_dir.clone()),
+        poll_interval: config.poll_interval,
+        health: health.clone(),
+    };
+    let watcher_task = tokio::spawn(watcher.run(shutdown.clone()));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(nurture_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(nurture_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let grpc_listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let metrics_listener = TcpListener::bind(config.metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.metrics_listen))?;
+    let grpc_addr = metrics::local(&grpc_listener);
+    let metrics_addr = metrics::local(&metrics_listener);
+    let metrics_task = tokio::spawn(metrics::serve(metrics_listener, handle, shutdown.clone()));
+    println!("nurture-server listening: grpc={grpc_addr} metrics={metrics_addr}");
+    tracing::info!(%grpc_addr, %metrics_addr, registry = %config.registry, "listening");
+
+    let mut router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(v1::status_service_server::StatusServiceServer::new(
+            services::status::StatusRpc {
+                slots: slots.clone(),
+            },
+        ));
+    if let Some(slot) = slot(ModelKind::Emotion) {
+        router = router.add_service(v1::emotion_service_server::EmotionServiceServer::new(
+            services::emotion::Emotion { slot, limits },
+        ));
+    }
+    if let Some(slot) = slot(ModelKind::Churn) {
+        router = router.add_service(v1::churn_service_server::ChurnServiceServer::new(
+            services::churn::Churn { slot, limits },
+        ));
+    }
+    if let Some(slot) = slot(ModelKind::Journey) {
+        router = router.add_service(v1::journey_service_server::JourneyServiceServer::new(
+            services::journey::Journey { slot, limits },
+        ));
+    }
+    if let Some(slot) = slot(ModelKind::ChannelTiming) {
+        router = router.add_service(
+            v1::channel_timing_service_server::ChannelTimingServiceServer::new(
+                services::channel_timing::ChannelTiming { slot, limits },
+            ),
+        );
+    }
+
+    let drain_health = health.clone();
+    let mut drain_signal = shutdown.clone();
+    let serving =
+        router.serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener), async move {
+            let _ = drain_signal.wait_for(|stop| *stop).await;
+            tracing::info!("shutting down: refusing new requests, draining in-flight ones");
+            drain_health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+        });
+    let grace = config.shutdown_grace;
+    tokio::select! {
+        result = serving => result?,
+        _ = async {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+            tokio::time::sleep(grace).await;
+        } => tracing::warn!(?grace, "in-flight requests did not finish within the shutdown grace"),
+    }
+    let _ = watcher_task.await;
+    let _ = metrics_task.await;
+    Ok(())
+}

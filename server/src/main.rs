@@ -1,0 +1,36 @@
+//! `nurture-server`: see `--help`.
+
+use clap::Parser;
+use nurture_server::config::Config;
+use tokio::sync::watch;
+
+fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NURTURE_LOG")
+                .unwrap_or_else(|_| "info,ort=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            let _ = stop.send(true);
+        });
+        nurture_server::run(config, stopped).await
+    })
+}
+
+async fn wait_for_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM can be handled");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

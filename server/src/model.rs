@@ -1,0 +1,173 @@
+//! A loaded model version: its manifest, how to build its input rows, and
+//! its batcher. Loading checks everything before the version can serve.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use nurture_models::input::FeatureLayout;
+use nurture_models::kind::InputContract;
+use nurture_models::registry::FetchedVersion;
+use nurture_models::runtime::{self, GOLDEN_TOLERANCE};
+use nurture_models::{Manifest, ModelKind};
+use ort::environment::Environment;
+
+use crate::batcher::{BatchConfig, Batcher, Labels, Rows, Scored};
+use crate::error::ServeError;
+
+/// Why a version could not be loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadError {
+    /// The version.
+    pub version: u64,
+    /// Bounded class (metric label).
+    pub error_type: &'static str,
+    /// Detail for people.
+    pub message: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// A version ready to serve.
+#[derive(Debug)]
+pub struct LoadedVersion {
+    /// Model name.
+    pub name: String,
+    /// Version number.
+    pub version: u64,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Input columns (tabular kinds).
+    pub layout: Option<FeatureLayout>,
+    /// Its batcher.
+    pub batcher: Batcher,
+    /// How long loading took.
+    pub load_time: Duration,
+}
+
+impl LoadedVersion {
+    /// The kind.
+    pub fn kind(&self) -> ModelKind {
+        self.manifest.kind
+    }
+
+    /// Scores rows through the batcher.
+    pub async fn score(&self, rows: Rows, deadline: Option<Instant>) -> Result<Scored, ServeError> {
+        self.batcher.score(rows, deadline).await
+    }
+}
+
+/// Settings for loading versions.
+#[derive(Debug, Clone, Copy)]
+pub struct Loader {
+    /// The ONNX Runtime environment.
+    pub environment: &'static Environment,
+    /// Batching.
+    pub batch: BatchConfig,
+    /// Worker threads (sessions) per version.
+    pub workers: usize,
+    /// ONNX Runtime intra-op threads per session.
+    pub intra_threads: usize,
+}
+
+impl Loader {
+    /// Checks a fetched version against its kind's contract (signature,
+    /// probe run, golden examples), starts its workers, and warms them up by
+    /// replaying the golden examples through the serving path. Blocking: run
+    /// it off the async runtime.
+    pub fn load(
+        &self,
+        name: &str,
+        expected_kind: ModelKind,
+        fetched: FetchedVersion,
+    ) -> Result<LoadedVersion, LoadError> {
+        let started = Instant::now();
+        let manifest = fetched.manifest;
+        let version = manifest.version;
+        let fail = |error_type: &'static str, message: String| LoadError {
+            version,
+            error_type,
+            message,
+            at: Utc::now(),
+        };
+        if manifest.kind != expected_kind {
+            return Err(fail(
+                "wrong_kind",
+                format!(
+                    "version {version} is a {} model, this slot serves {expected_kind}",
+                    manifest.kind
+                ),
+            ));
+        }
+        let checked = manifest
+            .draft()
+            .check(manifest.kind)
+            .map_err(|error| fail("invalid_manifest", error.to_string()))?;
+        runtime::check_contract(self.environment, &fetched.onnx, &checked)
+            .map_err(|error| fail(error.error_type(), error.to_string()))?;
+        let layout = match manifest.kind.input() {
+            InputContract::Features => Some(
+                FeatureLayout::new(manifest.kind, &manifest.features)
+                    .map_err(|error| fail("invalid_manifest", error.to_string()))?,
+            ),
+            InputContract::Text => None,
+        };
+        let sessions = (0..self.workers.max(1))
+            .map(|_| runtime::session(self.environment, &fetched.onnx, self.intra_threads))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| fail("session_error", error.to_string()))?;
+        let text_rank = manifest.inputs.first().map_or(1, |input| input.shape.len());
+        let classes = manifest.labels.len();
+        let batcher = Batcher::start(
+            sessions,
+            classes,
+            text_rank,
+            self.batch,
+            Labels {
+                model: name.to_owned(),
+                version: version.to_string(),
+            },
+        );
+
+        // Warm-up: every golden example through the batcher, as requests will go.
+        for (index, golden) in manifest.golden.iter().enumerate() {
+            let rows = match (&golden.features, &golden.text) {
+                (Some(features), _) => Rows::Features {
+                    width: features.len(),
+                    values: features.clone(),
+                },
+                (None, Some(text)) => Rows::Texts(vec![text.clone()]),
+                (None, None) => continue,
+            };
+            let answer = batcher
+                .submit(rows, None)
+                .map_err(|error| fail("warmup_failed", error.to_string()))?;
+            let scored = answer
+                .blocking_recv()
+                .map_err(|_| fail("warmup_failed", "worker stopped".to_owned()))?
+                .map_err(|error| fail("warmup_failed", error.to_string()))?;
+            let worst = scored
+                .probabilities
+                .iter()
+                .zip(&golden.probabilities)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0_f32, f32::max);
+            if worst.is_nan() || worst > GOLDEN_TOLERANCE {
+                return Err(fail(
+                    "golden_mismatch",
+                    format!(
+                        "golden example {index}: served {:?}, manifest {:?}",
+                        scored.probabilities, golden.probabilities
+                    ),
+                ));
+            }
+        }
+        Ok(LoadedVersion {
+            name: name.to_owned(),
+            version,
+            manifest,
+            layout,
+            batcher,
+            load_time: started.elapsed(),
+        })
+    }
+}

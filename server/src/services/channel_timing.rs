@@ -1,0 +1,269 @@
+//! `ChannelTimingService`: for each lead, every allowed (channel, weekday,
+//! hour) slot is scored in one batch and the best `top_k` are returned.
+//! Slots are in the lead's local time, as the model's slot features are.
+
+use std::sync::Arc;
+
+use nurture_models::input::LeadValues;
+use nurture_proto::v1::{self, channel_timing_service_server::ChannelTimingService};
+use tonic::{Request, Response, Status};
+
+use super::{Limits, instrumented, score_items};
+use crate::batcher::Rows;
+use crate::deployment::Slot;
+use crate::edge;
+use crate::error::ServeError;
+
+/// Slots returned when the request asks for none.
+pub const DEFAULT_TOP_K: usize = 5;
+/// Every slot of a week on every channel.
+pub const ALL_SLOTS: usize = 4 * 7 * 24;
+
+/// The channel-timing service.
+#[derive(Debug, Clone)]
+pub struct ChannelTiming {
+    /// The channel-timing model's slot.
+    pub slot: Arc<Slot>,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// A candidate slot: channel 0..4 (email, sms, call, video), weekday 0..7
+/// (Monday first), hour 0..24.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// Channel index.
+    pub channel: usize,
+    /// Weekday index.
+    pub weekday: usize,
+    /// Hour.
+    pub hour: usize,
+}
+
+impl Candidate {
+    /// Values of the slot features in `SLOT_FEATURES` order.
+    pub fn features(&self) -> [f64; 6] {
+        let mut values = [0.0; 6];
+        values[self.channel] = 1.0;
+        values[4] = self.weekday as f64;
+        values[5] = self.hour as f64;
+        values
+    }
+}
+
+struct Plan {
+    lead: LeadValues,
+    candidates: Vec<Candidate>,
+    top_k: usize,
+}
+
+fn quiet(hour: usize, quiet: Option<&v1::QuietHours>) -> bool {
+    let Some(q) = quiet else { return false };
+    let (start, end) = (q.start_hour as usize, q.end_hour as usize);
+    if start == end {
+        false
+    } else if start < end {
+        (start..end).contains(&hour)
+    } else {
+        hour >= start || hour < end
+    }
+}
+
+fn plan(input: &v1::TimingInput, index: usize) -> Result<Plan, ServeError> {
+    let v1::TimingInput {
+        lead,
+        top_k,
+        do_not_contact,
+        quiet_hours,
+    } = input;
+    let field = format!("inputs[{index}]");
+    let lead = lead
+        .as_ref()
+        .ok_or_else(|| ServeError::InvalidArgument(format!("invalid {field}.lead: is required")))?;
+    let lead = edge::lead(lead, &format!("{field}.lead"))?;
+    let mut blocked = [false; 4];
+    for (position, channel) in do_not_contact.iter().enumerate() {
+        match v1::Channel::try_from(*channel) {
+            Ok(channel) if channel != v1::Channel::Unspecified => {
+                blocked[channel as usize - 1] = true
+            }
+            _ => {
+                return Err(ServeError::InvalidArgument(format!(
+                    "invalid {field}.do_not_contact[{position}]: {channel} is not a channel"
+                )));
+            }
+        }
+    }
+    if let Some(q) = quiet_hours
+        && (q.start_hour > 23 || q.end_hour > 23)
+    {
+        return Err(ServeError::InvalidArgument(format!(
+            "invalid {field}.quiet_hours: hours must be 0 to 23"
+        )));
+    }
+    let top_k = match *top_k as usize {
+        0 => DEFAULT_TOP_K,
+        k if k > ALL_SLOTS => {
+            return Err(ServeError::InvalidArgument(format!(
+                "invalid {field}.top_k: at most {ALL_SLOTS}, got {k}"
+            )));
+        }
+        k => k,
+    };
+    let mut candidates = Vec::with_capacity(ALL_SLOTS);
+    for channel in (0..4).filter(|c| !blocked[*c]) {
+        for weekday in 0..7 {
+            for hour in (0..24).filter(|h| !quiet(*h, quiet_hours.as_ref())) {
+                candidates.push(Candidate {
+                    channel,
+                    weekday,
+                    hour,
+                });
+            }
+        }
+    }
+    if candidates.is_empty() {
+        return Err(ServeError::InvalidArgument(format!(
+            "invalid {field}: do_not_contact and quiet_hours leave no slot to recommend"
+        )));
+    }
+    Ok(Plan {
+        lead,
+        candidates,
+        top_k,
+    })
+}
+
+#[tonic::async_trait]
+impl ChannelTimingService for ChannelTiming {
+    async fn recommend_timing(
+        &self,
+        request: Request<v1::RecommendTimingRequest>,
+    ) -> Result<Response<v1::RecommendTimingResponse>, Status> {
+        let deadline = edge::deadline(&request);
+        let v1::RecommendTimingRequest { inputs, version } = request.into_inner();
+        instrumented("RecommendTiming", &self.slot.name, async move {
+            edge::check_batch(inputs.len(), self.limits.max_timing_leads, "inputs")?;
+            let plans = inputs
+                .iter()
+                .enumerate()
+                .map(|(i, input)| plan(input, i))
+                .collect::<Result<Vec<_>, _>>()?;
+            let ids: Vec<&str> = plans.iter().map(|p| p.lead.id.as_str()).collect();
+            let scores = score_items(&self.slot, &ids, version, deadline, |loaded, item| {
+                let layout = loaded
+                    .layout
+                    .as_ref()
+                    .expect("channel-timing models are tabular");
+                let plan = &plans[item];
+                let mut values = Vec::with_capacity(layout.width() * plan.candidates.len());
+                for candidate in &plan.candidates {
+                    layout.push_row(
+                        &plan.lead,
+                        &candidate.features(),
+                        &format!("inputs[{item}].lead"),
+                        &mut values,
+                    )?;
+                }
+                Ok(Rows::Features {
+                    width: layout.width(),
+                    values,
+                })
+            })
+            .await?;
+            let versions = scores.iter().map(|s| s.version.version).collect();
+            let recommendations = scores
+                .iter()
+                .zip(&plans)
+                .map(|(score, plan)| {
+                    let mut ranked: Vec<(f64, Candidate)> = plan
+                        .candidates
+                        .iter()
+                        .enumerate()
+                        .map(|(row, candidate)| (f64::from(score.row(row)[1]), *candidate))
+                        .collect();
+                    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
+                    ranked.truncate(plan.top_k);
+                    v1::TimingRecommendation {
+                        model: Some(score.model_ref()),
+                        lead_id: plan.lead.id.clone(),
+                        slots: ranked
+                            .into_iter()
+                            .map(|(probability, c)| v1::TimeSlot {
+                                channel: c.channel as i32 + 1,
+                                weekday: c.weekday as i32 + 1,
+                                hour: c.hour as u32,
+                                response_probability: probability,
+                            })
+                            .collect(),
+                    }
+                })
+                .collect();
+            Ok((v1::RecommendTimingResponse { recommendations }, versions))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quiet_hours_wrap_past_midnight() {
+        let night = v1::QuietHours {
+            start_hour: 21,
+            end_hour: 8,
+        };
+        assert!(
+            quiet(22, Some(&night))
+                && quiet(3, Some(&night))
+                && !quiet(8, Some(&night))
+                && !quiet(12, Some(&night))
+        );
+        let lunch = v1::QuietHours {
+            start_hour: 12,
+            end_hour: 13,
+        };
+        assert!(quiet(12, Some(&lunch)) && !quiet(13, Some(&lunch)));
+        assert!(!quiet(
+            5,
+            Some(&v1::QuietHours {
+                start_hour: 4,
+                end_hour: 4
+            })
+        ));
+    }
+
+    #[test]
+    fn plans_honour_do_not_contact_and_quiet_hours() {
+        let input = v1::TimingInput {
+            lead: Some(v1::LeadProfile::default()),
+            top_k: 0,
+            do_not_contact: vec![v1::Channel::Call as i32, v1::Channel::Video as i32],
+            quiet_hours: Some(v1::QuietHours {
+                start_hour: 20,
+                end_hour: 8,
+            }),
+        };
+        let plan = plan(&input, 0).unwrap();
+        assert_eq!(plan.candidates.len(), 2 * 7 * 12);
+        assert!(
+            plan.candidates
+                .iter()
+                .all(|c| c.channel < 2 && (8..20).contains(&c.hour))
+        );
+        assert_eq!(plan.top_k, DEFAULT_TOP_K);
+        let bad = v1::TimingInput {
+            do_not_contact: vec![9],
+            ..input
+        };
+        assert!(
+            super::plan(&bad, 2)
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("inputs[2].do_not_contact[0]")
+        );
+    }
+}

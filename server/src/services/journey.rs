@@ -1,0 +1,78 @@
+//! `JourneyService`: the lead's stage with every stage's probability.
+
+use std::sync::Arc;
+
+use nurture_proto::v1::{self, journey_service_server::JourneyService};
+use tonic::{Request, Response, Status};
+
+use super::{Limits, instrumented, score_items};
+use crate::batcher::Rows;
+use crate::deployment::Slot;
+use crate::edge;
+use crate::error::ServeError;
+
+/// The journey service.
+#[derive(Debug, Clone)]
+pub struct Journey {
+    /// The journey model's slot.
+    pub slot: Arc<Slot>,
+    /// Limits.
+    pub limits: Limits,
+}
+
+#[tonic::async_trait]
+impl JourneyService for Journey {
+    async fn classify_stage(
+        &self,
+        request: Request<v1::ClassifyStageRequest>,
+    ) -> Result<Response<v1::ClassifyStageResponse>, Status> {
+        let deadline = edge::deadline(&request);
+        let v1::ClassifyStageRequest { leads, version } = request.into_inner();
+        instrumented("ClassifyStage", &self.slot.name, async move {
+            edge::check_batch(leads.len(), self.limits.max_items, "leads")?;
+            let values = leads
+                .iter()
+                .enumerate()
+                .map(|(index, lead)| edge::lead(lead, &format!("leads[{index}]")))
+                .collect::<Result<Vec<_>, ServeError>>()?;
+            let ids: Vec<&str> = values.iter().map(|v| v.id.as_str()).collect();
+            let scores = score_items(&self.slot, &ids, version, deadline, |loaded, item| {
+                let layout = loaded.layout.as_ref().expect("journey models are tabular");
+                let mut row = Vec::with_capacity(layout.width());
+                layout.push_row(&values[item], &[], &format!("leads[{item}]"), &mut row)?;
+                Ok(Rows::Features {
+                    width: layout.width(),
+                    values: row,
+                })
+            })
+            .await?;
+            let versions = scores.iter().map(|s| s.version.version).collect();
+            let predictions = scores
+                .iter()
+                .zip(&values)
+                .map(|(score, lead)| {
+                    let row = score.row(0);
+                    let stage = row
+                        .iter()
+                        .enumerate()
+                        .fold(0, |best, (i, p)| if *p > row[best] { i } else { best });
+                    v1::StagePrediction {
+                        model: Some(score.model_ref()),
+                        lead_id: lead.id.clone(),
+                        stage: stage as i32 + 1,
+                        probabilities: row
+                            .iter()
+                            .enumerate()
+                            .map(|(s, p)| v1::StageProbability {
+                                stage: s as i32 + 1,
+                                probability: f64::from(*p),
+                            })
+                            .collect(),
+                    }
+                })
+                .collect();
+            Ok((v1::ClassifyStageResponse { predictions }, versions))
+        })
+        .await
+    }
+}

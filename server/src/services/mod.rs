@@ -1,0 +1,181 @@
+//! The gRPC services: typed RPCs per kind and the status RPC.
+
+pub mod channel_timing;
+pub mod churn;
+pub mod emotion;
+pub mod journey;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use nurture_proto::v1;
+
+use crate::batcher::Rows;
+use crate::deployment::Slot;
+use crate::error::ServeError;
+use crate::model::LoadedVersion;
+
+/// Request limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most items per request.
+    pub max_items: usize,
+    /// Most leads per channel-timing request.
+    pub max_timing_leads: usize,
+    /// Longest text, in bytes.
+    pub max_text_bytes: usize,
+}
+
+/// What one item got back.
+#[derive(Debug)]
+pub struct ItemScore {
+    /// The version that scored it.
+    pub version: Arc<LoadedVersion>,
+    /// Its rows' probabilities, row-major.
+    pub probabilities: Vec<f32>,
+}
+
+impl ItemScore {
+    /// `ModelRef` of the version.
+    pub fn model_ref(&self) -> v1::ModelRef {
+        v1::ModelRef {
+            name: self.version.name.clone(),
+            version: self.version.version,
+        }
+    }
+
+    /// Row `row` of the probabilities.
+    pub fn row(&self, row: usize) -> &[f32] {
+        let classes = self.version.manifest.labels.len();
+        &self.probabilities[row * classes..(row + 1) * classes]
+    }
+}
+
+/// The items of one request that go to one version.
+struct Group {
+    version: Arc<LoadedVersion>,
+    /// (item index, rows it contributed), in request order.
+    items: Vec<(usize, usize)>,
+    rows: Option<Rows>,
+}
+
+fn append(into: &mut Option<Rows>, rows: Rows) -> Result<(), ServeError> {
+    match (into.as_mut(), rows) {
+        (None, rows) => *into = Some(rows),
+        (
+            Some(Rows::Features { values, width }),
+            Rows::Features {
+                values: more,
+                width: w,
+            },
+        ) if *width == w => {
+            values.extend(more);
+        }
+        (Some(Rows::Texts(texts)), Rows::Texts(more)) => texts.extend(more),
+        _ => {
+            return Err(ServeError::Inference(
+                "rows of different shapes for one version; this is a bug".to_owned(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Routes every item (canary by lead id, or the pinned version), builds its
+/// rows with the chosen version's layout, scores each version's rows as one
+/// batch submission, and hands each item its rows back, in request order.
+pub async fn score_items(
+    slot: &Slot,
+    lead_ids: &[&str],
+    pin: u64,
+    deadline: Option<Instant>,
+    build: impl Fn(&LoadedVersion, usize) -> Result<Rows, ServeError>,
+) -> Result<Vec<ItemScore>, ServeError> {
+    // One load of the slot for the whole request.
+    let deployment = slot.deployment.load();
+    let mut groups: BTreeMap<u64, Group> = BTreeMap::new();
+    for (item, lead_id) in lead_ids.iter().enumerate() {
+        let version = slot.route(&deployment, lead_id, pin)?;
+        let rows = build(&version, item)?;
+        let count = rows.len();
+        let group = groups.entry(version.version).or_insert_with(|| Group {
+            version: version.clone(),
+            items: Vec::new(),
+            rows: None,
+        });
+        group.items.push((item, count));
+        append(&mut group.rows, rows)?;
+    }
+    let mut pending = Vec::new();
+    for Group {
+        version,
+        items,
+        rows,
+    } in groups.into_values()
+    {
+        let rows = rows.expect("every group has rows");
+        pending.push(async move {
+            let scored = version.score(rows, deadline).await?;
+            Ok::<_, ServeError>((version, items, scored.probabilities))
+        });
+    }
+    let mut results: Vec<Option<ItemScore>> = (0..lead_ids.len()).map(|_| None).collect();
+    for outcome in futures::future::join_all(pending).await {
+        let (version, items, probabilities) = outcome?;
+        let classes = version.manifest.labels.len();
+        let mut offset = 0;
+        for (item, count) in items {
+            let end = offset + count * classes;
+            results[item] = Some(ItemScore {
+                version: version.clone(),
+                probabilities: probabilities[offset..end].to_vec(),
+            });
+            offset = end;
+        }
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("every item was scored"))
+        .collect())
+}
+
+/// Records a finished RPC in the metrics.
+pub fn observe(
+    rpc: &'static str,
+    model: &str,
+    versions: &[u64],
+    started: Instant,
+    error: Option<&ServeError>,
+) {
+    let code = error.map_or("ok", ServeError::error_type);
+    let version = match versions {
+        [] => "none".to_owned(),
+        [one, rest @ ..] if rest.iter().all(|v| v == one) => one.to_string(),
+        _ => "mixed".to_owned(),
+    };
+    metrics::counter!("nurture_requests_total", "model" => model.to_owned(), "version" => version, "rpc" => rpc, "code" => code)
+        .increment(1);
+    metrics::histogram!("nurture_request_duration_seconds", "model" => model.to_owned(), "rpc" => rpc)
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// Runs an RPC body and records it.
+pub async fn instrumented<T>(
+    rpc: &'static str,
+    model: &str,
+    body: impl Future<Output = Result<(T, Vec<u64>), ServeError>>,
+) -> Result<tonic::Response<T>, tonic::Status> {
+    let started = Instant::now();
+    match body.await {
+        Ok((response, versions)) => {
+            observe(rpc, model, &versions, started, None);
+            Ok(tonic::Response::new(response))
+        }
+        Err(error) => {
+            observe(rpc, model, &[], started, Some(&error));
+            Err(error.into())
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! `StatusService`: which versions this replica serves, and why not others.
+
+use std::sync::Arc;
+
+use chrono::SecondsFormat;
+use nurture_proto::v1::{self, status_service_server::StatusService};
+use tonic::{Request, Response, Status};
+
+use crate::deployment::Slot;
+
+/// The status service.
+#[derive(Debug, Clone)]
+pub struct StatusRpc {
+    /// Every slot.
+    pub slots: Vec<Arc<Slot>>,
+}
+
+impl StatusRpc {
+    /// The status of every model.
+    pub fn snapshot(&self) -> v1::GetStatusResponse {
+        let models = self
+            .slots
+            .iter()
+            .map(|slot| {
+                let deployment = slot.deployment.load();
+                let status = slot.status.lock().expect("status lock").clone();
+                v1::ModelStatus {
+                    name: slot.name.clone(),
+                    kind: slot.kind.to_string(),
+                    live_version: deployment.live.as_ref().map_or(0, |v| v.version),
+                    canary_version: deployment.canary.as_ref().map_or(0, |(v, _)| v.version),
+                    canary_percent: deployment.canary.as_ref().map_or(0, |(_, p)| u32::from(*p)),
+                    loaded_versions: deployment.loaded().iter().map(|v| v.version).collect(),
+                    desired_version: status.desired_live.unwrap_or(0),
+                    load_errors: status
+                        .load_errors
+                        .iter()
+                        .map(|e| v1::LoadError {
+                            version: e.version,
+                            error_type: e.error_type.to_owned(),
+                            message: e.message.clone(),
+                            at: e.at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                        })
+                        .collect(),
+                    last_poll_at: status
+                        .last_poll_at
+                        .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        v1::GetStatusResponse {
+            server_version: env!("CARGO_PKG_VERSION").to_owned(),
+            models,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl StatusService for StatusRpc {
+    async fn get_status(
+        &self,
+        _request: Request<v1::GetStatusRequest>,
+    ) -> Result<Response<v1::GetStatusResponse>, Status> {
+        Ok(Response::new(self.snapshot()))
+    }
+}

@@ -1,0 +1,263 @@
+//! The watcher: polls each model's release log, loads the versions it names
+//! completely before swapping them in, and keeps health and metrics honest.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use nurture_models::{ModelName, ModelState, Registry};
+use tokio::sync::watch;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::cache::DiskCache;
+use crate::deployment::{Deployment, Slot};
+use crate::model::{LoadError, LoadedVersion, Loader};
+
+/// A slot and the gRPC service whose health follows it.
+#[derive(Debug, Clone)]
+pub struct Watched {
+    /// The slot.
+    pub slot: Arc<Slot>,
+    /// Fully qualified gRPC service name (e.g. `nurture.v1.ChurnService`).
+    pub service: Option<&'static str>,
+}
+
+/// Follows the release logs.
+pub struct Watcher {
+    /// The registry.
+    pub registry: Registry,
+    /// Models served.
+    pub watched: Vec<Watched>,
+    /// How versions are loaded.
+    pub loader: Loader,
+    /// Local cache.
+    pub cache: DiskCache,
+    /// Poll period.
+    pub poll_interval: Duration,
+    /// Health to update.
+    pub health: HealthReporter,
+}
+
+impl Watcher {
+    /// Polls until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            self.poll_once().await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.poll_interval) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// One pass over every model.
+    pub async fn poll_once(&self) {
+        for watched in &self.watched {
+            self.sync(&watched.slot).await;
+            let live = watched.slot.deployment.load().live.is_some();
+            if let Some(service) = watched.service {
+                let status = if live {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                self.health.set_service_status(service, status).await;
+            }
+        }
+        let all_live = self
+            .watched
+            .iter()
+            .all(|w| w.slot.deployment.load().live.is_some());
+        let overall = if all_live {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.health.set_service_status("", overall).await;
+    }
+
+    async fn read_state(&self, slot: &Slot) -> Option<ModelState> {
+        let name = ModelName::new(&slot.name).expect("slot names are validated at start");
+        match self.registry.state(&name).await {
+            Ok(state) => {
+                self.cache.save_state(&state).await;
+                let mut status = slot.status.lock().expect("status lock");
+                status.last_poll_at = Some(Utc::now());
+                status.last_poll_error = None;
+                Some(state)
+            }
+            Err(error) => {
+                metrics::counter!("nurture_registry_poll_errors_total", "model" => slot.name.clone()).increment(1);
+                tracing::warn!(model = %slot.name, %error, "cannot read the release log");
+                slot.status.lock().expect("status lock").last_poll_error = Some(error.to_string());
+                // Until this replica has read the store once, fall back on
+                // the last state it cached.
+                if slot.deployment.load().live.is_none() {
+                    let cached = self.cache.load_state(&slot.name).await;
+                    if cached.is_some() {
+                        tracing::info!(model = %slot.name, "serving from the cached release state");
+                    }
+                    cached
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    async fn sync(&self, slot: &Slot) {
+        let Some(state) = self.read_state(slot).await else {
+            return;
+        };
+        if state.versions.is_empty() {
+            return;
+        }
+        let revoked: std::collections::BTreeSet<u64> = state
+            .versions
+            .values()
+            .filter(|r| r.revoked.is_some())
+            .map(|r| r.version)
+            .collect();
+        {
+            let mut status = slot.status.lock().expect("status lock");
+            status.desired_live = state.live;
+            status.desired_canary = state.canary.map(|c| (c.version, c.percent));
+            status.revoked = revoked.clone();
+        }
+        let current = slot.deployment.load_full();
+        let previous_good = state.live.and_then(|live| {
+            state
+                .live_history
+                .iter()
+                .rev()
+                .copied()
+                .find(|v| *v != live && state.is_servable(*v))
+        });
+
+        let live = match state.live {
+            Some(version) => self.obtain(slot, &current, version).await,
+            None => None,
+        };
+        // A failed load keeps the current live version, unless the log has
+        // revoked it: a revoked version is never served.
+        let live = live.or_else(|| {
+            current
+                .live
+                .clone()
+                .filter(|v| !revoked.contains(&v.version))
+        });
+        let canary = match state.canary {
+            Some(canary) if Some(canary.version) != live.as_ref().map(|l| l.version) => self
+                .obtain(slot, &current, canary.version)
+                .await
+                .map(|loaded| (loaded, canary.percent)),
+            _ => None,
+        };
+        let previous = match previous_good {
+            Some(version) if Some(version) != live.as_ref().map(|l| l.version) => {
+                self.obtain(slot, &current, version).await
+            }
+            _ => None,
+        };
+
+        let same = |a: &Option<Arc<LoadedVersion>>, b: &Option<Arc<LoadedVersion>>| {
+            a.as_ref().map(|v| v.version) == b.as_ref().map(|v| v.version)
+        };
+        let live_changed = !same(&current.live, &live);
+        let canary_changed = current.canary.as_ref().map(|(v, p)| (v.version, *p))
+            != canary.as_ref().map(|(v, p)| (v.version, *p));
+        if live_changed || canary_changed || !same(&current.previous, &previous) {
+            if live_changed {
+                metrics::counter!("nurture_model_swaps_total", "model" => slot.name.clone(), "change" => "live").increment(1);
+                tracing::info!(
+                    model = %slot.name,
+                    from = ?current.live.as_ref().map(|v| v.version),
+                    to = ?live.as_ref().map(|v| v.version),
+                    "live version swapped"
+                );
+            }
+            if canary_changed {
+                metrics::counter!("nurture_model_swaps_total", "model" => slot.name.clone(), "change" => "canary").increment(1);
+            }
+            metrics::gauge!("nurture_live_version", "model" => slot.name.clone())
+                .set(live.as_ref().map_or(0.0, |v| v.version as f64));
+            slot.deployment.store(Arc::new(Deployment {
+                live,
+                canary,
+                previous,
+            }));
+        }
+    }
+
+    /// The loaded version `version`: already loaded, or fetched (cache
+    /// first) and loaded now. `None` after a failure, which is recorded.
+    async fn obtain(
+        &self,
+        slot: &Slot,
+        current: &Deployment,
+        version: u64,
+    ) -> Option<Arc<LoadedVersion>> {
+        if let Some(loaded) = current.find(version) {
+            return Some(loaded.clone());
+        }
+        // A version refused for what it is (not for an unreachable store) is
+        // not retried at every poll.
+        if slot
+            .status
+            .lock()
+            .expect("status lock")
+            .load_errors
+            .iter()
+            .any(|e| e.version == version && e.error_type != "store_error")
+        {
+            return None;
+        }
+        let started = std::time::Instant::now();
+        let result = self.fetch_and_load(slot, version).await;
+        metrics::histogram!("nurture_model_load_duration_seconds", "model" => slot.name.clone())
+            .record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(loaded) => {
+                metrics::counter!("nurture_model_loads_total", "model" => slot.name.clone(), "result" => "ok").increment(1);
+                tracing::info!(model = %slot.name, version, seconds = loaded.load_time.as_secs_f64(), "version loaded");
+                Some(Arc::new(loaded))
+            }
+            Err(error) => {
+                metrics::counter!("nurture_model_loads_total", "model" => slot.name.clone(), "result" => error.error_type)
+                    .increment(1);
+                tracing::error!(model = %slot.name, version, error_type = error.error_type, message = %error.message, "version refused");
+                slot.record_load_error(error);
+                None
+            }
+        }
+    }
+
+    async fn fetch_and_load(&self, slot: &Slot, version: u64) -> Result<LoadedVersion, LoadError> {
+        let fail = |error_type: &'static str, message: String| LoadError {
+            version,
+            error_type,
+            message,
+            at: Utc::now(),
+        };
+        let fetched = match self.cache.load_version(&slot.name, version).await {
+            Some(cached) => cached,
+            None => {
+                let name = ModelName::new(&slot.name).expect("slot names are validated at start");
+                let fetched = self
+                    .registry
+                    .fetch(&name, version)
+                    .await
+                    .map_err(|error| fail(error.error_type(), error.to_string()))?;
+                self.cache.save_version(&slot.name, &fetched).await;
+                fetched
+            }
+        };
+        let loader = self.loader;
+        let name = slot.name.clone();
+        let kind = slot.kind;
+        tokio::task::spawn_blocking(move || loader.load(&name, kind, fetched))
+            .await
+            .map_err(|error| fail("load_panicked", error.to_string()))?
+    }
+}

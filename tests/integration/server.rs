@@ -1,0 +1,524 @@
+//! `nurture-server` end to end: a real process on 127.0.0.1, real ONNX
+//! Runtime, models trained by `nurture-trainer`, versions moved by
+//! `nurturectl`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nurture_proto::v1;
+use nurture_proto::v1::channel_timing_service_client::ChannelTimingServiceClient;
+use nurture_proto::v1::churn_service_client::ChurnServiceClient;
+use nurture_proto::v1::emotion_service_client::EmotionServiceClient;
+use nurture_proto::v1::journey_service_client::JourneyServiceClient;
+use nurture_proto::v1::status_service_client::StatusServiceClient;
+use nurture_tests::server::ServerProcess;
+use tempfile::TempDir;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// A registry with every kind trained and live (version 1).
+struct Fixture {
+    dir: TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let fixture = Fixture {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let data = fixture.path("data");
+        fixture.run(
+            "nurture-trainer",
+            &[
+                "generate",
+                "--out",
+                data.to_str().unwrap(),
+                "--rows",
+                "1500",
+            ],
+        );
+        fixture.run(
+            "nurture-trainer",
+            &[
+                "train",
+                "all",
+                "--data",
+                data.to_str().unwrap(),
+                "--promote",
+            ],
+        );
+        fixture
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn registry(&self) -> String {
+        format!("file://{}", self.path("registry").display())
+    }
+
+    fn run(&self, binary: &str, args: &[&str]) -> String {
+        let output = Command::new(nurture_tests::binary(binary))
+            .args(args)
+            .env("NURTURE_REGISTRY", self.registry())
+            .env("NURTURE_ACTOR", "tester")
+            .env_remove("ORT_DYLIB_PATH")
+            .current_dir(nurture_tests::project_root())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{binary} {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    fn server(&self, extra: &[&str]) -> ServerProcess {
+        ServerProcess::start(&self.registry(), &self.path("cache"), extra)
+    }
+
+    /// A second churn version (different seed, fewer iterations).
+    fn publish_second_churn(&self) {
+        let data = self.path("data").join("churn.csv");
+        self.run(
+            "nurture-trainer",
+            &[
+                "train",
+                "churn",
+                "--data",
+                data.to_str().unwrap(),
+                "--publish",
+                "--seed",
+                "9",
+                "--iterations",
+                "30",
+            ],
+        );
+    }
+}
+
+fn lead(id: &str) -> v1::LeadProfile {
+    v1::LeadProfile {
+        lead_id: id.to_owned(),
+        days_since_first_contact: Some(40.0),
+        days_since_last_contact: Some(3.0),
+        days_since_last_reply: Some(21.0),
+        email_open_rate: Some(0.35),
+        email_click_rate: Some(0.05),
+        sms_reply_rate: Some(0.4),
+        call_answer_rate: Some(0.2),
+        video_join_rate: Some(0.1),
+        messages_sent_30d: Some(6),
+        messages_received_30d: Some(2),
+        avg_response_hours: Some(14.0),
+        sentiment_score: Some(-0.4),
+        complaints_90d: Some(1),
+        website_visits_30d: Some(3),
+        listings_viewed_30d: Some(5),
+        saved_searches: Some(1),
+        showings_attended: Some(0),
+        pre_approved: Some(false),
+        mortgage_calculator_uses_30d: Some(0),
+        budget_k_usd: Some(380.0),
+        time_zone: "America/Chicago".to_owned(),
+    }
+}
+
+async fn channel(server: &ServerProcess) -> Channel {
+    Channel::from_shared(server.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn wait_until_live(server: &ServerProcess, models: usize) {
+    let mut status = StatusServiceClient::new(channel(server).await);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = status
+            .get_status(v1::GetStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if response
+            .models
+            .iter()
+            .filter(|m| m.live_version > 0)
+            .count()
+            >= models
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "models not live in time: {response:?}\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn churn_version(
+    client: &mut ChurnServiceClient<Channel>,
+    id: &str,
+) -> Result<u64, tonic::Status> {
+    let response = client
+        .predict_churn(v1::PredictChurnRequest {
+            leads: vec![lead(id)],
+            version: 0,
+            max_factors: 0,
+        })
+        .await?;
+    Ok(response.into_inner().predictions[0]
+        .model
+        .as_ref()
+        .unwrap()
+        .version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_every_typed_rpc_with_the_version_that_answered() {
+    let fixture = Fixture::new();
+    let server = fixture.server(&["--poll-interval", "200ms"]);
+    wait_until_live(&server, 5).await;
+    let channel = channel(&server).await;
+
+    let mut churn = ChurnServiceClient::new(channel.clone());
+    let response = churn
+        .predict_churn(v1::PredictChurnRequest {
+            leads: vec![lead("a"), lead("b")],
+            version: 0,
+            max_factors: 4,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.predictions.len(), 2);
+    for (prediction, id) in response.predictions.iter().zip(["a", "b"]) {
+        assert_eq!(prediction.lead_id, id, "request order kept");
+        assert_eq!(
+            prediction.model,
+            Some(v1::ModelRef {
+                name: "churn".into(),
+                version: 1
+            })
+        );
+        assert!((0.0..=1.0).contains(&prediction.churn_probability));
+        assert!(prediction.risk_level > 0);
+        assert_eq!(prediction.factors.len(), 4);
+        assert!(
+            prediction
+                .factors
+                .windows(2)
+                .all(|w| w[0].effect.abs() >= w[1].effect.abs())
+        );
+        assert!(!prediction.interventions.is_empty());
+    }
+
+    let mut emotion = EmotionServiceClient::new(channel.clone());
+    let texts = [
+        "I'm so excited about the condo downtown!",
+        "not happy with the inspection. at all",
+    ];
+    let response = emotion
+        .analyze_emotion(v1::AnalyzeEmotionRequest {
+            inputs: texts
+                .iter()
+                .map(|t| v1::EmotionInput {
+                    text: (*t).to_owned(),
+                    lead_id: "a".into(),
+                })
+                .collect(),
+            version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        response.results[0].dominant,
+        v1::EmotionalState::Excited as i32
+    );
+    assert_eq!(
+        response.results[1].dominant,
+        v1::EmotionalState::Disappointed as i32
+    );
+    assert!(response.results[0].sentiment > 0.0 && response.results[1].sentiment < 0.0);
+    let total: f64 = response.results[0]
+        .scores
+        .iter()
+        .map(|s| s.probability)
+        .sum();
+    assert!((total - 1.0).abs() < 1e-4);
+
+    let mut journey = JourneyServiceClient::new(channel.clone());
+    let response = journey
+        .classify_stage(v1::ClassifyStageRequest {
+            leads: vec![lead("a")],
+            version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.predictions[0].probabilities.len(), 5);
+    assert!(response.predictions[0].stage > 0);
+
+    let mut timing = ChannelTimingServiceClient::new(channel.clone());
+    let response = timing
+        .recommend_timing(v1::RecommendTimingRequest {
+            inputs: vec![v1::TimingInput {
+                lead: Some(lead("a")),
+                top_k: 10,
+                do_not_contact: vec![v1::Channel::Call as i32],
+                quiet_hours: Some(v1::QuietHours {
+                    start_hour: 21,
+                    end_hour: 8,
+                }),
+            }],
+            version: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let slots = &response.recommendations[0].slots;
+    assert_eq!(slots.len(), 10);
+    assert!(
+        slots
+            .windows(2)
+            .all(|w| w[0].response_probability >= w[1].response_probability)
+    );
+    assert!(
+        slots
+            .iter()
+            .all(|s| s.channel != v1::Channel::Call as i32 && (8..21).contains(&s.hour))
+    );
+
+    // Pinning the live version works; an unknown version is NOT_FOUND.
+    let pinned = churn
+        .predict_churn(v1::PredictChurnRequest {
+            leads: vec![lead("a")],
+            version: 1,
+            max_factors: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        pinned.into_inner().predictions[0]
+            .model
+            .as_ref()
+            .unwrap()
+            .version,
+        1
+    );
+    let missing = churn
+        .predict_churn(v1::PredictChurnRequest {
+            leads: vec![lead("a")],
+            version: 9,
+            max_factors: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_swaps_under_load_lose_no_request() {
+    let fixture = Fixture::new();
+    fixture.publish_second_churn();
+    let server = fixture.server(&["--poll-interval", "100ms"]);
+    wait_until_live(&server, 5).await;
+    let channel = channel(&server).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for client_id in 0..4 {
+        let mut client = ChurnServiceClient::new(channel.clone());
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let mut seen = BTreeSet::new();
+            let mut answered = 0u64;
+            let mut failures = Vec::new();
+            let started = Instant::now();
+            // Bounded in time and count.
+            while !stop.load(Ordering::Relaxed)
+                && started.elapsed() < Duration::from_secs(120)
+                && answered < 1_000_000
+            {
+                match churn_version(&mut client, &format!("lead-{client_id}-{answered}")).await {
+                    Ok(version) => {
+                        seen.insert(version);
+                        answered += 1;
+                    }
+                    Err(status) => failures.push(status.to_string()),
+                }
+            }
+            (seen, answered, failures)
+        }));
+    }
+    for change in 0..20 {
+        let args: Vec<&str> = if change % 2 == 0 {
+            vec!["promote", "churn", "2", "--force"]
+        } else {
+            vec!["rollback", "churn", "--reason", "swap test"]
+        };
+        fixture.run("nurturectl", &args);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The last change was a rollback to version 1.
+    let mut client = ChurnServiceClient::new(channel.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if churn_version(&mut client, "final").await.unwrap() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not converge on version 1");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Once converged, every answer carries the final version.
+    for i in 0..50 {
+        assert_eq!(
+            churn_version(&mut client, &format!("after-{i}"))
+                .await
+                .unwrap(),
+            1
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for client in clients {
+        let (seen, answered, failures) = client.await.unwrap();
+        assert!(failures.is_empty(), "failed requests: {failures:?}");
+        assert!(seen.is_subset(&BTreeSet::from([1, 2])), "{seen:?}");
+        total += answered;
+    }
+    assert!(total > 100, "the clients kept sending: {total}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_named_and_overload_is_shed() {
+    let fixture = Fixture::new();
+    let server = fixture.server(&["--max-items", "8", "--max-text-bytes", "64"]);
+    wait_until_live(&server, 5).await;
+    let channel = channel(&server).await;
+    let mut churn = ChurnServiceClient::new(channel.clone());
+    let mut emotion = EmotionServiceClient::new(channel.clone());
+
+    let mut nan = lead("a");
+    nan.sentiment_score = Some(f64::NAN);
+    let mut negative = lead("b");
+    negative.showings_attended = Some(-1);
+    let mut missing = lead("c");
+    missing.days_since_last_reply = None;
+    let cases = vec![
+        (vec![lead("ok"), nan], "leads[1].sentiment_score"),
+        (vec![negative], "leads[0].showings_attended"),
+        (vec![missing], "leads[0].days_since_last_reply"),
+        (vec![], "invalid leads"),
+        (
+            (0..9).map(|i| lead(&format!("l{i}"))).collect(),
+            "at most 8",
+        ),
+    ];
+    for (leads, expected) in cases {
+        let status = churn
+            .predict_churn(v1::PredictChurnRequest {
+                leads,
+                version: 0,
+                max_factors: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{expected}: {status:?}"
+        );
+        assert!(
+            status.message().contains(expected),
+            "{expected}: {}",
+            status.message()
+        );
+    }
+    let long = v1::EmotionInput {
+        text: "so excited ".repeat(10),
+        lead_id: String::new(),
+    };
+    let status = emotion
+        .analyze_emotion(v1::AnalyzeEmotionRequest {
+            inputs: vec![long],
+            version: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("inputs[0].text"),
+        "{}",
+        status.message()
+    );
+
+    // Still answering.
+    assert_eq!(churn_version(&mut churn, "after").await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_resource_exhausted_and_the_server_recovers() {
+    let fixture = Fixture::new();
+    let server = fixture.server(&[
+        "--queue-capacity",
+        "1",
+        "--max-batch",
+        "1",
+        "--max-delay",
+        "0ms",
+        "--max-timing-leads",
+        "16",
+    ]);
+    wait_until_live(&server, 5).await;
+    let channel = channel(&server).await;
+    // Channel-timing requests of 16 leads are 16 x 672 rows each: slow enough
+    // to fill a one-request queue.
+    let request = v1::RecommendTimingRequest {
+        inputs: (0..16)
+            .map(|i| v1::TimingInput {
+                lead: Some(lead(&format!("l{i}"))),
+                top_k: 1,
+                do_not_contact: vec![],
+                quiet_hours: None,
+            })
+            .collect(),
+        version: 0,
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..24 {
+        let mut client = ChannelTimingServiceClient::new(channel.clone());
+        let request = request.clone();
+        tasks.push(tokio::spawn(async move {
+            client
+                .recommend_timing(request)
+                .await
+                .map(|_| ())
+                .map_err(|s| s.code())
+        }));
+    }
+    let mut exhausted = 0;
+    let mut ok = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(Code::ResourceExhausted) => exhausted += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(exhausted > 0, "some requests were shed ({ok} answered)");
+    assert!(ok > 0, "some requests were answered");
+    let mut churn = ChurnServiceClient::new(channel);
+    assert_eq!(churn_version(&mut churn, "after").await.unwrap(), 1);
+}

@@ -1,0 +1,130 @@
+//! A `nurture-server` process on 127.0.0.1 with ephemeral ports.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running server; stopped (SIGTERM, then SIGKILL) on drop.
+pub struct ServerProcess {
+    child: Child,
+    /// gRPC address.
+    pub grpc: SocketAddr,
+    /// Metrics address.
+    pub metrics: SocketAddr,
+    stderr_log: std::path::PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts the server on `registry` with `cache_dir` and extra flags, and
+    /// waits (at most 60 s) until it prints its addresses.
+    pub fn start(registry: &str, cache_dir: &Path, extra: &[&str]) -> ServerProcess {
+        let stderr_log = cache_dir.with_extension(format!("server-{}.log", std::process::id()));
+        let stderr = std::fs::File::create(&stderr_log).expect("log file");
+        let mut child = Command::new(crate::binary("nurture-server"))
+            .args([
+                "--registry",
+                registry,
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--cache-dir")
+            .arg(cache_dir)
+            .args(extra)
+            .env_remove("ORT_DYLIB_PATH")
+            .env("NURTURE_LOG", "info,ort=warn")
+            .current_dir(crate::project_root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("nurture-server starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = sender.send(line);
+            }
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = receiver
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| {
+                let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+                panic!("nurture-server did not start:\n{log}")
+            });
+        let field = |name: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|part| part.strip_prefix(&format!("{name}=")))
+                .and_then(|addr| addr.parse().ok())
+                .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+        };
+        ServerProcess {
+            grpc: field("grpc"),
+            metrics: field("metrics"),
+            child,
+            stderr_log,
+        }
+    }
+
+    /// `http://ADDR` of the gRPC port.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Body of `GET /metrics`.
+    pub fn metrics(&self) -> String {
+        let mut stream = TcpStream::connect(self.metrics).expect("metrics port answers");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.metrics
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (at most `timeout`) for a clean exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if self.terminate(Duration::from_secs(10)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.stderr_log);
+    }
+}
