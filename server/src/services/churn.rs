@@ -279,7 +279,10 @@ mod tests {
         let codes =
             |list: Vec<v1::Intervention>| list.into_iter().map(|i| i.code).collect::<Vec<_>>();
         assert_eq!(
-            codes(interventions(v1::RiskLevel::Low, &[quiet.clone()])),
+            codes(interventions(
+                v1::RiskLevel::Low,
+                std::slice::from_ref(&quiet)
+            )),
             ["keep_cadence"]
         );
         assert_eq!(
