@@ -522,3 +522,343 @@ async fn a_full_queue_answers_resource_exhausted_and_the_server_recovers() {
     let mut churn = ChurnServiceClient::new(channel);
     assert_eq!(churn_version(&mut churn, "after").await.unwrap(), 1);
 }
+
+async fn status(server: &ServerProcess) -> v1::GetStatusResponse {
+    let mut client = StatusServiceClient::new(channel(server).await);
+    client
+        .get_status(v1::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn churn_status(response: &v1::GetStatusResponse) -> v1::ModelStatus {
+    response
+        .models
+        .iter()
+        .find(|m| m.name == "churn")
+        .cloned()
+        .expect("churn is served")
+}
+
+/// Writes a version straight into the store, bypassing publish and its
+/// checks, and promotes it: what a buggy pipeline or a hand edit could do.
+async fn write_bypassing_publish(
+    fixture: &Fixture,
+    version: u64,
+    onnx: Vec<u8>,
+    manifest_sha: Option<String>,
+) {
+    use nurture_models::registry::{EventKind, sha256_hex};
+    use object_store::{ObjectStoreExt, PutPayload};
+
+    let registry = nurture_models::Registry::open(&fixture.registry()).unwrap();
+    let (store, _) = nurture_models::registry::open_store(&fixture.registry()).unwrap();
+    let name = nurture_models::ModelName::new("churn").unwrap();
+    let mut manifest = registry.manifest(&name, 1).await.unwrap();
+    manifest.version = version;
+    manifest.sha256 = manifest_sha.unwrap_or_else(|| sha256_hex(&onnx));
+    let model_path = registry.model_path(&name, version);
+    let manifest_path =
+        object_store::path::Path::from(model_path.as_ref().replace("model.onnx", "manifest.json"));
+    store
+        .put(
+            &manifest_path,
+            PutPayload::from(serde_json::to_vec(&manifest).unwrap()),
+        )
+        .await
+        .unwrap();
+    store
+        .put(&model_path, PutPayload::from(onnx))
+        .await
+        .unwrap();
+    let seq = registry.state(&name).await.unwrap().seq;
+    let published = EventKind::Published {
+        version,
+        kind: nurture_models::ModelKind::Churn,
+        sha256: manifest.sha256.clone(),
+    };
+    registry
+        .append(&name, seq + 1, "intruder", published)
+        .await
+        .unwrap();
+    registry
+        .append(
+            &name,
+            seq + 2,
+            "intruder",
+            EventKind::Promoted {
+                version,
+                forced: false,
+            },
+        )
+        .await
+        .unwrap();
+}
+
+async fn wait_for_load_error(server: &ServerProcess, version: u64) -> v1::LoadError {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let churn = churn_status(&status(server).await);
+        if let Some(error) = churn.load_errors.iter().find(|e| e.version == version) {
+            return error.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no load error for version {version}: {churn:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_or_contract_breaking_versions_are_refused_and_the_old_one_keeps_serving() {
+    let fixture = Fixture::new();
+    let server = fixture.server(&["--poll-interval", "100ms"]);
+    wait_until_live(&server, 5).await;
+    let mut churn = ChurnServiceClient::new(channel(&server).await);
+
+    // Truncated bytes, with a manifest that matches them.
+    let good =
+        std::fs::read(fixture.path("registry/models/churn/versions/00000001/model.onnx")).unwrap();
+    write_bypassing_publish(&fixture, 2, good[..good.len() / 3].to_vec(), None).await;
+    let error = wait_for_load_error(&server, 2).await;
+    assert_eq!(error.error_type, "contract_violation", "{error:?}");
+    // Bytes that do not match the manifest's sha256.
+    write_bypassing_publish(&fixture, 3, good.clone(), Some("0".repeat(64))).await;
+    let error = wait_for_load_error(&server, 3).await;
+    assert_eq!(error.error_type, "sha256_mismatch", "{error:?}");
+
+    let state = churn_status(&status(&server).await);
+    assert_eq!(state.live_version, 1);
+    assert_eq!(state.desired_version, 3);
+    assert_eq!(churn_version(&mut churn, "a").await.unwrap(), 1);
+    let metrics = server.metrics();
+    assert!(
+        metrics
+            .contains("nurture_model_loads_total{model=\"churn\",result=\"contract_violation\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nurture_model_loads_total{model=\"churn\",result=\"sha256_mismatch\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_after_rollback_serves_the_rolled_back_to_version() {
+    let fixture = Fixture::new();
+    fixture.publish_second_churn();
+    fixture.run("nurturectl", &["promote", "churn", "2"]);
+    let server = fixture.server(&["--poll-interval", "100ms"]);
+    wait_until_live(&server, 5).await;
+    let mut churn = ChurnServiceClient::new(channel(&server).await);
+    assert_eq!(churn_version(&mut churn, "a").await.unwrap(), 2);
+    fixture.run(
+        "nurturectl",
+        &["rollback", "churn", "--reason", "bad calibration"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while churn_version(&mut churn, "a").await.unwrap() != 1 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(churn);
+    drop(server);
+
+    let server = fixture.server(&["--poll-interval", "100ms"]);
+    wait_until_live(&server, 5).await;
+    let mut churn = ChurnServiceClient::new(channel(&server).await);
+    for i in 0..20 {
+        assert_eq!(
+            churn_version(&mut churn, &format!("lead-{i}"))
+                .await
+                .unwrap(),
+            1
+        );
+    }
+    let pinned = churn
+        .predict_churn(v1::PredictChurnRequest {
+            leads: vec![lead("a")],
+            version: 2,
+            max_factors: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(pinned.code(), Code::FailedPrecondition, "{pinned:?}");
+    assert!(
+        !churn_status(&status(&server).await)
+            .loaded_versions
+            .contains(&2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_while_the_store_is_unreachable_serves_the_cached_versions() {
+    let fixture = Fixture::new();
+    {
+        let server = fixture.server(&[]);
+        wait_until_live(&server, 5).await;
+    }
+    // Same cache, a store nobody answers for.
+    let server = ServerProcess::start_with_env(
+        "s3://nurture-unreachable/models",
+        &fixture.path("cache"),
+        &["--poll-interval", "1s"],
+        &[
+            ("AWS_ENDPOINT", "http://127.0.0.1:9"),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "x"),
+            ("AWS_SECRET_ACCESS_KEY", "y"),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    );
+    wait_until_live(&server, 5).await;
+    let mut churn = ChurnServiceClient::new(channel(&server).await);
+    assert_eq!(churn_version(&mut churn, "a").await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_honest_and_metrics_follow_traffic() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let fixture = Fixture {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let server = fixture.server(&["--poll-interval", "100ms"]);
+    let mut health = HealthClient::new(channel(&server).await);
+    let check = |service: &str| HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    // Nothing published: not ready, and typed RPCs say UNAVAILABLE.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for service in ["", "nurture.v1.ChurnService"] {
+        let status = health
+            .check(check(service))
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::NotServing as i32, "{service:?}");
+    }
+    let mut churn = ChurnServiceClient::new(channel(&server).await);
+    assert_eq!(
+        churn_version(&mut churn, "a").await.unwrap_err().code(),
+        Code::Unavailable
+    );
+
+    // Train and promote everything: every service turns SERVING.
+    let data = fixture.path("data");
+    fixture.run(
+        "nurture-trainer",
+        &[
+            "generate",
+            "--out",
+            data.to_str().unwrap(),
+            "--rows",
+            "1500",
+        ],
+    );
+    fixture.run(
+        "nurture-trainer",
+        &[
+            "train",
+            "all",
+            "--data",
+            data.to_str().unwrap(),
+            "--promote",
+        ],
+    );
+    wait_until_live(&server, 5).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health.check(check("")).await.unwrap().into_inner().status
+        != ServingStatus::Serving as i32
+    {
+        assert!(
+            Instant::now() < deadline,
+            "overall health never turned SERVING"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for service in [
+        "nurture.v1.EmotionService",
+        "nurture.v1.ChurnService",
+        "nurture.v1.JourneyService",
+        "nurture.v1.ChannelTimingService",
+    ] {
+        assert_eq!(
+            health
+                .check(check(service))
+                .await
+                .unwrap()
+                .into_inner()
+                .status,
+            ServingStatus::Serving as i32,
+            "{service}"
+        );
+    }
+
+    for i in 0..20 {
+        churn_version(&mut churn, &format!("lead-{i}"))
+            .await
+            .unwrap();
+    }
+    let metrics = server.metrics();
+    for expected in [
+        "nurture_requests_total{model=\"churn\",version=\"1\",rpc=\"PredictChurn\",code=\"ok\"} 20",
+        "nurture_request_duration_seconds_bucket{model=\"churn\",rpc=\"PredictChurn\"",
+        "nurture_batch_rows_bucket{model=\"churn\"",
+        "nurture_inference_duration_seconds_bucket{model=\"churn\"",
+        "nurture_live_version{model=\"churn\"} 1",
+        "nurture_model_loads_total{model=\"emotion\",result=\"ok\"}",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "missing {expected} in\n{metrics}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests() {
+    let fixture = Fixture::new();
+    let mut server = fixture.server(&["--max-timing-leads", "16"]);
+    wait_until_live(&server, 5).await;
+    let mut timing = ChannelTimingServiceClient::new(channel(&server).await);
+    let request = v1::RecommendTimingRequest {
+        inputs: (0..16)
+            .map(|i| v1::TimingInput {
+                lead: Some(lead(&format!("l{i}"))),
+                top_k: 3,
+                do_not_contact: vec![],
+                quiet_hours: None,
+            })
+            .collect(),
+        version: 0,
+    };
+    let in_flight: Vec<_> = (0..4)
+        .map(|_| {
+            let mut client = timing.clone();
+            let request = request.clone();
+            tokio::spawn(async move { client.recommend_timing(request).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let exit = tokio::task::spawn_blocking(move || server.terminate(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    for request in in_flight {
+        let response = request
+            .await
+            .unwrap()
+            .expect("in-flight requests are answered");
+        assert_eq!(response.into_inner().recommendations.len(), 16);
+    }
+    assert!(exit.expect("the server exits").success());
+    assert!(
+        timing.recommend_timing(request).await.is_err(),
+        "a stopped server answers nothing"
+    );
+}

@@ -20,6 +20,16 @@ impl ServerProcess {
     /// Starts the server on `registry` with `cache_dir` and extra flags, and
     /// waits (at most 60 s) until it prints its addresses.
     pub fn start(registry: &str, cache_dir: &Path, extra: &[&str]) -> ServerProcess {
+        Self::start_with_env(registry, cache_dir, extra, &[])
+    }
+
+    /// [`ServerProcess::start`] with extra environment variables.
+    pub fn start_with_env(
+        registry: &str,
+        cache_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServerProcess {
         let stderr_log = cache_dir.with_extension(format!("server-{}.log", std::process::id()));
         let stderr = std::fs::File::create(&stderr_log).expect("log file");
         let mut child = Command::new(crate::binary("nurture-server"))
@@ -36,6 +46,7 @@ impl ServerProcess {
             .args(extra)
             .env_remove("ORT_DYLIB_PATH")
             .env("NURTURE_LOG", "info,ort=warn")
+            .envs(env.iter().copied())
             .current_dir(crate::project_root())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

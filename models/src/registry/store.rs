@@ -2,15 +2,26 @@
 
 use std::sync::Arc;
 
-use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
+use object_store::{ObjectStore, RetryConfig};
 
 use crate::error::{Error, Result};
+
+/// Retries of remote stores: a few quick ones. Readers poll again anyway,
+/// and an operator's command should fail in seconds, not minutes, when the
+/// store is down.
+fn retry() -> RetryConfig {
+    RetryConfig {
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(10),
+        ..RetryConfig::default()
+    }
+}
 
 /// The registry URL used when none is given.
 pub const DEFAULT_REGISTRY: &str = "file://./var/registry";
@@ -61,6 +72,7 @@ pub fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
         ),
         "az" | "adl" | "azure" | "abfs" | "abfss" => Arc::new(
             MicrosoftAzureBuilder::from_env()
+                .with_retry(retry())
                 .with_url(url)
                 .build()
                 .map_err(|error| invalid(error.to_string()))?,
