@@ -2,12 +2,17 @@
 
 CARGO ?= cargo
 
-.PHONY: test ort tools fmt-check clippy build unit check
+.PHONY: test run ort tools fmt-check clippy build
 
 ## Run every check and test: ONNX Runtime and test tools are fetched when
 ## missing, then fmt, clippy, and all tests with a real S3-compatible server.
 test: ort tools fmt-check clippy build
 	scripts/with-s3.sh $(CARGO) test --workspace --all-targets
+
+## The main job: build, train every kind into ./var/registry if it is empty,
+## start nurture-server on 127.0.0.1:50051 and print example calls.
+run:
+	scripts/run.sh
 
 ## Fetch the ONNX Runtime library into .ort/ (from the onnxruntime wheel on PyPI).
 ort:

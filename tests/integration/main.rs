@@ -3,5 +3,6 @@
 
 mod cli;
 mod registry;
+mod run;
 mod server;
 mod trainer;
