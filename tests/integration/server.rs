@@ -862,3 +862,72 @@ async fn sigterm_drains_in_flight_requests() {
         "a stopped server answers nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaries_get_their_share_of_leads_sticky_per_lead() {
+    let fixture = Fixture::new();
+    fixture.publish_second_churn();
+    let server = fixture.server(&["--poll-interval", "100ms"]);
+    wait_until_live(&server, 5).await;
+    fixture.run("nurturectl", &["canary", "churn", "2", "--percent", "30"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while churn_status(&status(&server).await).canary_version != 2 {
+        assert!(Instant::now() < deadline, "canary not picked up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut churn = ChurnServiceClient::new(channel(&server).await);
+    // One request of many leads: each lead is routed on its own.
+    let leads: Vec<v1::LeadProfile> = (0..200).map(|i| lead(&format!("lead-{i}"))).collect();
+    let first = churn
+        .predict_churn(v1::PredictChurnRequest {
+            leads: leads.clone(),
+            version: 0,
+            max_factors: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let on_canary = first
+        .predictions
+        .iter()
+        .filter(|p| p.model.as_ref().unwrap().version == 2)
+        .count();
+    assert!(
+        (30..90).contains(&on_canary),
+        "{on_canary} of 200 leads on the 30% canary"
+    );
+    // Sticky: the same leads land on the same versions again, one by one.
+    for prediction in first.predictions.iter().take(40) {
+        let again = churn_version(&mut churn, &prediction.lead_id)
+            .await
+            .unwrap();
+        assert_eq!(
+            again,
+            prediction.model.as_ref().unwrap().version,
+            "{}",
+            prediction.lead_id
+        );
+    }
+    // Clearing the canary sends everyone back to the live version.
+    fixture.run("nurturectl", &["canary-clear", "churn"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while churn_status(&status(&server).await).canary_version != 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = churn
+        .predict_churn(v1::PredictChurnRequest {
+            leads,
+            version: 0,
+            max_factors: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        after
+            .predictions
+            .iter()
+            .all(|p| p.model.as_ref().unwrap().version == 1)
+    );
+}
