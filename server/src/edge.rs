@@ -75,6 +75,17 @@ pub fn lead(profile: &v1::LeadProfile, field: &str) -> Result<LeadValues, ServeE
     Ok(values)
 }
 
+/// Checks a batch of leads (1 to `max`) and converts each, naming
+/// `leads[i]` in errors.
+pub fn leads(profiles: &[v1::LeadProfile], max: usize) -> Result<Vec<LeadValues>, ServeError> {
+    check_batch(profiles.len(), max, "leads")?;
+    profiles
+        .iter()
+        .enumerate()
+        .map(|(index, profile)| lead(profile, &format!("leads[{index}]")))
+        .collect()
+}
+
 /// Checks a lead id's length.
 pub fn check_lead_id(id: &str, field: &str) -> Result<(), ServeError> {
     if id.len() > MAX_LEAD_ID_BYTES {

@@ -30,28 +30,22 @@ impl Fixture {
         let fixture = Fixture {
             dir: tempfile::tempdir().unwrap(),
         };
-        let data = fixture.path("data");
-        fixture.run(
-            "nurture-trainer",
-            &[
-                "generate",
-                "--out",
-                data.to_str().unwrap(),
-                "--rows",
-                "1500",
-            ],
-        );
-        fixture.run(
-            "nurture-trainer",
-            &[
-                "train",
-                "all",
-                "--data",
-                data.to_str().unwrap(),
-                "--promote",
-            ],
-        );
+        fixture.train_everything();
         fixture
+    }
+
+    /// Generates data and trains and promotes every kind.
+    fn train_everything(&self) {
+        let data = self.path("data");
+        let data = data.to_str().unwrap();
+        self.run(
+            "nurture-trainer",
+            &["generate", "--out", data, "--rows", "1500"],
+        );
+        self.run(
+            "nurture-trainer",
+            &["train", "all", "--data", data, "--promote"],
+        );
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -750,27 +744,7 @@ async fn health_is_honest_and_metrics_follow_traffic() {
     );
 
     // Train and promote everything: every service turns SERVING.
-    let data = fixture.path("data");
-    fixture.run(
-        "nurture-trainer",
-        &[
-            "generate",
-            "--out",
-            data.to_str().unwrap(),
-            "--rows",
-            "1500",
-        ],
-    );
-    fixture.run(
-        "nurture-trainer",
-        &[
-            "train",
-            "all",
-            "--data",
-            data.to_str().unwrap(),
-            "--promote",
-        ],
-    );
+    fixture.train_everything();
     wait_until_live(&server, 5).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while health.check(check("")).await.unwrap().into_inner().status

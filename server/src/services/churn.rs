@@ -177,7 +177,6 @@ impl ChurnService for Churn {
             max_factors,
         } = request.into_inner();
         instrumented("PredictChurn", &self.slot.name, async move {
-            edge::check_batch(leads.len(), self.limits.max_items, "leads")?;
             let wanted = match max_factors as usize {
                 0 => DEFAULT_FACTORS,
                 n if n > MAX_FACTORS => {
@@ -187,11 +186,7 @@ impl ChurnService for Churn {
                 }
                 n => n,
             };
-            let values = leads
-                .iter()
-                .enumerate()
-                .map(|(index, lead)| edge::lead(lead, &format!("leads[{index}]")))
-                .collect::<Result<Vec<_>, ServeError>>()?;
+            let values = edge::leads(&leads, self.limits.max_items)?;
             let ids: Vec<&str> = values.iter().map(|v| v.id.as_str()).collect();
             let scores = score_items(&self.slot, &ids, version, deadline, |loaded, item| {
                 rows_for(loaded, &values[item], &format!("leads[{item}]"))

@@ -9,7 +9,6 @@ use super::{Limits, instrumented, score_items};
 use crate::batcher::Rows;
 use crate::deployment::Slot;
 use crate::edge;
-use crate::error::ServeError;
 
 /// The journey service.
 #[derive(Debug, Clone)]
@@ -29,12 +28,7 @@ impl JourneyService for Journey {
         let deadline = edge::deadline(&request);
         let v1::ClassifyStageRequest { leads, version } = request.into_inner();
         instrumented("ClassifyStage", &self.slot.name, async move {
-            edge::check_batch(leads.len(), self.limits.max_items, "leads")?;
-            let values = leads
-                .iter()
-                .enumerate()
-                .map(|(index, lead)| edge::lead(lead, &format!("leads[{index}]")))
-                .collect::<Result<Vec<_>, ServeError>>()?;
+            let values = edge::leads(&leads, self.limits.max_items)?;
             let ids: Vec<&str> = values.iter().map(|v| v.id.as_str()).collect();
             let scores = score_items(&self.slot, &ids, version, deadline, |loaded, item| {
                 let layout = loaded.layout.as_ref().expect("journey models are tabular");
