@@ -5,6 +5,7 @@
 //! types and `nurture-proto` at its edge.
 
 pub mod error;
+pub mod experiments;
 pub mod features;
 pub mod input;
 pub mod kind;

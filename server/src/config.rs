@@ -77,6 +77,21 @@ pub struct Config {
     #[arg(long, env = "NURTURE_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// This replica's name in outcome records ([a-z0-9-]); default: derived
+    /// from the process id and start time.
+    #[arg(long, env = "NURTURE_REPLICA_ID")]
+    pub replica_id: Option<String>,
+
+    /// Seed of the bandit's random draws (reproducible choices in tests);
+    /// default: from the clock.
+    #[arg(long, env = "NURTURE_BANDIT_SEED")]
+    pub bandit_seed: Option<u64>,
+
+    /// How stale this replica's view of an experiment may get before it
+    /// re-reads the store (outcomes written by other replicas).
+    #[arg(long, env = "NURTURE_EXPERIMENT_REFRESH", default_value = "1s", value_parser = parse_duration)]
+    pub experiment_refresh: Duration,
+
     /// Path of the ONNX Runtime library; else .ort/ of the project is used.
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_dylib: Option<PathBuf>,

@@ -24,6 +24,9 @@ pub enum ServeError {
     /// A pinned version may not be served (revoked).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The thing to create exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// The request's deadline passed before inference.
     #[error("deadline exceeded before inference")]
     DeadlineExceeded,
@@ -41,6 +44,7 @@ impl ServeError {
             ServeError::Unavailable(_) => "unavailable",
             ServeError::NotFound(_) => "not_found",
             ServeError::FailedPrecondition(_) => "failed_precondition",
+            ServeError::AlreadyExists(_) => "already_exists",
             ServeError::DeadlineExceeded => "deadline_exceeded",
             ServeError::Inference(_) => "inference_error",
         }
@@ -52,6 +56,8 @@ impl From<nurture_models::Error> for ServeError {
         match error {
             nurture_models::Error::Invalid { .. } => ServeError::InvalidArgument(error.to_string()),
             nurture_models::Error::NotFound(_) => ServeError::NotFound(error.to_string()),
+            nurture_models::Error::Conflict(_) => ServeError::AlreadyExists(error.to_string()),
+            nurture_models::Error::Store(_) => ServeError::Unavailable(error.to_string()),
             other => ServeError::Inference(other.to_string()),
         }
     }
@@ -65,6 +71,7 @@ impl From<ServeError> for Status {
             ServeError::Unavailable(_) => Code::Unavailable,
             ServeError::NotFound(_) => Code::NotFound,
             ServeError::FailedPrecondition(_) => Code::FailedPrecondition,
+            ServeError::AlreadyExists(_) => Code::AlreadyExists,
             ServeError::DeadlineExceeded => Code::DeadlineExceeded,
             ServeError::Inference(_) => Code::Internal,
         };

@@ -12,6 +12,7 @@ pub mod config;
 pub mod deployment;
 pub mod edge;
 pub mod error;
+pub mod experiments;
 pub mod metrics;
 pub mod model;
 pub mod services;
@@ -42,8 +43,7 @@ pub fn service_name(kind: ModelKind) -> Option<&'static str> {
         ModelKind::Churn => Some("nurture.v1.ChurnService"),
         ModelKind::Journey => Some("nurture.v1.JourneyService"),
         ModelKind::ChannelTiming => Some("nurture.v1.ChannelTimingService"),
-        // The optimization service arrives with experiments.
-        ModelKind::Optimization => None,
+        ModelKind::Optimization => Some("nurture.v1.OptimizationService"),
     }
 }
 
@@ -102,6 +102,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 .await;
         }
     }
+    let registry_for_experiments = registry.clone();
     let watcher = Watcher {
         registry,
         watched: slots
@@ -135,6 +136,26 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         .register_encoded_file_descriptor_set(nurture_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let replica = match &config.replica_id {
+        Some(id) => {
+            nurture_models::experiments::spec::check_id(id, "--replica-id")?;
+            id.clone()
+        }
+        None => format!("r{}-{:x}", std::process::id(), nanos & 0xffff_ffff),
+    };
+    let experiments = Arc::new(experiments::Experiments::new(
+        nurture_models::experiments::ExperimentStore::new(
+            registry_for_experiments.store().clone(),
+            registry_for_experiments.prefix().clone(),
+            &replica,
+        ),
+        config.bandit_seed.unwrap_or(nanos),
+        config.experiment_refresh,
+    ));
 
     let grpc_listener = TcpListener::bind(config.listen)
         .await
@@ -171,6 +192,17 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         router = router.add_service(v1::journey_service_server::JourneyServiceServer::new(
             services::journey::Journey { slot, limits },
         ));
+    }
+    if let Some(slot) = slot(ModelKind::Optimization) {
+        router = router.add_service(
+            v1::optimization_service_server::OptimizationServiceServer::new(
+                services::optimization::Optimization {
+                    slot,
+                    experiments,
+                    limits,
+                },
+            ),
+        );
     }
     if let Some(slot) = slot(ModelKind::ChannelTiming) {
         router = router.add_service(

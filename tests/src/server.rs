@@ -113,6 +113,12 @@ impl ServerProcess {
             .unwrap_or_default()
     }
 
+    /// Kills the process with SIGKILL (no chance to clean up).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits (at most `timeout`) for a clean exit.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let _ = Command::new("kill")

@@ -114,6 +114,11 @@ impl Registry {
         &self.url
     }
 
+    /// The path prefix of the registry inside its store.
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
     /// The underlying store, for components that keep their own records
     /// beside the models (e.g. experiments).
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
