@@ -92,6 +92,24 @@ pub struct Config {
     #[arg(long, env = "NURTURE_EXPERIMENT_REFRESH", default_value = "1s", value_parser = parse_duration)]
     pub experiment_refresh: Duration,
 
+    /// PEM certificate chain; with --tls-key, gRPC is served over TLS only.
+    /// Re-read when the file changes.
+    #[arg(long, env = "NURTURE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "NURTURE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
+    #[arg(long, env = "NURTURE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// File of accepted bearer tokens, one per line; when set, inference and
+    /// status RPCs need `authorization: Bearer <token>` (health stays open).
+    #[arg(long, env = "NURTURE_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+
     /// Path of the ONNX Runtime library; else .ort/ of the project is used.
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_dylib: Option<PathBuf>,

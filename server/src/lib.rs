@@ -15,6 +15,7 @@ pub mod error;
 pub mod experiments;
 pub mod metrics;
 pub mod model;
+pub mod security;
 pub mod services;
 pub mod watcher;
 
@@ -164,64 +165,113 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         .await
         .with_context(|| format!("cannot listen on {}", config.metrics_listen))?;
     let grpc_addr = metrics::local(&grpc_listener);
+    let shutdown_for_tls = shutdown.clone();
     let metrics_addr = metrics::local(&metrics_listener);
     let metrics_task = tokio::spawn(metrics::serve(metrics_listener, handle, shutdown.clone()));
-    println!("nurture-server listening: grpc={grpc_addr} metrics={metrics_addr}");
-    tracing::info!(%grpc_addr, %metrics_addr, registry = %config.registry, "listening");
 
+    let auth = security::Auth {
+        tokens: match &config.auth_tokens_file {
+            Some(path) => Some(security::Tokens::watch(path.clone(), shutdown.clone())?),
+            None => None,
+        },
+    };
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = security::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: config.tls_client_ca.clone(),
+            };
+            let initial = files.load()?;
+            Some((files, initial))
+        }
+        _ => None,
+    };
+    // Health and reflection stay open; everything else passes `auth`.
     let mut router = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(v1::status_service_server::StatusServiceServer::new(
-            services::status::StatusRpc {
-                slots: slots.clone(),
-            },
-        ));
+        .add_service(
+            v1::status_service_server::StatusServiceServer::with_interceptor(
+                services::status::StatusRpc {
+                    slots: slots.clone(),
+                },
+                auth.clone(),
+            ),
+        );
     if let Some(slot) = slot(ModelKind::Emotion) {
-        router = router.add_service(v1::emotion_service_server::EmotionServiceServer::new(
-            services::emotion::Emotion { slot, limits },
-        ));
+        router = router.add_service(
+            v1::emotion_service_server::EmotionServiceServer::with_interceptor(
+                services::emotion::Emotion { slot, limits },
+                auth.clone(),
+            ),
+        );
     }
     if let Some(slot) = slot(ModelKind::Churn) {
-        router = router.add_service(v1::churn_service_server::ChurnServiceServer::new(
-            services::churn::Churn { slot, limits },
-        ));
+        router = router.add_service(
+            v1::churn_service_server::ChurnServiceServer::with_interceptor(
+                services::churn::Churn { slot, limits },
+                auth.clone(),
+            ),
+        );
     }
     if let Some(slot) = slot(ModelKind::Journey) {
-        router = router.add_service(v1::journey_service_server::JourneyServiceServer::new(
-            services::journey::Journey { slot, limits },
-        ));
+        router = router.add_service(
+            v1::journey_service_server::JourneyServiceServer::with_interceptor(
+                services::journey::Journey { slot, limits },
+                auth.clone(),
+            ),
+        );
     }
     if let Some(slot) = slot(ModelKind::Optimization) {
         router = router.add_service(
-            v1::optimization_service_server::OptimizationServiceServer::new(
+            v1::optimization_service_server::OptimizationServiceServer::with_interceptor(
                 services::optimization::Optimization {
                     slot,
                     experiments,
                     limits,
                 },
+                auth.clone(),
             ),
         );
     }
     if let Some(slot) = slot(ModelKind::ChannelTiming) {
         router = router.add_service(
-            v1::channel_timing_service_server::ChannelTimingServiceServer::new(
+            v1::channel_timing_service_server::ChannelTimingServiceServer::with_interceptor(
                 services::channel_timing::ChannelTiming { slot, limits },
+                auth.clone(),
             ),
         );
     }
 
+    println!("nurture-server listening: grpc={grpc_addr} metrics={metrics_addr}");
+    tracing::info!(%grpc_addr, %metrics_addr, registry = %config.registry, "listening");
+
     let drain_health = health.clone();
     let mut drain_signal = shutdown.clone();
-    let serving =
-        router.serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener), async move {
-            let _ = drain_signal.wait_for(|stop| *stop).await;
-            tracing::info!("shutting down: refusing new requests, draining in-flight ones");
-            drain_health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
-        });
+    let drained = async move {
+        let _ = drain_signal.wait_for(|stop| *stop).await;
+        tracing::info!("shutting down: refusing new requests, draining in-flight ones");
+        drain_health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+    };
+    let serving = async move {
+        match tls {
+            Some((files, initial)) => {
+                tracing::info!(mtls = files.client_ca.is_some(), "gRPC over TLS");
+                let incoming =
+                    security::tls_incoming(grpc_listener, files, initial, shutdown_for_tls);
+                router.serve_with_incoming_shutdown(incoming, drained).await
+            }
+            None => {
+                router
+                    .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener), drained)
+                    .await
+            }
+        }
+    };
     let grace = config.shutdown_grace;
     tokio::select! {
         result = serving => result?,

@@ -5,5 +5,6 @@ mod cli;
 mod optimization;
 mod registry;
 mod run;
+mod security;
 mod server;
 mod trainer;

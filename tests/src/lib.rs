@@ -4,6 +4,7 @@
 pub mod fixtures;
 pub mod s3;
 pub mod server;
+pub mod tls;
 
 use std::path::PathBuf;
 
