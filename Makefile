@@ -2,12 +2,16 @@
 
 CARGO ?= cargo
 
-.PHONY: test run ort tools fmt-check clippy build
+.PHONY: test run ort tools fmt-check clippy build helm
 
 ## Run every check and test: ONNX Runtime and test tools are fetched when
 ## missing, then fmt, clippy, and all tests with a real S3-compatible server.
-test: ort tools fmt-check clippy build
+test: ort tools fmt-check clippy build helm
 	scripts/with-s3.sh $(CARGO) test --workspace --all-targets
+
+## Lint, render and validate the Helm chart (offline).
+helm:
+	scripts/check-helm.sh
 
 ## The main job: build, train every kind into ./var/registry if it is empty,
 ## start nurture-server on 127.0.0.1:50051 and print example calls.

