@@ -2,6 +2,7 @@
 //! memory, a real S3-compatible server) and `nurturectl` run as a process.
 
 mod cli;
+mod convergence;
 mod deploy;
 mod optimization;
 mod registry;

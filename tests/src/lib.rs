@@ -2,6 +2,7 @@
 //! S3-compatible test server, and paths of the project's binaries.
 
 pub mod fixtures;
+pub mod proxy;
 pub mod s3;
 pub mod server;
 pub mod tls;

@@ -1,0 +1,248 @@
+//! Three replicas share one registry on the real S3-compatible server:
+//! promote, canary and rollback reach all of them; while the store is
+//! unreachable they keep serving (a replica restarted meanwhile serves from
+//! its cache); when it returns they converge again.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nurture_proto::v1;
+use nurture_proto::v1::churn_service_client::ChurnServiceClient;
+use nurture_proto::v1::status_service_client::StatusServiceClient;
+use nurture_tests::proxy::CuttableProxy;
+use nurture_tests::s3::TestS3;
+use nurture_tests::server::ServerProcess;
+use tempfile::TempDir;
+use tonic::Code;
+use tonic::transport::Channel;
+
+struct Cluster {
+    dir: TempDir,
+    url: String,
+    direct_env: Vec<(&'static str, String)>,
+    proxy: CuttableProxy,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let s3 = TestS3::from_env();
+        let (url, direct_env) = s3.url_and_env(&TestS3::unique_prefix("cluster"));
+        let target = s3.endpoint.trim_start_matches("http://").parse().unwrap();
+        Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            url,
+            direct_env,
+            proxy: CuttableProxy::start(target),
+        }
+    }
+
+    /// Runs a tool against the store directly (operators' path).
+    fn run(&self, binary: &str, args: &[&str]) {
+        let output = Command::new(nurture_tests::binary(binary))
+            .args(args)
+            .env("NURTURE_REGISTRY", &self.url)
+            .env("NURTURE_ACTOR", "sre")
+            .envs(self.direct_env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env_remove("ORT_DYLIB_PATH")
+            .current_dir(nurture_tests::project_root())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{binary} {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn cache(&self, replica: usize) -> PathBuf {
+        self.dir.path().join(format!("cache-{replica}"))
+    }
+
+    /// A replica reaching the store through the cuttable proxy.
+    fn replica(&self, index: usize) -> ServerProcess {
+        let endpoint = format!("http://{}", self.proxy.address);
+        let env: Vec<(&str, &str)> = self
+            .direct_env
+            .iter()
+            .map(|(k, v)| {
+                if *k == "AWS_ENDPOINT" {
+                    (*k, endpoint.as_str())
+                } else {
+                    (*k, v.as_str())
+                }
+            })
+            .collect();
+        let replica_id = format!("replica-{index}");
+        ServerProcess::start_with_env(
+            &self.url,
+            &self.cache(index),
+            &[
+                "--models",
+                "churn",
+                "--poll-interval",
+                "200ms",
+                "--replica-id",
+                &replica_id,
+            ],
+            &env,
+        )
+    }
+}
+
+fn lead(id: &str) -> v1::LeadProfile {
+    v1::LeadProfile {
+        lead_id: id.to_owned(),
+        days_since_first_contact: Some(40.0),
+        days_since_last_contact: Some(3.0),
+        days_since_last_reply: Some(21.0),
+        email_open_rate: Some(0.35),
+        email_click_rate: Some(0.05),
+        sms_reply_rate: Some(0.4),
+        call_answer_rate: Some(0.2),
+        video_join_rate: Some(0.1),
+        messages_sent_30d: Some(6),
+        messages_received_30d: Some(2),
+        avg_response_hours: Some(14.0),
+        sentiment_score: Some(-0.4),
+        complaints_90d: Some(1),
+        website_visits_30d: Some(3),
+        listings_viewed_30d: Some(5),
+        saved_searches: Some(1),
+        showings_attended: Some(0),
+        pre_approved: Some(false),
+        mortgage_calculator_uses_30d: Some(0),
+        budget_k_usd: Some(380.0),
+        time_zone: String::new(),
+    }
+}
+
+async fn channel(server: &ServerProcess) -> Channel {
+    Channel::from_shared(server.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// (live, canary) of churn on one replica.
+async fn served(server: &ServerProcess) -> (u64, u64) {
+    let status = StatusServiceClient::new(channel(server).await)
+        .get_status(v1::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let churn = &status.models[0];
+    (churn.live_version, churn.canary_version)
+}
+
+async fn converge(replicas: &[&ServerProcess], expected: (u64, u64), what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for replica in replicas {
+        loop {
+            if served(replica).await == expected {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: replica at {} serves {:?}, expected {expected:?}",
+                replica.grpc,
+                served(replica).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn answer_version(server: &ServerProcess, pin: u64) -> Result<u64, tonic::Status> {
+    let mut client = ChurnServiceClient::new(channel(server).await);
+    let response = client
+        .predict_churn(v1::PredictChurnRequest {
+            leads: vec![lead("lead-1")],
+            version: pin,
+            max_factors: 0,
+        })
+        .await?;
+    Ok(response.into_inner().predictions[0]
+        .model
+        .as_ref()
+        .unwrap()
+        .version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_converge_through_the_store_and_ride_out_its_outage() {
+    let cluster = Cluster::new();
+    let data = cluster.dir.path().join("data");
+    let data = data.to_str().unwrap();
+    cluster.run(
+        "nurture-trainer",
+        &["generate", "--out", data, "--rows", "1500"],
+    );
+    let csv = format!("{data}/churn.csv");
+    cluster.run(
+        "nurture-trainer",
+        &["train", "churn", "--data", &csv, "--promote"],
+    );
+    cluster.run(
+        "nurture-trainer",
+        &[
+            "train",
+            "churn",
+            "--data",
+            &csv,
+            "--publish",
+            "--seed",
+            "9",
+            "--iterations",
+            "30",
+        ],
+    );
+
+    let a = cluster.replica(0);
+    let b = cluster.replica(1);
+    let mut c = cluster.replica(2);
+    converge(&[&a, &b, &c], (1, 0), "initial").await;
+
+    cluster.run("nurturectl", &["canary", "churn", "2", "--percent", "50"]);
+    converge(&[&a, &b, &c], (1, 2), "canary").await;
+    cluster.run("nurturectl", &["promote", "churn", "2"]);
+    converge(&[&a, &b, &c], (2, 0), "promote").await;
+    cluster.run(
+        "nurturectl",
+        &["rollback", "churn", "--reason", "conversion dropped"],
+    );
+    converge(&[&a, &b, &c], (1, 0), "rollback").await;
+    for replica in [&a, &b, &c] {
+        assert_eq!(answer_version(replica, 0).await.unwrap(), 1);
+        assert_eq!(
+            answer_version(replica, 2).await.unwrap_err().code(),
+            Code::FailedPrecondition,
+            "no replica serves the revoked version"
+        );
+    }
+
+    // The store goes away for the replicas.
+    cluster.proxy.cut();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for replica in [&a, &b, &c] {
+        assert_eq!(
+            answer_version(replica, 0).await.unwrap(),
+            1,
+            "replicas keep serving while the store is down"
+        );
+    }
+    // A replica restarted meanwhile serves from its cache.
+    c.kill();
+    let c = cluster.replica(2);
+    converge(&[&c], (1, 0), "restart during the outage").await;
+    assert_eq!(answer_version(&c, 0).await.unwrap(), 1);
+
+    // Operators move on (directly); when the store returns, all follow.
+    cluster.run("nurturectl", &["promote", "churn", "2", "--force"]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    converge(&[&a, &b, &c], (1, 0), "still cut off").await;
+    cluster.proxy.restore();
+    converge(&[&a, &b, &c], (2, 0), "after the outage").await;
+}
