@@ -11,12 +11,14 @@ const API_FILES: &[&str] = &[
     "nurture/v1/channel_timing.proto",
     "nurture/v1/optimization.proto",
     "nurture/v1/status.proto",
+    "inference/grpc_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed=nurture");
     println!("cargo:rerun-if-changed=onnx");
+    println!("cargo:rerun-if-changed=inference");
 
     let api = protox::compile(API_FILES, ["."])?;
     // The encoded descriptor set feeds gRPC server reflection.

@@ -21,6 +21,9 @@ pub enum ModelKind {
     ChannelTiming,
     /// Lead features + message variant → conversion probability.
     Optimization,
+    /// Any ONNX model, served through the Open Inference Protocol; its
+    /// signature, read from the graph at publish time, is its contract.
+    Generic,
 }
 
 /// The ten emotional states, in output-column order.
@@ -102,10 +105,13 @@ pub enum InputContract {
     Features,
     /// One string input named [`TEXT_INPUT`], shape `[batch]` or `[batch, 1]`.
     Text,
+    /// Whatever the graph declares (generic models).
+    Any,
 }
 
 impl ModelKind {
-    /// All kinds, in a stable order.
+    /// The five typed kinds (each with its own RPC), in a stable order.
+    /// [`ModelKind::Generic`] is not among them.
     pub const ALL: [ModelKind; 5] = [
         ModelKind::Emotion,
         ModelKind::Churn,
@@ -122,6 +128,7 @@ impl ModelKind {
             ModelKind::Journey => "journey",
             ModelKind::ChannelTiming => "channel_timing",
             ModelKind::Optimization => "optimization",
+            ModelKind::Generic => "generic",
         }
     }
 
@@ -133,6 +140,7 @@ impl ModelKind {
             ModelKind::Journey => JOURNEY_LABELS,
             ModelKind::ChannelTiming => CHANNEL_TIMING_LABELS,
             ModelKind::Optimization => OPTIMIZATION_LABELS,
+            ModelKind::Generic => &[],
         }
     }
 
@@ -140,6 +148,7 @@ impl ModelKind {
     pub fn input(self) -> InputContract {
         match self {
             ModelKind::Emotion => InputContract::Text,
+            ModelKind::Generic => InputContract::Any,
             _ => InputContract::Features,
         }
     }
@@ -149,7 +158,7 @@ impl ModelKind {
         match self {
             ModelKind::ChannelTiming => SLOT_FEATURES,
             ModelKind::Optimization => VARIANT_FEATURES,
-            ModelKind::Emotion | ModelKind::Churn | ModelKind::Journey => &[],
+            ModelKind::Emotion | ModelKind::Churn | ModelKind::Journey | ModelKind::Generic => &[],
         }
     }
 
@@ -165,7 +174,7 @@ impl ModelKind {
     /// feature list of a manifest that names none.
     pub fn allowed_features(self) -> Vec<&'static str> {
         match self.input() {
-            InputContract::Text => Vec::new(),
+            InputContract::Text | InputContract::Any => Vec::new(),
             InputContract::Features => LEAD_FEATURES
                 .iter()
                 .chain(self.extra_features())
@@ -194,6 +203,7 @@ impl FromStr for ModelKind {
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         ModelKind::ALL
             .into_iter()
+            .chain([ModelKind::Generic])
             .find(|kind| {
                 kind.as_str() == value
                     || (value == "channel-timing" && *kind == ModelKind::ChannelTiming)

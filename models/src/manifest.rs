@@ -199,11 +199,17 @@ impl ManifestDraft {
                 .into_iter()
                 .map(str::to_owned)
                 .collect(),
-            (None, InputContract::Text) => Vec::new(),
+            (None, InputContract::Text | InputContract::Any) => Vec::new(),
             (Some(_), InputContract::Text) => {
                 return Err(Error::invalid(
                     "manifest.features",
                     format!("{kind} models take text, not features"),
+                ));
+            }
+            (Some(_), InputContract::Any) => {
+                return Err(Error::invalid(
+                    "manifest.features",
+                    "generic models take the named tensors their graph declares, not features",
                 ));
             }
             (Some(features), InputContract::Features) => {
@@ -364,6 +370,12 @@ fn check_golden(
             if golden.text.is_none() {
                 return Err(Error::invalid(field("text"), "required for emotion models"));
             }
+        }
+        InputContract::Any => {
+            return Err(Error::invalid(
+                field("probabilities"),
+                "golden examples are not supported for generic models",
+            ));
         }
     }
     if golden.probabilities.len() != classes {

@@ -153,6 +153,27 @@ pub fn check_contract(
             .map(|o| spec_of(o.name(), o.dtype()))
             .collect(),
     };
+    if kind == ModelKind::Generic {
+        for (role, specs) in [("input", &signature.inputs), ("output", &signature.outputs)] {
+            if let Some(spec) = specs.iter().find(|spec| spec.dtype == DType::Other) {
+                return Err(Error::contract(
+                    kind,
+                    format!(
+                        "{role} {:?} is not a tensor of a supported type (float32/64, int32/64, bool, string); \
+                         for scikit-learn classifiers export with options {{'zipmap': False}}",
+                        spec.name
+                    ),
+                ));
+            }
+        }
+        if signature.inputs.is_empty() || signature.outputs.is_empty() {
+            return Err(Error::contract(
+                kind,
+                "the graph needs at least one input and one output",
+            ));
+        }
+        return Ok(signature);
+    }
     check_signature(kind, &signature, draft.features.len(), draft.labels.len())?;
 
     // Probe: two rows of plausible input.
@@ -170,6 +191,7 @@ pub fn check_contract(
             "I'd love to see the house on Saturday".to_owned(),
             String::new(),
         ]),
+        InputContract::Any => unreachable!("generic models return before the probe"),
     };
     let rows = run_probabilities(&mut session, kind, &signature, &probe)?;
     for (row_index, row) in rows.iter().enumerate() {
@@ -279,6 +301,7 @@ pub fn check_signature(
                 ));
             }
         }
+        InputContract::Any => return Ok(()),
     }
     let Some(output) = signature
         .outputs

@@ -1,6 +1,7 @@
 //! Nurture's wire formats.
 //!
 //! * [`v1`]: the `nurture.v1` gRPC API (messages, clients and servers).
+//! * [`inference`]: the Open Inference Protocol (KServe v2) gRPC service.
 //! * [`onnx`]: the subset of the ONNX model format that the trainer writes.
 //!
 //! This crate owns generated code only; domain types live in `nurture-models`
@@ -12,7 +13,13 @@ pub mod v1 {
     tonic::include_proto!("nurture.v1");
 }
 
-/// Encoded `FileDescriptorSet` of the `nurture.v1` API, for server reflection.
+/// The Open Inference Protocol (KServe v2) `inference` package.
+#[allow(clippy::all, missing_docs)]
+pub mod inference {
+    tonic::include_proto!("inference");
+}
+
+/// Encoded `FileDescriptorSet` of the `nurture.v1` and `inference` APIs, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/nurture_descriptor.bin"));
 

@@ -49,6 +49,8 @@ pub fn service_name(kind: ModelKind) -> Option<&'static str> {
         ModelKind::Journey => Some("nurture.v1.JourneyService"),
         ModelKind::ChannelTiming => Some("nurture.v1.ChannelTimingService"),
         ModelKind::Optimization => Some("nurture.v1.OptimizationService"),
+        // Generic models are reached through inference.GRPCInferenceService.
+        ModelKind::Generic => None,
     }
 }
 
@@ -108,6 +110,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         }
     }
     let registry_for_experiments = registry.clone();
+    let generic: services::inference::GenericSlots = Default::default();
     let watcher = Watcher {
         registry,
         watched: slots
@@ -130,6 +133,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         cache: DiskCache::new(config.cache_dir.clone()),
         poll_interval: config.poll_interval,
         health: health.clone(),
+        generic: generic.clone(),
+        ignored: std::sync::Mutex::new(std::collections::HashSet::new()),
     };
     let watcher_task = tokio::spawn(watcher.run(shutdown.clone()));
 
@@ -204,6 +209,12 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 auth.clone(),
             ),
         );
+    router = router.add_service(
+        nurture_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer::with_interceptor(
+            services::inference::Inference { typed: slots.clone(), generic: generic.clone(), limits },
+            auth.clone(),
+        ),
+    );
     if let Some(slot) = slot(ModelKind::Emotion) {
         router = router.add_service(
             v1::emotion_service_server::EmotionServiceServer::with_interceptor(

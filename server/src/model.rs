@@ -109,7 +109,7 @@ impl Loader {
                 FeatureLayout::new(manifest.kind, &manifest.features)
                     .map_err(|error| fail("invalid_manifest", error.to_string()))?,
             ),
-            InputContract::Text => None,
+            InputContract::Text | InputContract::Any => None,
         };
         let sessions = (0..self.workers.max(1))
             .map(|_| runtime::session(self.environment, &fetched.onnx, self.intra_threads))

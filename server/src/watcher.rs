@@ -37,6 +37,10 @@ pub struct Watcher {
     pub poll_interval: Duration,
     /// Health to update.
     pub health: HealthReporter,
+    /// Generic models found in the registry (shared with the inference service).
+    pub generic: crate::services::inference::GenericSlots,
+    /// Registry models that are neither served typed models nor generic.
+    pub ignored: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Watcher {
@@ -51,8 +55,64 @@ impl Watcher {
         }
     }
 
+    /// Finds generic models published since the last pass.
+    async fn discover_generic(&self) {
+        let names = match self.registry.list_models().await {
+            Ok(names) => names,
+            Err(error) => {
+                tracing::warn!(%error, "cannot list the registry's models");
+                return;
+            }
+        };
+        for name in names {
+            let known = self.watched.iter().any(|w| w.slot.name == name.as_str())
+                || self
+                    .generic
+                    .read()
+                    .expect("generic slots lock")
+                    .contains_key(name.as_str())
+                || self
+                    .ignored
+                    .lock()
+                    .expect("ignored lock")
+                    .contains(name.as_str());
+            if known {
+                continue;
+            }
+            match self.registry.state(&name).await {
+                Ok(state) if state.kind == Some(nurture_models::ModelKind::Generic) => {
+                    tracing::info!(model = %name, "serving a new generic model");
+                    let slot =
+                        Arc::new(Slot::new(name.as_str(), nurture_models::ModelKind::Generic));
+                    self.generic
+                        .write()
+                        .expect("generic slots lock")
+                        .insert(name.to_string(), slot);
+                }
+                Ok(state) if state.kind.is_some() => {
+                    self.ignored
+                        .lock()
+                        .expect("ignored lock")
+                        .insert(name.to_string());
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// One pass over every model.
     pub async fn poll_once(&self) {
+        self.discover_generic().await;
+        let generic: Vec<Arc<Slot>> = self
+            .generic
+            .read()
+            .expect("generic slots lock")
+            .values()
+            .cloned()
+            .collect();
+        for slot in &generic {
+            self.sync(slot).await;
+        }
         for watched in &self.watched {
             self.sync(&watched.slot).await;
             let live = watched.slot.deployment.load().live.is_some();

@@ -26,6 +26,8 @@ pub fn label_column(kind: ModelKind) -> &'static str {
         ModelKind::Journey => "stage",
         ModelKind::ChannelTiming => "responded",
         ModelKind::Optimization => "converted",
+        // Generic models are not trained here (load_csv refuses them).
+        ModelKind::Generic => "label",
     }
 }
 
@@ -34,6 +36,7 @@ pub fn header(kind: ModelKind) -> Vec<String> {
     let mut columns = vec![ID_COLUMN.to_owned()];
     match kind.input() {
         InputContract::Text => columns.push(TEXT_COLUMN.to_owned()),
+        InputContract::Any => {}
         InputContract::Features => {
             columns.extend(kind.allowed_features().into_iter().map(str::to_owned))
         }
@@ -214,6 +217,11 @@ impl Dataset {
 /// Loads and validates a kind's CSV. Every problem names the file, line and
 /// column; nothing is trained from a file with any problem.
 pub fn load_csv(kind: ModelKind, path: &Path) -> Result<Dataset> {
+    if kind == ModelKind::Generic {
+        return Err(Error::usage(
+            "nurture-trainer trains the five typed kinds; publish other ONNX models with nurturectl publish --generic NAME FILE",
+        ));
+    }
     let file = std::fs::File::open(path)
         .map_err(|error| Error::data(path, None, None, format!("cannot open: {error}")))?;
     let mut reader = csv::ReaderBuilder::new()
@@ -277,6 +285,7 @@ pub fn load_csv(kind: ModelKind, path: &Path) -> Result<Dataset> {
         }
         ids.push(id.to_owned());
         match kind.input() {
+            InputContract::Any => unreachable!("generic kinds are refused above"),
             InputContract::Text => texts.push(record[1].to_owned()),
             InputContract::Features => {
                 for (offset, name) in features.iter().enumerate() {
@@ -345,6 +354,7 @@ pub fn load_csv(kind: ModelKind, path: &Path) -> Result<Dataset> {
         ));
     }
     let inputs = match kind.input() {
+        InputContract::Any => unreachable!("generic kinds are refused above"),
         InputContract::Text => Inputs::Texts(texts),
         InputContract::Features => Inputs::Features {
             names: features.iter().map(|f| (*f).to_owned()).collect(),

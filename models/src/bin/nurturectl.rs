@@ -46,10 +46,17 @@ enum Command {
     /// Check an ONNX file against a kind's contract and publish it as the
     /// model's next version.
     Publish {
-        /// Model kind: emotion, churn, journey, channel_timing, optimization.
-        kind: ModelKind,
+        /// Model kind (emotion, churn, journey, channel_timing, optimization),
+        /// or with --generic the model's name.
+        #[arg(value_name = "KIND|NAME")]
+        target: String,
         /// The ONNX file.
         file: PathBuf,
+        /// Publish any ONNX model under the name given instead of a kind;
+        /// its signature, read from the graph, becomes its contract. Served
+        /// through the Open Inference Protocol.
+        #[arg(long)]
+        generic: bool,
         /// Model name; defaults to the kind's name.
         #[arg(long)]
         name: Option<String>,
@@ -189,13 +196,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     match cli.command {
         Command::Publish {
-            kind,
+            target,
             file,
+            generic,
             name,
             manifest,
             promote,
         } => {
-            let name = ModelName::new(name.as_deref().unwrap_or(kind.as_str()))?;
+            let (kind, name) = if generic {
+                if name.is_some() {
+                    return Err(Error::invalid(
+                        "--name",
+                        "with --generic the name is the first argument",
+                    )
+                    .into());
+                }
+                (ModelKind::Generic, ModelName::new(&target)?)
+            } else {
+                let kind: ModelKind = target.parse()?;
+                if kind == ModelKind::Generic {
+                    return Err(Error::invalid(
+                        "kind",
+                        "publish a generic model with --generic NAME FILE",
+                    )
+                    .into());
+                }
+                (
+                    kind,
+                    ModelName::new(name.as_deref().unwrap_or(kind.as_str()))?,
+                )
+            };
             let onnx = std::fs::read(&file).map_err(|error| Error::Io {
                 path: file.clone(),
                 reason: error.to_string(),

@@ -7,6 +7,7 @@
 //! rows back. A full queue refuses at once (RESOURCE_EXHAUSTED).
 
 pub mod queue;
+pub mod tensor;
 
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,6 +33,14 @@ pub enum Rows {
     },
     /// One text per row.
     Texts(Vec<String>),
+    /// Named tensors of a generic model, batched along their first
+    /// dimension with requests of the same `key` (`None`: run alone).
+    Tensors {
+        /// The inputs, in the model's input order.
+        tensors: Vec<tensor::NamedTensor>,
+        /// Batch-compatibility key (input names, types and trailing dims).
+        key: Option<u64>,
+    },
 }
 
 impl Rows {
@@ -40,6 +49,7 @@ impl Rows {
         match self {
             Rows::Features { width, values } => values.len() / (*width).max(1),
             Rows::Texts(texts) => texts.len(),
+            Rows::Tensors { tensors, .. } => tensors.first().map_or(1, tensor::NamedTensor::rows),
         }
     }
 
@@ -60,6 +70,8 @@ pub struct Scored {
     pub inference: Duration,
     /// Rows in the batch this request ran in.
     pub batch_rows: usize,
+    /// Outputs of a generic model (empty for typed kinds).
+    pub tensors: Vec<tensor::NamedTensor>,
 }
 
 struct Job {
@@ -78,6 +90,13 @@ impl Batchable for Job {
     }
     fn abandoned(&self) -> bool {
         self.reply.is_closed()
+    }
+    fn batch_key(&self) -> Option<u64> {
+        match &self.rows {
+            Rows::Tensors { key, .. } => *key,
+            Rows::Features { width, .. } => Some(*width as u64),
+            Rows::Texts(_) => Some(0),
+        }
     }
 }
 
@@ -259,6 +278,10 @@ fn run_batch(
     let rows: usize = jobs.iter().map(|job| job.rows.len()).sum();
     metrics::histogram!("nurture_batch_rows", "model" => labels.model.clone()).record(rows as f64);
     let started = Instant::now();
+    if matches!(jobs[0].rows, Rows::Tensors { .. }) {
+        run_tensor_batch(session, jobs, rows, started, labels);
+        return;
+    }
     let result = infer(session, &jobs, rows, classes, text_rank);
     let inference = started.elapsed();
     metrics::histogram!("nurture_inference_duration_seconds", "model" => labels.model.clone())
@@ -276,6 +299,7 @@ fn run_batch(
                     queued,
                     inference,
                     batch_rows: rows,
+                    tensors: Vec::new(),
                 };
                 offset += count;
                 let _ = job.reply.send(Ok(scored));
@@ -283,6 +307,55 @@ fn run_batch(
         }
         Err(error) => {
             tracing::error!(model = %labels.model, version = %labels.version, %error, "inference failed");
+            for job in jobs {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+fn run_tensor_batch(
+    session: &mut Session,
+    jobs: Vec<Job>,
+    rows: usize,
+    started: Instant,
+    labels: &Labels,
+) {
+    let result = (|| {
+        let inputs: Vec<&[tensor::NamedTensor]> = jobs
+            .iter()
+            .map(|job| match &job.rows {
+                Rows::Tensors { tensors, .. } => Ok(tensors.as_slice()),
+                _ => Err(ServeError::Inference(
+                    "mixed row kinds in one batch; this is a bug".to_owned(),
+                )),
+            })
+            .collect::<Result<_, _>>()?;
+        let merged = tensor::concat(&inputs)?;
+        let outputs = tensor::run(session, merged)?;
+        let counts: Vec<usize> = jobs.iter().map(|job| job.rows.len()).collect();
+        tensor::split(outputs, &counts)
+    })();
+    let inference = started.elapsed();
+    metrics::histogram!("nurture_inference_duration_seconds", "model" => labels.model.clone())
+        .record(inference.as_secs_f64());
+    match result {
+        Ok(per_job) => {
+            for (job, tensors) in jobs.into_iter().zip(per_job) {
+                let queued = started.saturating_duration_since(job.enqueued);
+                metrics::histogram!("nurture_queue_duration_seconds", "model" => labels.model.clone())
+                    .record(queued.as_secs_f64());
+                let _ = job.reply.send(Ok(Scored {
+                    probabilities: Vec::new(),
+                    queued,
+                    inference,
+                    batch_rows: rows,
+                    tensors,
+                }));
+            }
+        }
+        Err(error) => {
+            tracing::warn!(model = %labels.model, version = %labels.version, %error, "inference failed");
             for job in jobs {
                 let _ = job.reply.send(Err(error.clone()));
             }
@@ -325,7 +398,7 @@ fn infer(
             for job in jobs {
                 match &job.rows {
                     Rows::Texts(t) => texts.extend(t.iter().cloned()),
-                    Rows::Features { .. } => {
+                    Rows::Features { .. } | Rows::Tensors { .. } => {
                         return Err(ServeError::Inference(
                             "mixed row kinds in one batch; this is a bug".to_owned(),
                         ));
@@ -341,6 +414,11 @@ fn infer(
             session
                 .run(ort::inputs![TEXT_INPUT => tensor])
                 .map_err(failed)?
+        }
+        Rows::Tensors { .. } => {
+            return Err(ServeError::Inference(
+                "tensor rows on the typed path; this is a bug".to_owned(),
+            ));
         }
     };
     let (shape, data) = outputs[PROBABILITIES_OUTPUT]

@@ -11,6 +11,11 @@ pub trait Batchable {
     fn deadline(&self) -> Option<Instant>;
     /// Whether its caller has gone away.
     fn abandoned(&self) -> bool;
+    /// Requests share a batch only when their keys are equal; `None` means
+    /// the request must run alone.
+    fn batch_key(&self) -> Option<u64> {
+        Some(0)
+    }
 }
 
 /// Why a request is dropped before inference.
@@ -64,17 +69,25 @@ impl<T: Batchable> Batch<T> {
 
     /// Adds `item` if it fits; otherwise hands it back for the next batch.
     pub fn offer(&mut self, item: T) -> Option<T> {
-        if !self.items.is_empty() && self.rows + item.rows() > self.max_rows {
-            return Some(item);
+        if let Some(first) = self.items.first() {
+            let compatible = first.batch_key().is_some() && first.batch_key() == item.batch_key();
+            if !compatible || self.rows + item.rows() > self.max_rows {
+                return Some(item);
+            }
         }
         self.rows += item.rows();
         self.items.push(item);
         None
     }
 
-    /// Whether no further row fits.
+    /// Whether no further row fits (or the batch holds a request that must
+    /// run alone).
     pub fn is_full(&self) -> bool {
         self.rows >= self.max_rows
+            || self
+                .items
+                .first()
+                .is_some_and(|first| first.batch_key().is_none())
     }
 
     /// Rows so far.
@@ -150,6 +163,36 @@ mod tests {
         let back = batch.offer(item(1)).expect("no room left");
         assert_eq!(back.rows, 1);
         assert_eq!(batch.rows(), 8);
+    }
+
+    #[derive(Debug)]
+    struct Keyed(Option<u64>);
+
+    impl Batchable for Keyed {
+        fn rows(&self) -> usize {
+            1
+        }
+        fn deadline(&self) -> Option<Instant> {
+            None
+        }
+        fn abandoned(&self) -> bool {
+            false
+        }
+        fn batch_key(&self) -> Option<u64> {
+            self.0
+        }
+    }
+
+    #[test]
+    fn only_requests_with_equal_keys_share_a_batch() {
+        let mut batch = Batch::new(10);
+        assert!(batch.offer(Keyed(Some(1))).is_none());
+        assert!(batch.offer(Keyed(Some(2))).is_some());
+        assert!(batch.offer(Keyed(Some(1))).is_none());
+        let mut alone = Batch::new(10);
+        assert!(alone.offer(Keyed(None)).is_none());
+        assert!(alone.is_full());
+        assert!(alone.offer(Keyed(None)).is_some());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod channel_timing;
 pub mod churn;
 pub mod emotion;
+pub mod inference;
 pub mod journey;
 pub mod optimization;
 pub mod status;

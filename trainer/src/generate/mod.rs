@@ -111,6 +111,7 @@ fn write_kind(
             Ok(())
         };
         match kind {
+            ModelKind::Generic => unreachable!("generate writes the typed kinds only"),
             ModelKind::Emotion => {
                 let message = emotion::message(rng);
                 record.clear();

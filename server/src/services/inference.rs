@@ -1,0 +1,704 @@
+//! The Open Inference Protocol (KServe v2) over gRPC:
+//! `inference.GRPCInferenceService`. Every typed model and every generic
+//! model is reachable by name; requests from many clients share the same
+//! dynamic batchers as the typed RPCs.
+//!
+//! Typed models take their contract's input (`features` FP32 `[N, F]` or
+//! `text` BYTES `[N]`) and answer `probabilities` FP32 `[N, C]`; generic
+//! models take and answer whatever their graph declares.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, RwLock};
+
+use nurture_models::kind::{FEATURES_INPUT, InputContract, PROBABILITIES_OUTPUT, TEXT_INPUT};
+use nurture_models::manifest::TensorSpec;
+use nurture_models::{DType, ModelKind};
+use nurture_proto::inference::grpc_inference_service_server::GrpcInferenceService;
+use nurture_proto::inference::model_infer_request::InferInputTensor;
+use nurture_proto::inference::model_infer_response::InferOutputTensor;
+use nurture_proto::inference::model_metadata_response::TensorMetadata;
+use nurture_proto::inference::{self as kserve, InferTensorContents};
+use tonic::{Request, Response, Status};
+
+use super::{Limits, instrumented};
+use crate::batcher::Rows;
+use crate::batcher::tensor::{NamedTensor, TensorData};
+use crate::deployment::Slot;
+use crate::edge;
+use crate::error::ServeError;
+use crate::model::LoadedVersion;
+
+/// Most elements one input tensor may hold.
+pub const MAX_ELEMENTS: usize = 16 * 1024 * 1024;
+
+/// Generic models discovered in the registry, by name.
+pub type GenericSlots = Arc<RwLock<BTreeMap<String, Arc<Slot>>>>;
+
+/// The inference service.
+#[derive(Debug, Clone)]
+pub struct Inference {
+    /// Slots of the typed kinds.
+    pub typed: Vec<Arc<Slot>>,
+    /// Slots of generic models.
+    pub generic: GenericSlots,
+    /// Limits.
+    pub limits: Limits,
+}
+
+fn invalid(field: impl std::fmt::Display, reason: impl std::fmt::Display) -> ServeError {
+    ServeError::InvalidArgument(format!("invalid {field}: {reason}"))
+}
+
+/// The protocol's name of an element type.
+pub fn datatype(dtype: DType) -> &'static str {
+    match dtype {
+        DType::Float32 => "FP32",
+        DType::Float64 => "FP64",
+        DType::Int64 => "INT64",
+        DType::Int32 => "INT32",
+        DType::Bool => "BOOL",
+        DType::String => "BYTES",
+        DType::Other => "UNSUPPORTED",
+    }
+}
+
+fn element_size(dtype: DType) -> Option<usize> {
+    match dtype {
+        DType::Float32 | DType::Int32 => Some(4),
+        DType::Float64 | DType::Int64 => Some(8),
+        DType::Bool => Some(1),
+        DType::String | DType::Other => None,
+    }
+}
+
+impl Inference {
+    fn slot(&self, name: &str) -> Result<Arc<Slot>, ServeError> {
+        if let Some(slot) = self.typed.iter().find(|slot| slot.name == name) {
+            return Ok(slot.clone());
+        }
+        self.generic
+            .read()
+            .expect("generic slots lock")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ServeError::NotFound(format!("model {name:?} is not served here")))
+    }
+
+    fn all_slots(&self) -> Vec<Arc<Slot>> {
+        let mut slots = self.typed.clone();
+        slots.extend(
+            self.generic
+                .read()
+                .expect("generic slots lock")
+                .values()
+                .cloned(),
+        );
+        slots
+    }
+}
+
+fn parse_version(version: &str) -> Result<u64, ServeError> {
+    if version.is_empty() {
+        return Ok(0);
+    }
+    version
+        .parse::<u64>()
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| {
+            invalid(
+                "model_version",
+                format!("{version:?} is not a version number"),
+            )
+        })
+}
+
+/// The inputs and outputs a client sees for a version.
+fn signature(version: &LoadedVersion) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+    let manifest = &version.manifest;
+    match manifest.kind {
+        ModelKind::Generic => (manifest.inputs.clone(), manifest.outputs.clone()),
+        _ => (
+            manifest.inputs.clone(),
+            manifest
+                .outputs
+                .iter()
+                .filter(|o| o.name == PROBABILITIES_OUTPUT)
+                .cloned()
+                .collect(),
+        ),
+    }
+}
+
+fn metadata(spec: &TensorSpec) -> TensorMetadata {
+    TensorMetadata {
+        name: spec.name.clone(),
+        datatype: datatype(spec.dtype).to_owned(),
+        shape: spec.shape.clone(),
+    }
+}
+
+/// Decodes one input tensor (typed or raw contents), checking it against
+/// the model's declaration.
+fn decode(
+    index: usize,
+    input: &InferInputTensor,
+    raw: Option<&[u8]>,
+    spec: &TensorSpec,
+) -> Result<NamedTensor, ServeError> {
+    let field = format!("inputs[{index}]");
+    let expected = datatype(spec.dtype);
+    if input.datatype != expected {
+        return Err(invalid(
+            format!("{field}.datatype"),
+            format!(
+                "input {:?} is {expected}, got {:?}",
+                spec.name, input.datatype
+            ),
+        ));
+    }
+    if input.shape.len() != spec.shape.len() {
+        return Err(invalid(
+            format!("{field}.shape"),
+            format!(
+                "input {:?} has rank {}, got {:?}",
+                spec.name,
+                spec.shape.len(),
+                input.shape
+            ),
+        ));
+    }
+    let mut count: usize = 1;
+    let mut shape = Vec::with_capacity(input.shape.len());
+    for (axis, (dim, declared)) in input.shape.iter().zip(&spec.shape).enumerate() {
+        if *dim < 0 {
+            return Err(invalid(
+                format!("{field}.shape[{axis}]"),
+                format!("{dim} is negative"),
+            ));
+        }
+        if *declared >= 0 && *dim != *declared {
+            return Err(invalid(
+                format!("{field}.shape[{axis}]"),
+                format!("input {:?} needs {declared}, got {dim}", spec.name),
+            ));
+        }
+        let dim = usize::try_from(*dim)
+            .map_err(|_| invalid(format!("{field}.shape[{axis}]"), "too large"))?;
+        count = count
+            .checked_mul(dim)
+            .filter(|c| *c <= MAX_ELEMENTS)
+            .ok_or_else(|| {
+                invalid(
+                    format!("{field}.shape"),
+                    format!("{:?} holds more than {MAX_ELEMENTS} elements", input.shape),
+                )
+            })?;
+        shape.push(dim);
+    }
+    let data = match raw {
+        Some(bytes) => decode_raw(&field, spec.dtype, bytes, count)?,
+        None => decode_typed(&field, spec.dtype, input.contents.as_ref(), count)?,
+    };
+    Ok(NamedTensor {
+        name: spec.name.clone(),
+        shape,
+        data,
+    })
+}
+
+fn decode_raw(
+    field: &str,
+    dtype: DType,
+    bytes: &[u8],
+    count: usize,
+) -> Result<TensorData, ServeError> {
+    let raw_field = format!("raw_input_contents for {field}");
+    if let Some(size) = element_size(dtype) {
+        let expected = count * size;
+        if bytes.len() != expected {
+            return Err(invalid(
+                raw_field,
+                format!("{} bytes, the shape needs {expected}", bytes.len()),
+            ));
+        }
+    }
+    Ok(match dtype {
+        DType::Float32 => TensorData::F32(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect(),
+        ),
+        DType::Float64 => TensorData::F64(
+            bytes
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+        ),
+        DType::Int32 => TensorData::I32(
+            bytes
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .collect(),
+        ),
+        DType::Int64 => TensorData::I64(
+            bytes
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+        ),
+        DType::Bool => TensorData::Bool(bytes.iter().map(|b| *b != 0).collect()),
+        DType::String => {
+            let mut strings = Vec::with_capacity(count.min(1 << 16));
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                if rest.len() < 4 {
+                    return Err(invalid(&raw_field, "a BYTES element is cut short"));
+                }
+                let length = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+                rest = &rest[4..];
+                if rest.len() < length {
+                    return Err(invalid(
+                        &raw_field,
+                        "a BYTES element is longer than the buffer",
+                    ));
+                }
+                let text = std::str::from_utf8(&rest[..length])
+                    .map_err(|_| invalid(&raw_field, "BYTES elements must be UTF-8"))?;
+                strings.push(text.to_owned());
+                rest = &rest[length..];
+            }
+            if strings.len() != count {
+                return Err(invalid(
+                    raw_field,
+                    format!("{} BYTES elements, the shape needs {count}", strings.len()),
+                ));
+            }
+            TensorData::Str(strings)
+        }
+        DType::Other => return Err(invalid(field, "unsupported datatype")),
+    })
+}
+
+fn decode_typed(
+    field: &str,
+    dtype: DType,
+    contents: Option<&InferTensorContents>,
+    count: usize,
+) -> Result<TensorData, ServeError> {
+    let empty = InferTensorContents::default();
+    let contents = contents.unwrap_or(&empty);
+    let contents_field = format!("{field}.contents");
+    let check = |len: usize| {
+        if len == count {
+            Ok(())
+        } else {
+            Err(invalid(
+                &contents_field,
+                format!("{len} values, the shape needs {count}"),
+            ))
+        }
+    };
+    Ok(match dtype {
+        DType::Float32 => {
+            check(contents.fp32_contents.len())?;
+            TensorData::F32(contents.fp32_contents.clone())
+        }
+        DType::Float64 => {
+            check(contents.fp64_contents.len())?;
+            TensorData::F64(contents.fp64_contents.clone())
+        }
+        DType::Int32 => {
+            check(contents.int_contents.len())?;
+            TensorData::I32(contents.int_contents.clone())
+        }
+        DType::Int64 => {
+            check(contents.int64_contents.len())?;
+            TensorData::I64(contents.int64_contents.clone())
+        }
+        DType::Bool => {
+            check(contents.bool_contents.len())?;
+            TensorData::Bool(contents.bool_contents.clone())
+        }
+        DType::String => {
+            check(contents.bytes_contents.len())?;
+            let strings = contents
+                .bytes_contents
+                .iter()
+                .map(|b| {
+                    String::from_utf8(b.clone())
+                        .map_err(|_| invalid(&contents_field, "BYTES elements must be UTF-8"))
+                })
+                .collect::<Result<_, _>>()?;
+            TensorData::Str(strings)
+        }
+        DType::Other => return Err(invalid(field, "unsupported datatype")),
+    })
+}
+
+fn encode(tensor: &NamedTensor, raw: bool) -> (InferOutputTensor, Option<Vec<u8>>) {
+    let (datatype, contents, bytes): (&str, InferTensorContents, Vec<u8>) = match &tensor.data {
+        TensorData::F32(v) => (
+            "FP32",
+            InferTensorContents {
+                fp32_contents: v.clone(),
+                ..Default::default()
+            },
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+        TensorData::F64(v) => (
+            "FP64",
+            InferTensorContents {
+                fp64_contents: v.clone(),
+                ..Default::default()
+            },
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+        TensorData::I32(v) => (
+            "INT32",
+            InferTensorContents {
+                int_contents: v.clone(),
+                ..Default::default()
+            },
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+        TensorData::I64(v) => (
+            "INT64",
+            InferTensorContents {
+                int64_contents: v.clone(),
+                ..Default::default()
+            },
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+        TensorData::Bool(v) => (
+            "BOOL",
+            InferTensorContents {
+                bool_contents: v.clone(),
+                ..Default::default()
+            },
+            v.iter().map(|b| u8::from(*b)).collect(),
+        ),
+        TensorData::Str(v) => (
+            "BYTES",
+            InferTensorContents {
+                bytes_contents: v.iter().map(|s| s.as_bytes().to_vec()).collect(),
+                ..Default::default()
+            },
+            v.iter()
+                .flat_map(|s| (s.len() as u32).to_le_bytes().into_iter().chain(s.bytes()))
+                .collect(),
+        ),
+    };
+    let output = InferOutputTensor {
+        name: tensor.name.clone(),
+        datatype: datatype.to_owned(),
+        shape: tensor.shape.iter().map(|d| *d as i64).collect(),
+        parameters: Default::default(),
+        contents: (!raw).then_some(contents),
+    };
+    (output, raw.then_some(bytes))
+}
+
+/// Rows for a typed model from its single decoded input.
+fn typed_rows(kind: ModelKind, tensor: NamedTensor) -> Result<Rows, ServeError> {
+    match (kind.input(), tensor.data) {
+        (InputContract::Features, TensorData::F32(values)) => {
+            if values.iter().any(|v| !v.is_finite()) {
+                return Err(invalid(
+                    format!("input {FEATURES_INPUT:?}"),
+                    "values must be finite",
+                ));
+            }
+            Ok(Rows::Features {
+                width: tensor.shape.get(1).copied().unwrap_or(1),
+                values,
+            })
+        }
+        (InputContract::Text, TensorData::Str(texts)) => Ok(Rows::Texts(texts)),
+        _ => Err(invalid(
+            "inputs",
+            format!("a {kind} model takes {FEATURES_INPUT:?} FP32 or {TEXT_INPUT:?} BYTES"),
+        )),
+    }
+}
+
+fn batch_key(version: &LoadedVersion, tensors: &[NamedTensor]) -> Option<u64> {
+    // Requests share a batch only if the graph keeps a free first dimension
+    // on every input and output and the requests agree on everything else.
+    let manifest = &version.manifest;
+    let free_first = |specs: &[TensorSpec]| specs.iter().all(|s| s.shape.first() == Some(&-1));
+    if !free_first(&manifest.inputs) || !free_first(&manifest.outputs) {
+        return None;
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for tensor in tensors {
+        tensor.name.hash(&mut hasher);
+        std::mem::discriminant(&tensor.data).hash(&mut hasher);
+        tensor.shape[1..].hash(&mut hasher);
+    }
+    Some(hasher.finish())
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Inference {
+    async fn server_live(
+        &self,
+        _: Request<kserve::ServerLiveRequest>,
+    ) -> Result<Response<kserve::ServerLiveResponse>, Status> {
+        Ok(Response::new(kserve::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<kserve::ServerReadyRequest>,
+    ) -> Result<Response<kserve::ServerReadyResponse>, Status> {
+        let ready = self
+            .all_slots()
+            .iter()
+            .all(|slot| slot.deployment.load().live.is_some());
+        Ok(Response::new(kserve::ServerReadyResponse { ready }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<kserve::ModelReadyRequest>,
+    ) -> Result<Response<kserve::ModelReadyResponse>, Status> {
+        let kserve::ModelReadyRequest { name, version } = request.into_inner();
+        let slot = self.slot(&name)?;
+        let pin = parse_version(&version)?;
+        let deployment = slot.deployment.load();
+        let ready = slot.route(&deployment, "", pin).is_ok();
+        Ok(Response::new(kserve::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<kserve::ServerMetadataRequest>,
+    ) -> Result<Response<kserve::ServerMetadataResponse>, Status> {
+        Ok(Response::new(kserve::ServerMetadataResponse {
+            name: "nurture".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            extensions: Vec::new(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<kserve::ModelMetadataRequest>,
+    ) -> Result<Response<kserve::ModelMetadataResponse>, Status> {
+        let kserve::ModelMetadataRequest { name, version } = request.into_inner();
+        let slot = self.slot(&name)?;
+        let deployment = slot.deployment.load();
+        let chosen = slot.route(&deployment, "", parse_version(&version)?)?;
+        let (inputs, outputs) = signature(&chosen);
+        Ok(Response::new(kserve::ModelMetadataResponse {
+            name,
+            versions: deployment
+                .loaded()
+                .iter()
+                .map(|v| v.version.to_string())
+                .collect(),
+            platform: "onnxruntime_onnx".to_owned(),
+            inputs: inputs.iter().map(metadata).collect(),
+            outputs: outputs.iter().map(metadata).collect(),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<kserve::ModelInferRequest>,
+    ) -> Result<Response<kserve::ModelInferResponse>, Status> {
+        let deadline = edge::deadline(&request);
+        let kserve::ModelInferRequest {
+            model_name,
+            model_version,
+            id,
+            parameters: _,
+            inputs,
+            outputs,
+            raw_input_contents,
+        } = request.into_inner();
+        let slot = self.slot(&model_name)?;
+        instrumented("ModelInfer", &slot.name.clone(), async move {
+            let pin = parse_version(&model_version)?;
+            let deployment = slot.deployment.load();
+            // The request id doubles as the sticky canary key.
+            let version = slot.route(&deployment, &id, pin)?;
+            let (declared_inputs, declared_outputs) = signature(&version);
+            let raw = !raw_input_contents.is_empty();
+            if raw && raw_input_contents.len() != inputs.len() {
+                return Err(invalid(
+                    "raw_input_contents",
+                    format!(
+                        "{} buffers for {} inputs",
+                        raw_input_contents.len(),
+                        inputs.len()
+                    ),
+                ));
+            }
+            let mut decoded: Vec<Option<NamedTensor>> =
+                declared_inputs.iter().map(|_| None).collect();
+            for (index, input) in inputs.iter().enumerate() {
+                let Some(position) = declared_inputs
+                    .iter()
+                    .position(|spec| spec.name == input.name)
+                else {
+                    return Err(invalid(
+                        format!("inputs[{index}].name"),
+                        format!("model {model_name} has no input {:?}", input.name),
+                    ));
+                };
+                let tensor = decode(
+                    index,
+                    input,
+                    raw.then(|| raw_input_contents[index].as_slice()),
+                    &declared_inputs[position],
+                )?;
+                decoded[position] = Some(tensor);
+            }
+            let tensors: Vec<NamedTensor> = decoded
+                .into_iter()
+                .zip(&declared_inputs)
+                .map(|(tensor, spec)| {
+                    tensor
+                        .ok_or_else(|| invalid("inputs", format!("missing input {:?}", spec.name)))
+                })
+                .collect::<Result<_, _>>()?;
+            let rows = tensors.first().map_or(1, NamedTensor::rows);
+            if rows > self.limits.max_items {
+                return Err(invalid(
+                    "inputs",
+                    format!("{rows} rows, at most {} per request", self.limits.max_items),
+                ));
+            }
+            let wanted: Vec<String> = outputs.iter().map(|o| o.name.clone()).collect();
+            for (index, name) in wanted.iter().enumerate() {
+                if !declared_outputs.iter().any(|spec| &spec.name == name) {
+                    return Err(invalid(
+                        format!("outputs[{index}].name"),
+                        format!("model {model_name} has no output {name:?}"),
+                    ));
+                }
+            }
+
+            let kind = version.manifest.kind;
+            let results: Vec<NamedTensor> = if kind == ModelKind::Generic {
+                let key = batch_key(&version, &tensors);
+                version
+                    .score(Rows::Tensors { tensors, key }, deadline)
+                    .await?
+                    .tensors
+            } else {
+                let input = tensors
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| invalid("inputs", "missing input"))?;
+                let scored = version.score(typed_rows(kind, input)?, deadline).await?;
+                let classes = version.manifest.labels.len();
+                vec![NamedTensor {
+                    name: PROBABILITIES_OUTPUT.to_owned(),
+                    shape: vec![scored.probabilities.len() / classes.max(1), classes],
+                    data: TensorData::F32(scored.probabilities),
+                }]
+            };
+            let mut response = kserve::ModelInferResponse {
+                model_name: model_name.clone(),
+                model_version: version.version.to_string(),
+                id,
+                ..Default::default()
+            };
+            for tensor in results
+                .iter()
+                .filter(|t| wanted.is_empty() || wanted.contains(&t.name))
+            {
+                let (output, bytes) = encode(tensor, raw);
+                response.outputs.push(output);
+                response.raw_output_contents.extend(bytes);
+            }
+            Ok((response, vec![version.version]))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(dtype: DType, shape: &[i64]) -> TensorSpec {
+        TensorSpec {
+            name: "x".into(),
+            dtype,
+            shape: shape.to_vec(),
+        }
+    }
+
+    fn input(datatype: &str, shape: &[i64]) -> InferInputTensor {
+        InferInputTensor {
+            name: "x".into(),
+            datatype: datatype.into(),
+            shape: shape.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn malformed_tensors_are_refused_with_the_field() {
+        let fp32 = spec(DType::Float32, &[-1, 2]);
+        let cases: Vec<(InferInputTensor, Option<Vec<u8>>, &str)> = vec![
+            (input("INT64", &[1, 2]), None, "inputs[0].datatype"),
+            (input("FP32", &[1, 2, 3]), None, "inputs[0].shape"),
+            (input("FP32", &[-1, 2]), None, "inputs[0].shape[0]"),
+            (input("FP32", &[1, 3]), None, "inputs[0].shape[1]"),
+            (input("FP32", &[i64::MAX, 2]), None, "inputs[0].shape"),
+            (
+                input("FP32", &[2, 2]),
+                Some(vec![0; 15]),
+                "raw_input_contents for inputs[0]",
+            ),
+            (input("FP32", &[2, 2]), None, "inputs[0].contents"),
+        ];
+        for (tensor, raw, field) in cases {
+            let error = decode(0, &tensor, raw.as_deref(), &fp32)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(field), "{field}: {error}");
+        }
+        let strings = spec(DType::String, &[-1]);
+        let error = decode(
+            0,
+            &input("BYTES", &[2]),
+            Some(&[5, 0, 0, 0, b'h', b'i']),
+            &strings,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("longer than the buffer"), "{error}");
+    }
+
+    #[test]
+    fn raw_and_typed_contents_decode_alike() {
+        let fp32 = spec(DType::Float32, &[-1, 2]);
+        let values = [1.5_f32, -2.0, 0.25, 8.0];
+        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let from_raw = decode(0, &input("FP32", &[2, 2]), Some(&raw), &fp32).unwrap();
+        let mut typed = input("FP32", &[2, 2]);
+        typed.contents = Some(InferTensorContents {
+            fp32_contents: values.to_vec(),
+            ..Default::default()
+        });
+        let from_typed = decode(0, &typed, None, &fp32).unwrap();
+        assert_eq!(from_raw, from_typed);
+        let strings = spec(DType::String, &[-1]);
+        let raw = [2, 0, 0, 0, b'h', b'i', 0, 0, 0, 0];
+        let decoded = decode(0, &input("BYTES", &[2]), Some(&raw), &strings).unwrap();
+        assert_eq!(
+            decoded.data,
+            TensorData::Str(vec!["hi".into(), String::new()])
+        );
+        let (_, bytes) = encode(&decoded, true);
+        assert_eq!(bytes.unwrap(), raw.to_vec());
+    }
+}
