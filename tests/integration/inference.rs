@@ -393,3 +393,77 @@ async fn malformed_tensors_are_invalid_arguments_and_the_server_keeps_answering(
         vec![2, 2]
     );
 }
+
+/// NVIDIA's Python client (tritonclient.grpc), unchanged, against a
+/// scikit-learn model exported with skl2onnx and published with
+/// `nurturectl publish --generic`: liveness, readiness, metadata, and
+/// inference whose outputs equal onnxruntime's on the same rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nvidia_tritonclient_talks_to_nurture_unchanged() {
+    let root = nurture_tests::project_root();
+    let python = root.join(".tools/oip-venv/bin/python");
+    assert!(
+        python.is_file(),
+        "tritonclient is missing: run scripts/install-test-tools.sh (make test does)"
+    );
+    let script = root.join("tests/oip/triton_client_check.py");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap().to_owned();
+    let made = Command::new(&python)
+        .arg(&script)
+        .args(["make-model", &out])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+
+    let registry = format!("file://{}", dir.path().join("registry").display());
+    let model = dir.path().join("model.onnx");
+    nurturectl(
+        &registry,
+        &[
+            "publish",
+            "--generic",
+            "sklearn-gbdt",
+            model.to_str().unwrap(),
+            "--promote",
+        ],
+    );
+    let server = ServerProcess::start(
+        &registry,
+        &dir.path().join("cache"),
+        &["--models", "churn", "--poll-interval", "200ms"],
+    );
+    let channel = Channel::from_shared(server.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    wait_ready(
+        &mut GrpcInferenceServiceClient::new(channel),
+        "sklearn-gbdt",
+        "",
+    )
+    .await;
+
+    let address = server.grpc.to_string();
+    let checked = tokio::task::spawn_blocking(move || {
+        Command::new(&python)
+            .arg(&script)
+            .args(["check", &address, "sklearn-gbdt", &out])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        checked.status.success(),
+        "tritonclient check failed:\n{}\n{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(String::from_utf8_lossy(&checked.stdout).contains("equal to onnxruntime"));
+}
