@@ -193,7 +193,7 @@ impl fmt::Display for ModelKind {
 /// Error for a string that names no kind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown model kind {0:?}; expected one of emotion, churn, journey, channel_timing, optimization"
+    "unknown model kind {0:?}; expected one of emotion, churn, journey, channel_timing, optimization, generic (publish other models with --generic NAME FILE)"
 )]
 pub struct UnknownKind(pub String);
 

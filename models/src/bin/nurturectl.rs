@@ -178,6 +178,13 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
+            if error
+                .downcast_ref::<nurture_models::kind::UnknownKind>()
+                .is_some()
+            {
+                // A kind that does not exist is a usage error, like any bad argument.
+                return ExitCode::from(2);
+            }
             match error.downcast_ref::<Error>() {
                 Some(Error::Conflict(_)) => ExitCode::from(EXIT_CONFLICT),
                 _ => ExitCode::FAILURE,

@@ -1,0 +1,203 @@
+//! Micro-benchmarks of the serving path's pieces (criterion):
+//! batcher overhead per request, LeadProfile → tensor mapping, release-log
+//! fold, and the text request path. Results: docs/performance.md.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use nurture_models::input::FeatureLayout;
+use nurture_models::registry::{Event, EventKind, ModelState};
+use nurture_models::{ModelKind, runtime};
+use nurture_proto::v1;
+use nurture_server::batcher::{BatchConfig, Batcher, Labels, Rows};
+
+fn lead(i: usize) -> v1::LeadProfile {
+    v1::LeadProfile {
+        lead_id: format!("lead-{i}"),
+        days_since_first_contact: Some(40.0),
+        days_since_last_contact: Some(3.0),
+        days_since_last_reply: Some(21.0),
+        email_open_rate: Some(0.35),
+        email_click_rate: Some(0.05),
+        sms_reply_rate: Some(0.4),
+        call_answer_rate: Some(0.2),
+        video_join_rate: Some(0.1),
+        messages_sent_30d: Some(6),
+        messages_received_30d: Some(2),
+        avg_response_hours: Some(14.0),
+        sentiment_score: Some(-0.4),
+        complaints_90d: Some(1),
+        website_visits_30d: Some(3),
+        listings_viewed_30d: Some(5),
+        saved_searches: Some(1),
+        showings_attended: Some(0),
+        pre_approved: Some(false),
+        mortgage_calculator_uses_30d: Some(0),
+        budget_k_usd: Some(380.0),
+        time_zone: String::new(),
+    }
+}
+
+fn mapping(c: &mut Criterion) {
+    let features: Vec<String> = ModelKind::Churn
+        .allowed_features()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let layout = FeatureLayout::new(ModelKind::Churn, &features).unwrap();
+    let leads: Vec<v1::LeadProfile> = (0..256).map(lead).collect();
+    c.bench_function("lead_profile_to_rows/256_leads", |b| {
+        b.iter(|| {
+            let values = nurture_server::edge::leads(&leads, 256).unwrap();
+            let mut rows = Vec::with_capacity(256 * layout.width());
+            for (i, lead) in values.iter().enumerate() {
+                layout
+                    .push_row(lead, &[], &format!("leads[{i}]"), &mut rows)
+                    .unwrap();
+            }
+            std::hint::black_box(rows)
+        })
+    });
+}
+
+fn fold(c: &mut Criterion) {
+    let at: DateTime<Utc> = DateTime::UNIX_EPOCH;
+    let mut events = Vec::new();
+    for version in 1..=200u64 {
+        let seq = events.len() as u64 + 1;
+        events.push(Event {
+            seq,
+            at,
+            actor: "a".into(),
+            kind: EventKind::Published {
+                version,
+                kind: ModelKind::Churn,
+                sha256: "x".repeat(64),
+            },
+        });
+        let seq = events.len() as u64 + 1;
+        events.push(Event {
+            seq,
+            at,
+            actor: "a".into(),
+            kind: EventKind::Promoted {
+                version,
+                forced: false,
+            },
+        });
+    }
+    c.bench_function("release_log_fold/400_events", |b| {
+        b.iter(|| ModelState::fold("churn", std::hint::black_box(&events)).unwrap())
+    });
+    let json: Vec<Vec<u8>> = events
+        .iter()
+        .map(|e| serde_json::to_vec(e).unwrap())
+        .collect();
+    c.bench_function("release_log_parse_and_fold/400_events", |b| {
+        b.iter(|| {
+            let parsed: Vec<Event> = json
+                .iter()
+                .map(|j| serde_json::from_slice(j).unwrap())
+                .collect();
+            ModelState::fold("churn", &parsed).unwrap()
+        })
+    });
+}
+
+/// A small real model: 20 inputs, softmax over 2 classes.
+fn tabular_model() -> Vec<u8> {
+    nurture_tests::fixtures::Tabular::new(20, 2, 1).build()
+}
+
+fn batcher(c: &mut Criterion) {
+    let environment = runtime::environment(None).expect("ONNX Runtime (scripts/fetch-ort.sh)");
+    let onnx = tabular_model();
+    let mut session = runtime::session(environment, &onnx, 1).unwrap();
+    let row: Vec<f32> = (0..20).map(|i| i as f32 / 20.0).collect();
+    c.bench_function("direct_session_run/1_row", |b| {
+        b.iter(|| {
+            let tensor = ort::value::Tensor::from_array(([1usize, 20], row.clone())).unwrap();
+            let outputs = session.run(ort::inputs!["features" => tensor]).unwrap();
+            std::hint::black_box(
+                outputs["probabilities"]
+                    .try_extract_tensor::<f32>()
+                    .unwrap()
+                    .1
+                    .to_vec(),
+            )
+        })
+    });
+    let config = BatchConfig {
+        max_batch: 256,
+        max_delay: Duration::ZERO,
+        queue_capacity: 1024,
+    };
+    let sessions = vec![runtime::session(environment, &onnx, 1).unwrap()];
+    let batcher = Batcher::start(
+        sessions,
+        2,
+        1,
+        config,
+        Labels {
+            model: "bench".into(),
+            version: "1".into(),
+        },
+    );
+    c.bench_function("batcher_round_trip/1_row", |b| {
+        b.iter_batched(
+            || Rows::Features {
+                width: 20,
+                values: row.clone(),
+            },
+            |rows| {
+                batcher
+                    .submit(rows, None)
+                    .unwrap()
+                    .blocking_recv()
+                    .unwrap()
+                    .unwrap()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+fn text(c: &mut Criterion) {
+    let environment = runtime::environment(None).expect("ONNX Runtime (scripts/fetch-ort.sh)");
+    let onnx = nurture_tests::fixtures::emotion(1);
+    let config = BatchConfig {
+        max_batch: 256,
+        max_delay: Duration::ZERO,
+        queue_capacity: 1024,
+    };
+    let sessions = vec![runtime::session(environment, &onnx, 1).unwrap()];
+    let batcher = Batcher::start(
+        sessions,
+        10,
+        2,
+        config,
+        Labels {
+            model: "bench-text".into(),
+            version: "1".into(),
+        },
+    );
+    c.bench_function("text_request_path/1_text", |b| {
+        b.iter(|| {
+            let rows = Rows::Texts(vec!["thrilled".to_owned()]);
+            batcher
+                .submit(rows, None)
+                .unwrap()
+                .blocking_recv()
+                .unwrap()
+                .unwrap()
+        })
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = mapping, fold, batcher, text
+}
+criterion_main!(benches);

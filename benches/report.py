@@ -1,0 +1,116 @@
+"""Writes docs/performance.md from benches/run.sh's results.jsonl.
+
+Usage: report.py RESULTS_JSONL REPEATS DURATION > docs/performance.md
+"""
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+from collections import defaultdict
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def main():
+    path, repeats, duration = sys.argv[1], sys.argv[2], sys.argv[3]
+    runs = defaultdict(list)
+    for line in open(path):
+        record = json.loads(line)
+        runs[record["scenario"]].append(record)
+
+    def med(name, key):
+        values = [r[key] for r in runs.get(name, []) if key in r]
+        return statistics.median(values) if values else float("nan")
+
+    def lat(name, q):
+        values = [r["latency_ms"][q] for r in runs.get(name, [])]
+        return statistics.median(values) if values else float("nan")
+
+    def cpu_per_request_us(name):
+        values = [r["server_cpu_seconds"] / max(r["requests"], 1) * 1e6 for r in runs.get(name, [])]
+        return statistics.median(values) if values else float("nan")
+
+    def errors(name):
+        total = defaultdict(int)
+        for r in runs.get(name, []):
+            for code, count in r["errors"].items():
+                total[code] += count
+        return ", ".join(f"{k} {v}" for k, v in sorted(total.items())) or "none"
+
+    out = []
+    w = out.append
+    w("# Performance")
+    w("")
+    w("Regenerate with `benches/run.sh` (release build, fresh registry, every kind trained,")
+    w("server and load generator on the same machine). Figures are medians of")
+    w(f"{repeats} runs of {duration} s after 1 s of warm-up; ratios compare figures from the same run.")
+    w("")
+    w(f"- Date: {datetime.date.today().isoformat()}")
+    w(f"- Machine: {os.cpu_count()} cores ({cpu_model()}), {platform.system()} {platform.release()};")
+    w("  the load generator shares these cores with the server, so throughput is a floor.")
+    w("- Server defaults: `--max-batch 256 --max-delay 2ms --workers 1 --intra-threads 1`.")
+    w("")
+    w("## Scenarios")
+    w("")
+    w("| scenario | what | req/s | rows/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/req | errors |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    described = [
+        ("a1", "churn via ModelInfer, 1 row, concurrency 1"),
+        ("a16", "same, concurrency 16"),
+        ("a64", "same, concurrency 64"),
+        ("a64-typed", "PredictChurn, 1 lead (21 model rows with factors), concurrency 64"),
+        ("b256", "churn via ModelInfer, 256 rows, concurrency 4"),
+        ("c-emotion", "AnalyzeEmotion, 1 text, concurrency 16"),
+        ("d-timing", "RecommendTiming, 1 lead = 672 slots, concurrency 4"),
+        ("open-loop", "churn via ModelInfer, 1 row, open loop 2000 req/s"),
+        ("e-batching-off", "as a64 with --max-batch 1"),
+        ("f-swaps", "as a64 while churn is promoted/rolled back every second"),
+    ]
+    for name, what in described:
+        if name not in runs:
+            continue
+        w(
+            f"| {name} | {what} | {med(name, 'requests_per_second'):.0f} | {med(name, 'rows_per_second'):.0f} | "
+            f"{lat(name, 'p50'):.2f} | {lat(name, 'p99'):.2f} | {lat(name, 'p99.9'):.2f} | {cpu_per_request_us(name):.0f} | {errors(name)} |"
+        )
+    w("")
+    w("## In-process limit (straight through `ort`, one thread)")
+    w("")
+    w("| model | rows/call | calls/s | rows/s | µs/row |")
+    w("|---|---|---|---|---|")
+    for name in ["h-inprocess-1", "h-inprocess-256", "h-inprocess-emotion"]:
+        if name in runs:
+            r = runs[name][0]
+            w(f"| {r['model']} | {r['rows_per_call']} | {med(name, 'calls_per_second'):.0f} | {med(name, 'rows_per_second'):.0f} | {med(name, 'microseconds_per_row'):.2f} |")
+    w("")
+    rss = runs.get("g-memory", [{}])[0].get("rss_kib", float("nan")) / 1024
+    a64_cpu = cpu_per_request_us("a64")
+    b256_server_row = cpu_per_request_us("b256") / 256
+    inproc_row = med("h-inprocess-256", "microseconds_per_row")
+    batching = med("a64", "requests_per_second") / med("e-batching-off", "requests_per_second")
+    swap_ratio = lat("f-swaps", "p99") / lat("a64", "p99")
+    w("## Targets")
+    w("")
+    w("| target | measured | met |")
+    w("|---|---|---|")
+    w(f"| server CPU per 1-row churn request at concurrency 64 ≤ 50 µs | {a64_cpu:.0f} µs | {'yes' if a64_cpu <= 50 else 'no'} |")
+    w(f"| server cost per row, 256-row requests ≤ 1.5× in-process | {b256_server_row:.2f} µs vs {inproc_row:.2f} µs ({b256_server_row / inproc_row:.2f}×) | {'yes' if b256_server_row <= 1.5 * inproc_row else 'no'} |")
+    w(f"| batching on ≥ 3× batching off at concurrency 64 | {batching:.2f}× | {'yes' if batching >= 3 else 'no'} |")
+    w(f"| p99 during hot swaps ≤ 2× steady p99 | {swap_ratio:.2f}× | {'yes' if swap_ratio <= 2 else 'no'} |")
+    w(f"| resident memory, five kinds + a previous version ≤ 300 MiB | {rss:.0f} MiB | {'yes' if rss <= 300 else 'no'} |")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

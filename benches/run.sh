@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Runs the serving benchmarks and rewrites docs/performance.md.
+#
+#   benches/run.sh            # about 10 minutes on 2 cores
+#   REPEATS=1 DURATION=3 benches/run.sh   # a quick pass
+#
+# Starts nurture-server (release build) on a fresh registry with every kind
+# trained, then runs the scenarios below with nurture-load, each REPEATS
+# times; the report shows medians and ratios measured within the same run.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+repeats="${REPEATS:-3}"
+duration="${DURATION:-8}"
+work="$root/var/bench"
+bin="$root/target/release"
+
+scripts/fetch-ort.sh
+cargo build --quiet --release -p nurture-server -p nurture-trainer -p nurture-models -p nurture-benches
+rm -rf "$work"
+mkdir -p "$work"
+registry="file://$work/registry"
+"$bin/nurture-trainer" generate --out "$work/data" --rows 20000 >/dev/null 2>&1
+"$bin/nurture-trainer" --json train all --data "$work/data" --registry "$registry" --promote > "$work/train.json"
+# A second churn version, for hot-swap scenarios.
+"$bin/nurture-trainer" --json train churn --data "$work/data/churn.csv" --registry "$registry" --publish --seed 9 > /dev/null
+
+server_pid=""
+start_server() {
+    stop_server
+    "$bin/nurture-server" --registry "$registry" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
+        --cache-dir "$work/cache" --poll-interval 200ms "$@" > "$work/server.out" 2> "$work/server.log" &
+    server_pid=$!
+    for _ in $(seq 1 300); do
+        address="$(sed -n 's/.*grpc=\([^ ]*\).*/\1/p' "$work/server.out" | head -n 1)"
+        [ -n "$address" ] && break
+        sleep 0.1
+    done
+    target="http://$address"
+    # Wait until every model is live (churn answers).
+    for _ in $(seq 1 300); do
+        if "$bin/nurture-load" run --target "$target" --rpc churn --duration 0.2 --warmup 0 --json 2>/dev/null \
+            | python3 -c 'import json,sys; sys.exit(0 if not json.load(sys.stdin)["errors"] else 1)'; then
+            break
+        fi
+        sleep 0.2
+    done
+}
+stop_server() {
+    if [ -n "$server_pid" ]; then
+        kill -TERM "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+        server_pid=""
+    fi
+}
+trap stop_server EXIT
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat"; }
+
+# scenario NAME [nurture-load run args...]: REPEATS runs, one JSON line each,
+# with the server's CPU seconds over the run.
+scenario() {
+    local name="$1"
+    shift
+    for r in $(seq 1 "$repeats"); do
+        local before after
+        before="$(cpu_ticks)"
+        local json
+        json="$("$bin/nurture-load" run --target "$target" --duration "$duration" --warmup 1 --json "$@")"
+        after="$(cpu_ticks)"
+        python3 -c 'import json,sys,os; d=json.loads(sys.argv[1]); d["scenario"]=sys.argv[2]; d["repeat"]=int(sys.argv[3]); d["server_cpu_seconds"]=(int(sys.argv[5])-int(sys.argv[4]))/os.sysconf("SC_CLK_TCK"); print(json.dumps(d))' \
+            "$json" "$name" "$r" "$before" "$after" >> "$work/results.jsonl"
+        echo "$name #$r done" >&2
+    done
+}
+
+: > "$work/results.jsonl"
+start_server
+scenario a1 --rpc infer-churn --rows 1 --concurrency 1
+scenario a16 --rpc infer-churn --rows 1 --concurrency 16
+scenario a64 --rpc infer-churn --rows 1 --concurrency 64
+scenario a64-typed --rpc churn --rows 1 --concurrency 64
+scenario b256 --rpc infer-churn --rows 256 --concurrency 4
+scenario c-emotion --rpc emotion --rows 1 --concurrency 16
+scenario d-timing --rpc timing --rows 1 --concurrency 4
+scenario open-loop --rpc infer-churn --rows 1 --rate 2000
+
+# (f) p99 during continuous hot swaps (promote/rollback every second).
+(
+    end=$(( $(date +%s) + repeats * (duration + 2) ))
+    while [ "$(date +%s)" -lt "$end" ]; do
+        "$bin/nurturectl" --registry "$registry" promote churn 2 --force >/dev/null 2>&1 || true
+        sleep 1
+        "$bin/nurturectl" --registry "$registry" rollback churn --reason bench >/dev/null 2>&1 || true
+        sleep 1
+    done
+) &
+swapper=$!
+scenario f-swaps --rpc infer-churn --rows 1 --concurrency 64
+wait "$swapper" || true
+
+# (g) resident memory with every kind loaded plus a previous churn version.
+rss_kib="$(awk '/VmRSS/ {print $2}' "/proc/$server_pid/status")"
+echo "{\"scenario\":\"g-memory\",\"rss_kib\":$rss_kib}" >> "$work/results.jsonl"
+
+# (e) batching off: one row per inference call.
+start_server --max-batch 1
+scenario e-batching-off --rpc infer-churn --rows 1 --concurrency 64
+stop_server
+
+# (h) the in-process limit, straight through ort.
+for rows in 1 256; do
+    for r in $(seq 1 "$repeats"); do
+        "$bin/nurture-load" inprocess --registry "$registry" --model churn --rows "$rows" --duration 3 --json \
+            | python3 -c 'import json,sys; d=json.load(sys.stdin); d["scenario"]="h-inprocess-"+sys.argv[1]; print(json.dumps(d))' "$rows" \
+            >> "$work/results.jsonl"
+    done
+done
+"$bin/nurture-load" inprocess --registry "$registry" --model emotion --rows 1 --duration 3 --json \
+    | python3 -c 'import json,sys; d=json.load(sys.stdin); d["scenario"]="h-inprocess-emotion"; print(json.dumps(d))' >> "$work/results.jsonl"
+
+python3 benches/report.py "$work/results.jsonl" "$repeats" "$duration" > docs/performance.md
+echo "wrote docs/performance.md" >&2

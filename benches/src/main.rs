@@ -1,0 +1,473 @@
+//! `nurture-load`: drives Nurture's RPCs over real gRPC and reports
+//! throughput, latency percentiles (HdrHistogram) and errors by status code.
+//!
+//! * closed loop (`--concurrency N`): N streams, each sending its next
+//!   request when the previous answer arrives;
+//! * open loop (`--rate R`): requests start on a fixed schedule whatever the
+//!   answers do, and latency counts from the scheduled start, so queueing
+//!   shows (no coordinated omission);
+//! * `inprocess`: the same models run straight through `ort` with the same
+//!   batch sizes, the physical limit the server is compared with.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use nurture_models::{ModelName, Registry, runtime};
+use nurture_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use nurture_proto::inference::{self as kserve, InferTensorContents};
+use nurture_proto::v1;
+use nurture_proto::v1::channel_timing_service_client::ChannelTimingServiceClient;
+use nurture_proto::v1::churn_service_client::ChurnServiceClient;
+use nurture_proto::v1::emotion_service_client::EmotionServiceClient;
+use serde::Serialize;
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+
+/// Load generator for nurture-server.
+#[derive(Debug, Parser)]
+#[command(name = "nurture-load", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Rpc {
+    /// ChurnService/PredictChurn (max_factors 1: one occlusion row per used feature is added; see --no-factors).
+    Churn,
+    /// EmotionService/AnalyzeEmotion.
+    Emotion,
+    /// ChannelTimingService/RecommendTiming (one lead: 672 slots).
+    Timing,
+    /// inference.GRPCInferenceService/ModelInfer on the churn model.
+    InferChurn,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load a running server.
+    Run(RunArgs),
+    /// Score the live version of a model in process, straight through ONNX Runtime.
+    Inprocess(InprocessArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Server address.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// RPC to drive.
+    #[arg(long, value_enum)]
+    rpc: Rpc,
+    /// Items (leads or texts) per request.
+    #[arg(long, default_value_t = 1)]
+    rows: usize,
+    /// Concurrent streams (closed loop).
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Requests per second (open loop); overrides --concurrency.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// HTTP/2 connections the streams share.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Measured duration, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Unmeasured warm-up, in seconds.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Stop after this many measured requests.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct InprocessArgs {
+    /// Registry URL.
+    #[arg(
+        long,
+        env = "NURTURE_REGISTRY",
+        default_value = "file://./var/registry"
+    )]
+    registry: String,
+    /// Model name (churn or emotion).
+    #[arg(long, default_value = "churn")]
+    model: String,
+    /// Rows per ONNX Runtime call.
+    #[arg(long, default_value_t = 1)]
+    rows: usize,
+    /// Duration, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Results of a load run.
+#[derive(Debug, Serialize)]
+struct Report {
+    rpc: String,
+    mode: String,
+    rows_per_request: usize,
+    concurrency: usize,
+    rate: Option<f64>,
+    seconds: f64,
+    requests: u64,
+    requests_per_second: f64,
+    rows_per_second: f64,
+    latency_ms: BTreeMap<String, f64>,
+    errors: BTreeMap<String, u64>,
+}
+
+fn lead(i: u64) -> v1::LeadProfile {
+    let f = (i % 97) as f64 / 97.0;
+    v1::LeadProfile {
+        lead_id: format!("lead-{i}"),
+        days_since_first_contact: Some(10.0 + 200.0 * f),
+        days_since_last_contact: Some(5.0 * f),
+        days_since_last_reply: Some(30.0 * f),
+        email_open_rate: Some(f),
+        email_click_rate: Some(f / 3.0),
+        sms_reply_rate: Some(1.0 - f),
+        call_answer_rate: Some(0.3),
+        video_join_rate: Some(0.1),
+        messages_sent_30d: Some(6),
+        messages_received_30d: Some((i % 5) as i32),
+        avg_response_hours: Some(12.0),
+        sentiment_score: Some(2.0 * f - 1.0),
+        complaints_90d: Some((i % 3) as i32),
+        website_visits_30d: Some(4),
+        listings_viewed_30d: Some((i % 12) as i32),
+        saved_searches: Some(1),
+        showings_attended: Some((i % 4) as i32),
+        pre_approved: Some(i.is_multiple_of(2)),
+        mortgage_calculator_uses_30d: Some(1),
+        budget_k_usd: Some(300.0 + 400.0 * f),
+        time_zone: String::new(),
+    }
+}
+
+const TEXTS: [&str; 4] = [
+    "I'm so excited about the condo downtown!",
+    "not happy with the inspection, honestly",
+    "can you explain what the appraisal means for our offer",
+    "fingers crossed for the house on maple street",
+];
+
+#[derive(Clone)]
+struct Clients {
+    channels: Vec<Channel>,
+}
+
+impl Clients {
+    async fn call(&self, rpc: Rpc, rows: usize, i: u64) -> Result<(), tonic::Code> {
+        let channel = self.channels[(i as usize) % self.channels.len()].clone();
+        let result = match rpc {
+            Rpc::Churn => {
+                let leads = (0..rows as u64).map(|r| lead(i * 1000 + r)).collect();
+                ChurnServiceClient::new(channel)
+                    .predict_churn(v1::PredictChurnRequest {
+                        leads,
+                        version: 0,
+                        max_factors: 1,
+                    })
+                    .await
+                    .map(|_| ())
+            }
+            Rpc::Emotion => {
+                let inputs = (0..rows)
+                    .map(|r| v1::EmotionInput {
+                        text: TEXTS[(i as usize + r) % TEXTS.len()].to_owned(),
+                        lead_id: format!("lead-{i}"),
+                    })
+                    .collect();
+                EmotionServiceClient::new(channel)
+                    .analyze_emotion(v1::AnalyzeEmotionRequest { inputs, version: 0 })
+                    .await
+                    .map(|_| ())
+            }
+            Rpc::Timing => {
+                let inputs = (0..rows as u64)
+                    .map(|r| v1::TimingInput {
+                        lead: Some(lead(i * 1000 + r)),
+                        top_k: 5,
+                        do_not_contact: vec![],
+                        quiet_hours: None,
+                    })
+                    .collect();
+                ChannelTimingServiceClient::new(channel)
+                    .recommend_timing(v1::RecommendTimingRequest { inputs, version: 0 })
+                    .await
+                    .map(|_| ())
+            }
+            Rpc::InferChurn => {
+                let width = 20;
+                let values: Vec<f32> = (0..rows * width)
+                    .map(|k| ((k as u64 + i) % 13) as f32 / 13.0)
+                    .collect();
+                let input = kserve::model_infer_request::InferInputTensor {
+                    name: "features".into(),
+                    datatype: "FP32".into(),
+                    shape: vec![rows as i64, width as i64],
+                    contents: Some(InferTensorContents {
+                        fp32_contents: values,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                GrpcInferenceServiceClient::new(channel)
+                    .model_infer(kserve::ModelInferRequest {
+                        model_name: "churn".into(),
+                        inputs: vec![input],
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+            }
+        };
+        result.map_err(|status| status.code())
+    }
+}
+
+struct Tally {
+    histogram: Histogram<u64>,
+    errors: BTreeMap<String, u64>,
+    requests: u64,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Tally {
+            histogram: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            errors: BTreeMap::new(),
+            requests: 0,
+        }
+    }
+
+    fn record(&mut self, latency: Duration, result: Result<(), tonic::Code>) {
+        self.requests += 1;
+        let micros = latency.as_micros().clamp(1, 60_000_000) as u64;
+        self.histogram.record(micros).expect("within bounds");
+        if let Err(code) = result {
+            *self.errors.entry(format!("{code:?}")).or_default() += 1;
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<Report> {
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        channels.push(
+            Channel::from_shared(args.target.clone())?
+                .connect()
+                .await
+                .context("cannot connect")?,
+        );
+    }
+    let clients = Clients { channels };
+    let tally = Arc::new(Mutex::new(Tally::new()));
+    let warmup_end = Instant::now() + Duration::from_secs_f64(args.warmup);
+    let end = warmup_end + Duration::from_secs_f64(args.duration);
+    let limit = args.requests.unwrap_or(u64::MAX);
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mode;
+    match args.rate {
+        None => {
+            mode = "closed".to_owned();
+            let mut tasks = Vec::new();
+            for stream in 0..args.concurrency.max(1) {
+                let (clients, tally, counter) = (clients.clone(), tally.clone(), counter.clone());
+                let (rpc, rows) = (args.rpc, args.rows);
+                tasks.push(tokio::spawn(async move {
+                    let mut i = stream as u64 * 1_000_000;
+                    loop {
+                        let started = Instant::now();
+                        if started >= end
+                            || counter.load(std::sync::atomic::Ordering::Relaxed) >= limit
+                        {
+                            break;
+                        }
+                        let result = clients.call(rpc, rows, i).await;
+                        i += 1;
+                        if started >= warmup_end {
+                            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            tally.lock().await.record(started.elapsed(), result);
+                        }
+                    }
+                }));
+            }
+            for task in tasks {
+                task.await?;
+            }
+        }
+        Some(rate) => {
+            mode = "open".to_owned();
+            let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+            let mut scheduled = Instant::now();
+            let mut tasks = Vec::new();
+            let mut i = 0u64;
+            while scheduled < end && counter.load(std::sync::atomic::Ordering::Relaxed) < limit {
+                tokio::time::sleep_until(scheduled.into()).await;
+                let (clients, tally, counter) = (clients.clone(), tally.clone(), counter.clone());
+                let (rpc, rows, at) = (args.rpc, args.rows, scheduled);
+                tasks.push(tokio::spawn(async move {
+                    let result = clients.call(rpc, rows, i).await;
+                    if at >= warmup_end {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        // Latency from the scheduled start: queueing shows.
+                        tally.lock().await.record(at.elapsed(), result);
+                    }
+                }));
+                i += 1;
+                scheduled += interval;
+                // Bound the tasks kept around.
+                if tasks.len() > 100_000 {
+                    tasks.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
+                }
+            }
+            for task in tasks {
+                task.await?;
+            }
+        }
+    }
+    let measured = (Instant::now().min(end) - warmup_end)
+        .as_secs_f64()
+        .max(1e-9);
+    let tally = tally.lock().await;
+    let quantile = |q: f64| tally.histogram.value_at_quantile(q) as f64 / 1000.0;
+    let latency_ms = BTreeMap::from([
+        ("p50".to_owned(), quantile(0.50)),
+        ("p90".to_owned(), quantile(0.90)),
+        ("p99".to_owned(), quantile(0.99)),
+        ("p99.9".to_owned(), quantile(0.999)),
+        ("max".to_owned(), tally.histogram.max() as f64 / 1000.0),
+    ]);
+    Ok(Report {
+        rpc: format!("{:?}", args.rpc).to_lowercase(),
+        mode,
+        rows_per_request: args.rows,
+        concurrency: args.concurrency,
+        rate: args.rate,
+        seconds: measured,
+        requests: tally.requests,
+        requests_per_second: tally.requests as f64 / measured,
+        rows_per_second: (tally.requests * args.rows as u64) as f64 / measured,
+        latency_ms,
+        errors: tally.errors.clone(),
+    })
+}
+
+/// In-process throughput of a model straight through ONNX Runtime.
+#[derive(Debug, Serialize)]
+struct InprocessReport {
+    model: String,
+    version: u64,
+    rows_per_call: usize,
+    calls_per_second: f64,
+    rows_per_second: f64,
+    microseconds_per_row: f64,
+}
+
+async fn inprocess(args: InprocessArgs) -> anyhow::Result<InprocessReport> {
+    let registry = Registry::open(&args.registry)?;
+    let name = ModelName::new(&args.model)?;
+    let version = registry
+        .state(&name)
+        .await?
+        .live
+        .context("no live version")?;
+    let fetched = registry.fetch(&name, version).await?;
+    let environment = runtime::environment(None)?;
+    let mut session = runtime::session(environment, &fetched.onnx, 1)?;
+    let width = fetched.manifest.features.len();
+    let end = Instant::now() + Duration::from_secs_f64(args.duration);
+    let mut calls = 0u64;
+    let started = Instant::now();
+    while Instant::now() < end {
+        if width > 0 {
+            let values: Vec<f32> = (0..args.rows * width)
+                .map(|k| ((k as u64 + calls) % 13) as f32 / 13.0)
+                .collect();
+            let tensor = ort::value::Tensor::from_array(([args.rows, width], values))?;
+            let outputs = session.run(ort::inputs!["features" => tensor])?;
+            std::hint::black_box(outputs["probabilities"].try_extract_tensor::<f32>()?);
+        } else {
+            let texts: Vec<String> = (0..args.rows)
+                .map(|r| TEXTS[(r + calls as usize) % TEXTS.len()].to_owned())
+                .collect();
+            let tensor = ort::value::Tensor::from_string_array(([args.rows], texts.as_slice()))?;
+            let outputs = session.run(ort::inputs!["text" => tensor])?;
+            std::hint::black_box(outputs["probabilities"].try_extract_tensor::<f32>()?);
+        }
+        calls += 1;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let rows = calls as f64 * args.rows as f64;
+    Ok(InprocessReport {
+        model: args.model,
+        version,
+        rows_per_call: args.rows,
+        calls_per_second: calls as f64 / seconds,
+        rows_per_second: rows / seconds,
+        microseconds_per_row: seconds * 1e6 / rows,
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Run(args) => {
+            let json = args.json;
+            let report = runtime.block_on(run(args))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "{} {} rows={} c={} rate={:?}: {:.0} req/s, {:.0} rows/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, errors {:?}",
+                    report.rpc,
+                    report.mode,
+                    report.rows_per_request,
+                    report.concurrency,
+                    report.rate,
+                    report.requests_per_second,
+                    report.rows_per_second,
+                    report.latency_ms["p50"],
+                    report.latency_ms["p99"],
+                    report.latency_ms["p99.9"],
+                    report.errors
+                );
+            }
+        }
+        Command::Inprocess(args) => {
+            let json = args.json;
+            let report = runtime.block_on(inprocess(args))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "{} v{} in process, {} rows/call: {:.0} calls/s, {:.0} rows/s, {:.2} us/row",
+                    report.model,
+                    report.version,
+                    report.rows_per_call,
+                    report.calls_per_second,
+                    report.rows_per_second,
+                    report.microseconds_per_row
+                );
+            }
+        }
+    }
+    Ok(())
+}
