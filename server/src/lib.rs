@@ -299,10 +299,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                     security::tls_incoming(grpc_listener, files, initial, shutdown_for_tls);
                 router.serve_with_incoming_shutdown(incoming, drained).await
             }
+            // NOTE: without TCP_NODELAY, responses that span several
+            // segments wait ~40 ms for delayed ACKs (Nagle).
             None => {
-                router
-                    .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener), drained)
-                    .await
+                let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+                router.serve_with_incoming_shutdown(incoming, drained).await
             }
         }
     };

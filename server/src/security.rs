@@ -142,6 +142,7 @@ pub fn tls_incoming(
                 },
                 _ = shutdown.changed() => return,
             };
+            let _ = stream.set_nodelay(true);
             let acceptor = acceptor.load_full();
             let sender = sender.clone();
             tokio::spawn(async move {

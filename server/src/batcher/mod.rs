@@ -21,6 +21,10 @@ use tokio::sync::oneshot;
 use crate::error::ServeError;
 use queue::{Batch, Batchable};
 
+/// Longest a worker waits for the next request of a burst before running
+/// what it has (see `worker`).
+pub const LINGER: Duration = Duration::from_micros(100);
+
 /// Model input rows.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Rows {
@@ -227,6 +231,9 @@ fn worker(
     labels: Labels,
 ) {
     let mut carry: Option<Job> = None;
+    // Requests in the previous batch: more than one means concurrent traffic,
+    // worth lingering for; one means a lone caller who would only wait.
+    let mut last_batch_jobs = 1usize;
     loop {
         let first = match carry.take() {
             Some(job) => job,
@@ -238,18 +245,46 @@ fn worker(
         let window_end = first.enqueued + config.max_delay;
         let mut batch = Batch::new(config.max_batch);
         batch.offer(first);
+        let mut jobs = 1usize;
+        // Everything already waiting joins at once.
         while !batch.is_full() {
-            let wait = window_end.saturating_duration_since(Instant::now());
-            match receiver.recv_timeout(wait) {
+            match receiver.try_recv() {
                 Ok(job) => {
                     if let Some(back) = batch.offer(job) {
                         carry = Some(back);
                         break;
                     }
+                    jobs += 1;
                 }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                Err(_) => break,
             }
         }
+        // NOTE: then linger for stragglers, but only under concurrent traffic
+        // and only while they keep coming: each wait is at most LINGER, and
+        // all of them end by `max_delay` after the first request arrived.
+        // Waiting out the whole `max_delay` idles the worker while every
+        // closed-loop client is blocked on it, which halved throughput.
+        if last_batch_jobs > 1 && carry.is_none() {
+            while !batch.is_full() {
+                let wait = window_end
+                    .saturating_duration_since(Instant::now())
+                    .min(LINGER);
+                if wait.is_zero() {
+                    break;
+                }
+                match receiver.recv_timeout(wait) {
+                    Ok(job) => {
+                        if let Some(back) = batch.offer(job) {
+                            carry = Some(back);
+                            break;
+                        }
+                        jobs += 1;
+                    }
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        }
+        last_batch_jobs = jobs;
         for (job, reason) in batch.drop_inadmissible(Instant::now()) {
             metrics::counter!("nurture_dropped_requests_total", "model" => labels.model.clone(), "reason" => reason.as_str())
                 .increment(1);
