@@ -104,9 +104,12 @@ wait "$swapper" || true
 rss_kib="$(awk '/VmRSS/ {print $2}' "/proc/$server_pid/status")"
 echo "{\"scenario\":\"g-memory\",\"rss_kib\":$rss_kib}" >> "$work/results.jsonl"
 
+scenario e-emotion-on --rpc emotion --rows 1 --concurrency 64
+
 # (e) batching off: one row per inference call.
 start_server --max-batch 1
 scenario e-batching-off --rpc infer-churn --rows 1 --concurrency 64
+scenario e-emotion-off --rpc emotion --rows 1 --concurrency 64
 stop_server
 
 # (h) the in-process limit, straight through ort.
@@ -117,8 +120,11 @@ for rows in 1 256; do
             >> "$work/results.jsonl"
     done
 done
-"$bin/nurture-load" inprocess --registry "$registry" --model emotion --rows 1 --duration 3 --json \
-    | python3 -c 'import json,sys; d=json.load(sys.stdin); d["scenario"]="h-inprocess-emotion"; print(json.dumps(d))' >> "$work/results.jsonl"
+for rows in 1 64; do
+    "$bin/nurture-load" inprocess --registry "$registry" --model emotion --rows "$rows" --duration 3 --json \
+        | python3 -c 'import json,sys; d=json.load(sys.stdin); d["scenario"]="h-inprocess-emotion-"+sys.argv[1]; print(json.dumps(d))' "$rows" \
+        >> "$work/results.jsonl"
+done
 
 python3 benches/report.py "$work/results.jsonl" "$repeats" "$duration" > docs/performance.md
 echo "wrote docs/performance.md" >&2

@@ -17,8 +17,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use nurture_models::{ModelName, Registry, runtime};
+use nurture_proto::inference as kserve;
 use nurture_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use nurture_proto::inference::{self as kserve, InferTensorContents};
 use nurture_proto::v1;
 use nurture_proto::v1::channel_timing_service_client::ChannelTimingServiceClient;
 use nurture_proto::v1::churn_service_client::ChurnServiceClient;
@@ -211,23 +211,21 @@ impl Clients {
             }
             Rpc::InferChurn => {
                 let width = 20;
-                let values: Vec<f32> = (0..rows * width)
-                    .map(|k| ((k as u64 + i) % 13) as f32 / 13.0)
+                // Raw little-endian contents, as tritonclient and perf_analyzer send.
+                let raw: Vec<u8> = (0..rows * width)
+                    .flat_map(|k| (((k as u64 + i) % 13) as f32 / 13.0).to_le_bytes())
                     .collect();
                 let input = kserve::model_infer_request::InferInputTensor {
                     name: "features".into(),
                     datatype: "FP32".into(),
                     shape: vec![rows as i64, width as i64],
-                    contents: Some(InferTensorContents {
-                        fp32_contents: values,
-                        ..Default::default()
-                    }),
                     ..Default::default()
                 };
                 GrpcInferenceServiceClient::new(channel)
                     .model_infer(kserve::ModelInferRequest {
                         model_name: "churn".into(),
                         inputs: vec![input],
+                        raw_input_contents: vec![raw],
                         ..Default::default()
                     })
                     .await

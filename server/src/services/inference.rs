@@ -339,66 +339,65 @@ fn decode_typed(
 }
 
 fn encode(tensor: &NamedTensor, raw: bool) -> (InferOutputTensor, Option<Vec<u8>>) {
-    let (datatype, contents, bytes): (&str, InferTensorContents, Vec<u8>) = match &tensor.data {
-        TensorData::F32(v) => (
-            "FP32",
-            InferTensorContents {
+    let datatype = match &tensor.data {
+        TensorData::F32(_) => "FP32",
+        TensorData::F64(_) => "FP64",
+        TensorData::I32(_) => "INT32",
+        TensorData::I64(_) => "INT64",
+        TensorData::Bool(_) => "BOOL",
+        TensorData::Str(_) => "BYTES",
+    };
+    // Only the representation the caller used is built.
+    let (contents, bytes) = if raw {
+        let bytes: Vec<u8> = match &tensor.data {
+            TensorData::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::I32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            TensorData::Bool(v) => v.iter().map(|b| u8::from(*b)).collect(),
+            TensorData::Str(v) => v
+                .iter()
+                .flat_map(|s| (s.len() as u32).to_le_bytes().into_iter().chain(s.bytes()))
+                .collect(),
+        };
+        (None, Some(bytes))
+    } else {
+        let contents = match &tensor.data {
+            TensorData::F32(v) => InferTensorContents {
                 fp32_contents: v.clone(),
                 ..Default::default()
             },
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ),
-        TensorData::F64(v) => (
-            "FP64",
-            InferTensorContents {
+            TensorData::F64(v) => InferTensorContents {
                 fp64_contents: v.clone(),
                 ..Default::default()
             },
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ),
-        TensorData::I32(v) => (
-            "INT32",
-            InferTensorContents {
+            TensorData::I32(v) => InferTensorContents {
                 int_contents: v.clone(),
                 ..Default::default()
             },
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ),
-        TensorData::I64(v) => (
-            "INT64",
-            InferTensorContents {
+            TensorData::I64(v) => InferTensorContents {
                 int64_contents: v.clone(),
                 ..Default::default()
             },
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ),
-        TensorData::Bool(v) => (
-            "BOOL",
-            InferTensorContents {
+            TensorData::Bool(v) => InferTensorContents {
                 bool_contents: v.clone(),
                 ..Default::default()
             },
-            v.iter().map(|b| u8::from(*b)).collect(),
-        ),
-        TensorData::Str(v) => (
-            "BYTES",
-            InferTensorContents {
+            TensorData::Str(v) => InferTensorContents {
                 bytes_contents: v.iter().map(|s| s.as_bytes().to_vec()).collect(),
                 ..Default::default()
             },
-            v.iter()
-                .flat_map(|s| (s.len() as u32).to_le_bytes().into_iter().chain(s.bytes()))
-                .collect(),
-        ),
+        };
+        (Some(contents), None)
     };
     let output = InferOutputTensor {
         name: tensor.name.clone(),
         datatype: datatype.to_owned(),
         shape: tensor.shape.iter().map(|d| *d as i64).collect(),
         parameters: Default::default(),
-        contents: (!raw).then_some(contents),
+        contents,
     };
-    (output, raw.then_some(bytes))
+    (output, bytes)
 }
 
 /// Rows for a typed model from its single decoded input.
