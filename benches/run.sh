@@ -86,6 +86,19 @@ scenario c-emotion --rpc emotion --rows 1 --concurrency 16
 scenario d-timing --rpc timing --rows 1 --concurrency 4
 scenario open-loop --rpc infer-churn --rows 1 --rate 2000
 
+# Profile of the server under scenario a64 (software clock; hardware counters
+# are not available on every virtual machine).
+if command -v perf >/dev/null 2>&1; then
+    "$bin/nurture-load" run --target "$target" --rpc infer-churn --rows 1 --concurrency 64 --duration 7 --warmup 0.5 >/dev/null &
+    load_pid=$!
+    sleep 1.5
+    if perf record -e cpu-clock -F 1999 -g -p "$server_pid" -o "$work/perf.data" -- sleep 4 >/dev/null 2>&1; then
+        perf report -i "$work/perf.data" --stdio --no-children --sort dso -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -8 > "$work/profile-dso.txt"
+        perf report -i "$work/perf.data" --stdio --no-children --sort sym -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15 > "$work/profile-sym.txt"
+    fi
+    wait "$load_pid" || true
+fi
+
 # (f) p99 during continuous hot swaps (promote/rollback every second).
 (
     end=$(( $(date +%s) + repeats * (duration + 2) ))
