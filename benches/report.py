@@ -87,6 +87,20 @@ def main():
             f"{lat(name, 'p50'):.2f} | {lat(name, 'p99'):.2f} | {lat(name, 'p99.9'):.2f} | {cpu_per_request_us(name):.0f} | {errors(name)} |"
         )
     w("")
+    if "i-h2load-1" in runs:
+        w("## Cross-check with h2load")
+        w("")
+        w("h2load (Debian's nghttp2-client) replays a pre-encoded ModelInfer request (`nurture-load encode`),")
+        w("4 connections × 16 streams, against the same server:")
+        w("")
+        w("| rows/request | h2load req/s | h2load mean ms | failed | nurture-load req/s (a64 / b256) |")
+        w("|---|---|---|---|---|")
+        for rows, ours in [(1, "a64"), (256, "b256")]:
+            name = f"i-h2load-{rows}"
+            if name in runs:
+                failed = sum(r["failed"] for r in runs[name])
+                w(f"| {rows} | {med(name, 'requests_per_second'):.0f} | {med(name, 'mean_ms'):.2f} | {failed} | {med(ours, 'requests_per_second'):.0f} |")
+        w("")
     w("## In-process limit (straight through `ort`, one thread)")
     w("")
     w("| model | rows/call | calls/s | rows/s | µs/row |")

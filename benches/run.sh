@@ -99,6 +99,35 @@ if command -v perf >/dev/null 2>&1; then
     wait "$load_pid" || true
 fi
 
+# (i) An independent client: h2load (Debian's nghttp2-client) replays a
+# pre-encoded ModelInfer request, to cross-check nurture-load's figures.
+if command -v h2load >/dev/null 2>&1; then
+    for rows in 1 256; do
+        "$bin/nurture-load" encode --rows "$rows" > "$work/body-$rows.bin"
+        for r in $(seq 1 "$repeats"); do
+            h2load --duration "$duration" --warm-up-time 1 -c 4 -m 16 -t 1 \
+                --data "$work/body-$rows.bin" -H 'content-type: application/grpc' -H 'te: trailers' \
+                "$target/inference.GRPCInferenceService/ModelInfer" > "$work/h2load.txt" 2>&1 || true
+            python3 - "$work/h2load.txt" "$rows" "$r" >> "$work/results.jsonl" <<'PY'
+import json, re, sys
+text = open(sys.argv[1]).read()
+rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", text)
+done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", text)
+mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", text)
+def ms(value):
+    number = float(re.match(r"[\d.]+", value).group())
+    return number / 1000 if value.endswith("us") else number * 1000 if value.endswith("s") and not value.endswith("ms") else number
+print(json.dumps({
+    "scenario": f"i-h2load-{sys.argv[2]}", "repeat": int(sys.argv[3]), "rows_per_request": int(sys.argv[2]),
+    "requests_per_second": float(rps.group(1)) if rps else float("nan"),
+    "succeeded": int(done.group(2)) if done else 0, "failed": int(done.group(3)) if done else 0,
+    "mean_ms": ms(mean.group(1)) if mean else float("nan"),
+}))
+PY
+        done
+    done
+fi
+
 # (f) p99 during continuous hot swaps (promote/rollback every second).
 (
     end=$(( $(date +%s) + repeats * (duration + 2) ))

@@ -53,6 +53,13 @@ enum Command {
     Run(RunArgs),
     /// Score the live version of a model in process, straight through ONNX Runtime.
     Inprocess(InprocessArgs),
+    /// Write one gRPC-framed ModelInferRequest for the churn model to stdout,
+    /// for independent HTTP/2 load tools (h2load --data).
+    Encode {
+        /// Rows in the request.
+        #[arg(long, default_value_t = 1)]
+        rows: usize,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -448,6 +455,30 @@ fn main() -> anyhow::Result<()> {
                     report.errors
                 );
             }
+        }
+        Command::Encode { rows } => {
+            use std::io::Write;
+            let width = 20;
+            let raw: Vec<u8> = (0..rows * width)
+                .flat_map(|k| ((k % 13) as f32 / 13.0).to_le_bytes())
+                .collect();
+            let request = kserve::ModelInferRequest {
+                model_name: "churn".into(),
+                inputs: vec![kserve::model_infer_request::InferInputTensor {
+                    name: "features".into(),
+                    datatype: "FP32".into(),
+                    shape: vec![rows as i64, width as i64],
+                    ..Default::default()
+                }],
+                raw_input_contents: vec![raw],
+                ..Default::default()
+            };
+            let body = prost::Message::encode_to_vec(&request);
+            // gRPC message framing: not compressed, 4-byte big-endian length.
+            let mut framed = vec![0u8];
+            framed.extend((body.len() as u32).to_be_bytes());
+            framed.extend(body);
+            std::io::stdout().write_all(&framed)?;
         }
         Command::Inprocess(args) => {
             let json = args.json;
