@@ -151,6 +151,28 @@ def main():
     w("  copying rows into the batch tensor and probabilities out of it), which the in-process loop does")
     w("  not do. Requests here use raw contents, as tritonclient does.")
     folder = os.path.dirname(path)
+    micro = os.path.join(folder, "micro.txt")
+    if os.path.exists(micro):
+        w("")
+        w("## Micro-benchmarks (criterion, `cargo bench -p nurture-benches`)")
+        w("")
+        w("| benchmark | time (low, estimate, high) |")
+        w("|---|---|")
+        name = None
+        for line in open(micro):
+            stripped = line.strip()
+            if not stripped:
+                continue
+            if "time:" in stripped:
+                parts = stripped.split("time:")
+                label = parts[0].strip() or name
+                w(f"| {label} | {parts[1].strip()} |")
+                name = None
+            elif not stripped.startswith(("Benchmarking", "Found", "change:", "Performance", "No change", "Change within", "Warning", "Gnuplot", "mild", "high", "low", "severe")) and "outliers" not in stripped:
+                name = stripped
+        w("")
+        w("`batcher_round_trip` minus `direct_session_run` is the batcher's own cost per request")
+        w("(queue, hand-off to the worker thread and back).")
     dso, sym = os.path.join(folder, "profile-dso.txt"), os.path.join(folder, "profile-sym.txt")
     if os.path.exists(dso) and os.path.exists(sym):
         w("")

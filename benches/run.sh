@@ -93,8 +93,11 @@ if command -v perf >/dev/null 2>&1; then
     load_pid=$!
     sleep 1.5
     if perf record -e cpu-clock -F 1999 -g -p "$server_pid" -o "$work/perf.data" -- sleep 4 >/dev/null 2>&1; then
-        perf report -i "$work/perf.data" --stdio --no-children --sort dso -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -8 > "$work/profile-dso.txt"
-        perf report -i "$work/perf.data" --stdio --no-children --sort sym -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15 > "$work/profile-sym.txt"
+        # sed reads to the end, so no SIGPIPE trips pipefail.
+        perf report -i "$work/perf.data" --stdio --no-children --sort dso -g none 2>/dev/null \
+            | sed -e '/^#/d' -e '/^$/d' | sed -n '1,8p' > "$work/profile-dso.txt" || true
+        perf report -i "$work/perf.data" --stdio --no-children --sort sym -g none 2>/dev/null \
+            | sed -e '/^#/d' -e '/^$/d' | sed -n '1,15p' > "$work/profile-sym.txt" || true
     fi
     wait "$load_pid" || true
 fi
@@ -167,6 +170,9 @@ for rows in 1 64; do
         | python3 -c 'import json,sys; d=json.load(sys.stdin); d["scenario"]="h-inprocess-emotion-"+sys.argv[1]; print(json.dumps(d))' "$rows" \
         >> "$work/results.jsonl"
 done
+
+# Micro-benchmarks (criterion).
+cargo bench --quiet -p nurture-benches --bench micro > "$work/micro.txt" 2>&1 || true
 
 python3 benches/report.py "$work/results.jsonl" "$repeats" "$duration" > docs/performance.md
 echo "wrote docs/performance.md" >&2
