@@ -92,30 +92,7 @@ impl Cluster {
 }
 
 fn lead(id: &str) -> v1::LeadProfile {
-    v1::LeadProfile {
-        lead_id: id.to_owned(),
-        days_since_first_contact: Some(40.0),
-        days_since_last_contact: Some(3.0),
-        days_since_last_reply: Some(21.0),
-        email_open_rate: Some(0.35),
-        email_click_rate: Some(0.05),
-        sms_reply_rate: Some(0.4),
-        call_answer_rate: Some(0.2),
-        video_join_rate: Some(0.1),
-        messages_sent_30d: Some(6),
-        messages_received_30d: Some(2),
-        avg_response_hours: Some(14.0),
-        sentiment_score: Some(-0.4),
-        complaints_90d: Some(1),
-        website_visits_30d: Some(3),
-        listings_viewed_30d: Some(5),
-        saved_searches: Some(1),
-        showings_attended: Some(0),
-        pre_approved: Some(false),
-        mortgage_calculator_uses_30d: Some(0),
-        budget_k_usd: Some(380.0),
-        time_zone: String::new(),
-    }
+    nurture_tests::fixtures::lead_profile(id)
 }
 
 async fn channel(server: &ServerProcess) -> Channel {
