@@ -205,6 +205,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             v1::status_service_server::StatusServiceServer::with_interceptor(
                 services::status::StatusRpc {
                     slots: slots.clone(),
+                    generic: generic.clone(),
                 },
                 auth.clone(),
             ),

@@ -176,6 +176,25 @@ async fn generic_and_typed_models_answer_the_open_inference_protocol() {
         .into_inner();
     assert_eq!(metadata.name, "nurture");
 
+    // Generic models show up in the status RPC beside the typed ones.
+    let status = nurture_proto::v1::status_service_client::StatusServiceClient::new(
+        Channel::from_shared(server.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    )
+    .get_status(nurture_proto::v1::GetStatusRequest {})
+    .await
+    .unwrap()
+    .into_inner();
+    let scorer = status
+        .models
+        .iter()
+        .find(|m| m.name == "lead-scorer")
+        .expect("generic model listed");
+    assert_eq!((scorer.kind.as_str(), scorer.live_version), ("generic", 1));
+
     let model = client
         .model_metadata(kserve::ModelMetadataRequest {
             name: "lead-scorer".into(),

@@ -11,15 +11,24 @@ use crate::deployment::Slot;
 /// The status service.
 #[derive(Debug, Clone)]
 pub struct StatusRpc {
-    /// Every slot.
+    /// The typed models' slots.
     pub slots: Vec<Arc<Slot>>,
+    /// Generic models found in the registry.
+    pub generic: super::inference::GenericSlots,
 }
 
 impl StatusRpc {
     /// The status of every model.
     pub fn snapshot(&self) -> v1::GetStatusResponse {
-        let models = self
-            .slots
+        let mut slots = self.slots.clone();
+        slots.extend(
+            self.generic
+                .read()
+                .expect("generic slots lock")
+                .values()
+                .cloned(),
+        );
+        let models = slots
             .iter()
             .map(|slot| {
                 let deployment = slot.deployment.load();
