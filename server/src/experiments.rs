@@ -105,7 +105,17 @@ impl Experiments {
             entry.newest = newest.or(entry.newest);
             entry.refreshed = Instant::now();
         }
-        Ok(known.get(name).expect("inserted above").clone())
+        // NOTE: a view, not a clone of the entry: the ids and batch keys grow
+        // with every outcome and every request reads this.
+        let entry = known.get(name).expect("inserted above");
+        Ok(Known {
+            spec: entry.spec.clone(),
+            stopped: entry.stopped.clone(),
+            tally: entry.tally.counts(),
+            newest: entry.newest,
+            applied: HashSet::new(),
+            refreshed: entry.refreshed,
+        })
     }
 
     /// Persists outcomes of one experiment, then counts them. Returns

@@ -71,6 +71,17 @@ impl Tally {
         true
     }
 
+    /// The counts without the set of counted ids: what choosing and
+    /// statistics need, cheap to copy however many outcomes were seen.
+    pub fn counts(&self) -> Tally {
+        Tally {
+            exposures: self.exposures.clone(),
+            conversions: self.conversions.clone(),
+            value: self.value.clone(),
+            seen: HashSet::new(),
+        }
+    }
+
     /// Distinct outcomes counted.
     pub fn len(&self) -> usize {
         self.seen.len()
