@@ -14,6 +14,17 @@ pub mod registry;
 pub mod runtime;
 
 pub use error::{Error, Result};
+
+/// FNV-1a (64 bit) of `bytes`: the stable hash behind the holdout split and
+/// sticky canary buckets (the same in every process and language).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
 pub use kind::{DType, ModelKind};
 pub use manifest::{Manifest, ManifestDraft};
 pub use registry::{ModelName, ModelState, Registry};

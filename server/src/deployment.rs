@@ -86,12 +86,7 @@ pub struct Slot {
 
 /// Sticky canary bucket of a lead, 0..100 (FNV-1a of the id).
 pub fn bucket(lead_id: &str) -> u8 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in lead_id.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (hash % 100) as u8
+    (nurture_models::fnv1a64(lead_id.as_bytes()) % 100) as u8
 }
 
 impl Slot {

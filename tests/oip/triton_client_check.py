@@ -59,10 +59,31 @@ def check(address, name, out_dir):
             assert np.allclose(got, want, atol=1e-6), (output, got, want)
         else:
             assert (got == want).all(), (output, got, want)
+    # Typed contents, through the protobuf stubs tritonclient ships.
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(address))
+    request = service_pb2.ModelInferRequest(model_name=name)
+    typed = request.inputs.add(name=input_name, datatype="FP32", shape=list(rows.shape))
+    typed.contents.fp32_contents.extend(rows.flatten().tolist())
+    for output in outputs:
+        request.outputs.add(name=output)
+    response = stub.ModelInfer(request)
+    for answered in response.outputs:
+        want = expected[answered.name]
+        got = (
+            np.array(answered.contents.fp32_contents, dtype=np.float32)
+            if answered.datatype == "FP32"
+            else np.array(answered.contents.int64_contents, dtype=np.int64)
+        ).reshape(tuple(answered.shape))
+        assert got.shape == want.shape, (answered.name, got.shape, want.shape)
+        assert np.allclose(got, want, atol=1e-6), (answered.name, got, want)
+    assert not response.raw_output_contents, "typed requests get typed contents"
     # A pinned version answers too.
     pinned = client.infer(name, [tensor], model_version="1", outputs=requested)
     assert pinned.get_response().model_version == "1"
-    print(f"tritonclient ok: model {name} version {version}, outputs {outputs}, {rows.shape[0]} rows equal to onnxruntime")
+    print(f"tritonclient ok: model {name} version {version}, outputs {outputs}, {rows.shape[0]} rows equal to onnxruntime, raw and typed contents")
 
 
 if __name__ == "__main__":

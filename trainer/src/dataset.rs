@@ -71,12 +71,7 @@ fn parse_label(kind: ModelKind, value: &str) -> Option<usize> {
 /// modulo 100, below [`HOLDOUT_PERCENT`]. Fixed, so every version of a model
 /// (and the scikit-learn reference) is scored on the same rows.
 pub fn is_holdout(id: &str) -> bool {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in id.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash % 100 < HOLDOUT_PERCENT
+    nurture_models::fnv1a64(id.as_bytes()) % 100 < HOLDOUT_PERCENT
 }
 
 /// Inputs of a dataset.
