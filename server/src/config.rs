@@ -115,9 +115,23 @@ pub struct Config {
     #[arg(long, env = "NURTURE_AUTH_TOKENS_FILE")]
     pub auth_tokens_file: Option<PathBuf>,
 
+    /// Log lines as `text` for people or `json` (one object per line) for log
+    /// shippers; the level filter is `NURTURE_LOG` (e.g. `info,ort=warn`).
+    #[arg(long, env = "NURTURE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Path of the ONNX Runtime library; else .ort/ of the project is used.
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_dylib: Option<PathBuf>,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, fields included.
+    Json,
 }
 
 /// Parses `250ms`, `2s`, `1m` or a bare number of seconds.

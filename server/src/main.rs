@@ -1,18 +1,21 @@
 //! `nurture-server`: see `--help`.
 
 use clap::Parser;
-use nurture_server::config::Config;
+use nurture_server::config::{Config, LogFormat};
 use tokio::sync::watch;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NURTURE_LOG")
                 .unwrap_or_else(|_| "info,ort=warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

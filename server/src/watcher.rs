@@ -2,7 +2,7 @@
 //! completely before swapping them in, and keeps health and metrics honest.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use chrono::Utc;
 use nurture_models::{ModelName, ModelState, Registry};
@@ -45,11 +45,16 @@ pub struct Watcher {
 
 impl Watcher {
     /// Polls until `shutdown` turns true.
+    ///
+    /// Passes start on a fixed cadence (a pass that overruns the interval is
+    /// followed at once by the next), so a change to a release log is read
+    /// by a pass that starts at most one interval after it was written.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut ticks = tokio::time::interval(self.poll_interval.max(Duration::from_millis(1)));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            self.poll_once().await;
             tokio::select! {
-                _ = tokio::time::sleep(self.poll_interval) => {}
+                _ = ticks.tick() => self.poll_once().await,
                 _ = shutdown.changed() => return,
             }
         }
@@ -102,6 +107,7 @@ impl Watcher {
 
     /// One pass over every model.
     pub async fn poll_once(&self) {
+        let pass_started = SystemTime::now();
         self.discover_generic().await;
         let generic: Vec<Arc<Slot>> = self
             .generic
@@ -111,10 +117,10 @@ impl Watcher {
             .cloned()
             .collect();
         for slot in &generic {
-            self.sync(slot).await;
+            self.sync(slot, pass_started).await;
         }
         for watched in &self.watched {
-            self.sync(&watched.slot).await;
+            self.sync(&watched.slot, pass_started).await;
             let live = watched.slot.deployment.load().live.is_some();
             if let Some(service) = watched.service {
                 let status = if live {
@@ -166,7 +172,9 @@ impl Watcher {
         }
     }
 
-    async fn sync(&self, slot: &Slot) {
+    /// Brings `slot` in line with its release log; `pass_started` is when
+    /// the poll pass began, logged with each swap.
+    async fn sync(&self, slot: &Slot, pass_started: SystemTime) {
         let Some(state) = self.read_state(slot).await else {
             return;
         };
@@ -228,25 +236,35 @@ impl Watcher {
         let canary_changed = current.canary.as_ref().map(|(v, p)| (v.version, *p))
             != canary.as_ref().map(|(v, p)| (v.version, *p));
         if live_changed || canary_changed || !same(&current.previous, &previous) {
+            let version_of = |v: &Option<Arc<LoadedVersion>>| v.as_ref().map_or(0, |v| v.version);
+            let (from_version, to_version) = (version_of(&current.live), version_of(&live));
+            metrics::gauge!("nurture_live_version", "model" => slot.name.clone())
+                .set(to_version as f64);
+            let swap_began = SystemTime::now();
+            slot.deployment.store(Arc::new(Deployment {
+                live,
+                canary,
+                previous,
+            }));
+            let swap_done = SystemTime::now();
             if live_changed {
                 metrics::counter!("nurture_model_swaps_total", "model" => slot.name.clone(), "change" => "live").increment(1);
+                // The timestamps bracket the pointer swap: requests that read
+                // the slot before `swap_began_us` got `from_version`, after
+                // `swap_done_us` they get `to_version`.
                 tracing::info!(
                     model = %slot.name,
-                    from = ?current.live.as_ref().map(|v| v.version),
-                    to = ?live.as_ref().map(|v| v.version),
+                    from_version,
+                    to_version,
+                    pass_started_us = unix_micros(pass_started),
+                    swap_began_us = unix_micros(swap_began),
+                    swap_done_us = unix_micros(swap_done),
                     "live version swapped"
                 );
             }
             if canary_changed {
                 metrics::counter!("nurture_model_swaps_total", "model" => slot.name.clone(), "change" => "canary").increment(1);
             }
-            metrics::gauge!("nurture_live_version", "model" => slot.name.clone())
-                .set(live.as_ref().map_or(0.0, |v| v.version as f64));
-            slot.deployment.store(Arc::new(Deployment {
-                live,
-                canary,
-                previous,
-            }));
         }
     }
 
@@ -320,4 +338,10 @@ impl Watcher {
             .await
             .map_err(|error| fail("load_panicked", error.to_string()))?
     }
+}
+
+/// Microseconds since the Unix epoch (0 for a clock set before it).
+fn unix_micros(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }

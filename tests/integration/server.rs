@@ -2,7 +2,6 @@
 //! Runtime, models trained by `nurture-trainer`, versions moved by
 //! `nurturectl`.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -15,7 +14,7 @@ use nurture_proto::v1::churn_service_client::ChurnServiceClient;
 use nurture_proto::v1::emotion_service_client::EmotionServiceClient;
 use nurture_proto::v1::journey_service_client::JourneyServiceClient;
 use nurture_proto::v1::status_service_client::StatusServiceClient;
-use nurture_tests::server::ServerProcess;
+use nurture_tests::server::{LiveSwap, ServerProcess, unix_micros_now};
 use tempfile::TempDir;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -302,11 +301,35 @@ async fn serves_every_typed_rpc_with_the_version_that_answered() {
     assert_eq!(missing.code(), Code::NotFound);
 }
 
+/// One answered request: when the client sent it, when the answer arrived
+/// (microseconds since the Unix epoch) and the version that served it.
+#[derive(Debug, Clone, Copy)]
+struct Answered {
+    sent_us: u64,
+    received_us: u64,
+    version: u64,
+}
+
+/// Whether `version` was live at some moment of `[from_us, to_us]`, judged
+/// by the server's own swap log: the version went live inside some swap's
+/// bracket and stayed live until the next swap's bracket ended.
+fn live_during(swaps: &[LiveSwap], version: u64, from_us: u64, to_us: u64) -> bool {
+    swaps.iter().enumerate().any(|(i, swap)| {
+        let went_live = swap.swap_began_us;
+        let left = swaps.get(i + 1).map_or(u64::MAX, |next| next.swap_done_us);
+        swap.to_version == version && from_us <= left && to_us >= went_live
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_swaps_under_load_lose_no_request() {
+    const POLL: Duration = Duration::from_millis(100);
+    // Timer lateness of the watcher task on two cores shared with four
+    // clients at full speed and the server's workers.
+    const TIMER_SLACK_US: u64 = 100_000;
     let fixture = Fixture::new();
     fixture.publish_second_churn();
-    let server = fixture.server(&["--poll-interval", "100ms"]);
+    let server = fixture.server(&["--poll-interval", "100ms", "--log-format", "json"]);
     wait_until_live(&server, 5).await;
     let channel = channel(&server).await;
 
@@ -316,63 +339,113 @@ async fn hot_swaps_under_load_lose_no_request() {
         let mut client = ChurnServiceClient::new(channel.clone());
         let stop = stop.clone();
         clients.push(tokio::spawn(async move {
-            let mut seen = BTreeSet::new();
-            let mut answered = 0u64;
+            let mut answers = Vec::new();
             let mut failures = Vec::new();
             let started = Instant::now();
             // Bounded in time and count.
             while !stop.load(Ordering::Relaxed)
                 && started.elapsed() < Duration::from_secs(120)
-                && answered < 1_000_000
+                && answers.len() < 1_000_000
             {
-                match churn_version(&mut client, &format!("lead-{client_id}-{answered}")).await {
-                    Ok(version) => {
-                        seen.insert(version);
-                        answered += 1;
-                    }
+                let sent_us = unix_micros_now();
+                let id = format!("lead-{client_id}-{}", answers.len());
+                match churn_version(&mut client, &id).await {
+                    Ok(version) => answers.push(Answered {
+                        sent_us,
+                        received_us: unix_micros_now(),
+                        version,
+                    }),
                     Err(status) => failures.push(status.to_string()),
                 }
             }
-            (seen, answered, failures)
+            (answers, failures)
         }));
     }
+
+    // 20 changes; each waits for the server to act on it, then leaves the
+    // clients on the new version for a while before the next.
+    let mut changes = Vec::new();
     for change in 0..20 {
-        let args: Vec<&str> = if change % 2 == 0 {
-            vec!["promote", "churn", "2", "--force"]
+        let (args, target): (Vec<&str>, u64) = if change % 2 == 0 {
+            (vec!["promote", "churn", "2", "--force"], 2)
         } else {
-            vec!["rollback", "churn", "--reason", "swap test"]
+            (vec!["rollback", "churn", "--reason", "swap test"], 1)
         };
         fixture.run("nurturectl", &args);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    // The last change was a rollback to version 1.
-    let mut client = ChurnServiceClient::new(channel.clone());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if churn_version(&mut client, "final").await.unwrap() == 1 {
-            break;
+        // The release log was written before nurturectl exited.
+        changes.push((unix_micros_now(), target));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while server.live_swaps("churn").len() < change + 2 {
+            assert!(
+                Instant::now() < deadline,
+                "change {change} ({args:?}) not acted on:\n{}",
+                server.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(Instant::now() < deadline, "did not converge on version 1");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
-    // Once converged, every answer carries the final version.
+    let swaps = server.live_swaps("churn");
+    let final_swap = *swaps.last().unwrap();
+    // Requests that start after the last swap all carry the final version.
+    let mut client = ChurnServiceClient::new(channel.clone());
     for i in 0..50 {
-        assert_eq!(
-            churn_version(&mut client, &format!("after-{i}"))
-                .await
-                .unwrap(),
-            1
-        );
+        let version = churn_version(&mut client, &format!("after-{i}"))
+            .await
+            .unwrap();
+        assert_eq!(version, 1, "after the last swap");
     }
     stop.store(true, Ordering::Relaxed);
-    let mut total = 0;
-    for client in clients {
-        let (seen, answered, failures) = client.await.unwrap();
-        assert!(failures.is_empty(), "failed requests: {failures:?}");
-        assert!(seen.is_subset(&BTreeSet::from([1, 2])), "{seen:?}");
-        total += answered;
+
+    // The server swapped exactly once per change, to the version asked for,
+    // in a poll pass that began within one poll interval of the change; the
+    // swap itself came after that pass's loading.
+    assert_eq!(swaps.len(), 21, "initial load plus 20 changes: {swaps:#?}");
+    assert_eq!((swaps[0].from_version, swaps[0].to_version), (0, 1));
+    let mut worst_lag_us = 0;
+    for (i, ((written_us, target), swap)) in changes.iter().zip(&swaps[1..]).enumerate() {
+        assert_eq!(swap.to_version, *target, "change {i}: {swap:?}");
+        assert_eq!(swap.from_version, 3 - target, "change {i}: {swap:?}");
+        let load_us = swap.swap_done_us.saturating_sub(swap.pass_started_us);
+        let lag_us = swap.swap_done_us.saturating_sub(*written_us);
+        assert!(
+            lag_us <= POLL.as_micros() as u64 + load_us + TIMER_SLACK_US,
+            "change {i} took {lag_us} µs to go live (pass loaded for {load_us} µs): {swap:?}"
+        );
+        worst_lag_us = worst_lag_us.max(lag_us);
     }
-    assert!(total > 100, "the clients kept sending: {total}");
+    eprintln!("slowest change went live {worst_lag_us} µs after it was written");
+
+    // No failures, and every answer names a version that was live at some
+    // moment between the request's sending and its answer.
+    let mut total = 0;
+    let mut by_version = [0usize; 3];
+    let mut after_final = 0;
+    for client in clients {
+        let (answers, failures) = client.await.unwrap();
+        assert!(failures.is_empty(), "failed requests: {failures:?}");
+        for answer in &answers {
+            assert!(
+                live_during(&swaps, answer.version, answer.sent_us, answer.received_us),
+                "{answer:?} was not live during the request; swaps: {swaps:#?}"
+            );
+            by_version[answer.version.min(2) as usize] += 1;
+            if answer.sent_us > final_swap.swap_done_us {
+                assert_eq!(answer.version, 1, "{answer:?} after {final_swap:?}");
+                after_final += 1;
+            }
+        }
+        total += answers.len();
+    }
+    eprintln!("{total} answers: {by_version:?} by version, {after_final} after the last swap");
+    assert!(
+        by_version[1] > 100 && by_version[2] > 100,
+        "both versions answered: {by_version:?}"
+    );
+    assert!(
+        after_final > 0,
+        "the clients kept sending after the last swap"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

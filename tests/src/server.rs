@@ -6,6 +6,30 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// One swap of a model's live version, as the server logged it. Times are
+/// microseconds since the Unix epoch on the machine's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LiveSwap {
+    /// Live version before (0: none).
+    pub from_version: u64,
+    /// Live version after (0: none).
+    pub to_version: u64,
+    /// When the poll pass that read the change began.
+    pub pass_started_us: u64,
+    /// Just before the pointer swap.
+    pub swap_began_us: u64,
+    /// Just after the pointer swap.
+    pub swap_done_us: u64,
+}
+
+/// Microseconds since the Unix epoch, comparable with [`LiveSwap`] times.
+pub fn unix_micros_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_micros() as u64
+}
+
 /// A running server; stopped (SIGTERM, then SIGKILL) on drop.
 pub struct ServerProcess {
     child: Child,
@@ -91,6 +115,30 @@ impl ServerProcess {
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// The `live version swapped` events for `model` in the log, oldest
+    /// first; the server must run with `--log-format json`.
+    pub fn live_swaps(&self, model: &str) -> Vec<LiveSwap> {
+        self.log()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|event| event["message"] == "live version swapped" && event["model"] == model)
+            .map(|event| {
+                let field = |name: &str| {
+                    event[name]
+                        .as_u64()
+                        .unwrap_or_else(|| panic!("no {name} in {event}"))
+                };
+                LiveSwap {
+                    from_version: field("from_version"),
+                    to_version: field("to_version"),
+                    pass_started_us: field("pass_started_us"),
+                    swap_began_us: field("swap_began_us"),
+                    swap_done_us: field("swap_done_us"),
+                }
+            })
+            .collect()
     }
 
     /// Body of `GET /metrics`.
