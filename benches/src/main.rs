@@ -212,7 +212,11 @@ impl Clients {
                     })
                     .collect();
                 ChannelTimingServiceClient::new(channel)
-                    .recommend_timing(v1::RecommendTimingRequest { inputs, version: 0 })
+                    .recommend_timing(v1::RecommendTimingRequest {
+                        inputs,
+                        version: 0,
+                        as_of: None,
+                    })
                     .await
                     .map(|_| ())
             }

@@ -7,6 +7,8 @@
 //! This crate owns generated code only; domain types live in `nurture-models`
 //! and the server converts between the two at its edge.
 
+pub use prost_types;
+
 /// The `nurture.v1` gRPC API.
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {

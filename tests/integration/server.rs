@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use nurture_proto::v1;
+use chrono::{Datelike, Timelike};
 use nurture_proto::v1::channel_timing_service_client::ChannelTimingServiceClient;
 use nurture_proto::v1::churn_service_client::ChurnServiceClient;
 use nurture_proto::v1::emotion_service_client::EmotionServiceClient;
 use nurture_proto::v1::journey_service_client::JourneyServiceClient;
 use nurture_proto::v1::status_service_client::StatusServiceClient;
+use nurture_proto::{prost_types, v1};
 use nurture_tests::server::{LiveSwap, ServerProcess, unix_micros_now};
 use tempfile::TempDir;
 use tonic::Code;
@@ -244,6 +245,8 @@ async fn serves_every_typed_rpc_with_the_version_that_answered() {
     assert!(response.predictions[0].stage > 0);
 
     let mut timing = ChannelTimingServiceClient::new(channel.clone());
+    // Wednesday 2026-06-10 15:30 UTC; Chicago keeps UTC-5 the whole week after.
+    let as_of = chrono::DateTime::parse_from_rfc3339("2026-06-10T15:30:00Z").unwrap();
     let response = timing
         .recommend_timing(v1::RecommendTimingRequest {
             inputs: vec![v1::TimingInput {
@@ -256,6 +259,10 @@ async fn serves_every_typed_rpc_with_the_version_that_answered() {
                 }),
             }],
             version: 0,
+            as_of: Some(prost_types::Timestamp {
+                seconds: as_of.timestamp(),
+                nanos: 0,
+            }),
         })
         .await
         .unwrap()
@@ -272,6 +279,27 @@ async fn serves_every_typed_rpc_with_the_version_that_answered() {
             .iter()
             .all(|s| s.channel != v1::Channel::Call as i32 && (8..21).contains(&s.hour))
     );
+    // Each slot's `starts_at` is, in the lead's zone (America/Chicago), the
+    // slot's own weekday and hour, within the week after `as_of`.
+    let chicago = chrono::FixedOffset::west_opt(5 * 3600).unwrap();
+    for slot in slots {
+        let at = slot.starts_at.expect("starts_at");
+        let at = chrono::DateTime::from_timestamp(at.seconds, at.nanos as u32).unwrap();
+        assert!(
+            at >= as_of && at < as_of + chrono::TimeDelta::days(7),
+            "{slot:?}"
+        );
+        let local = at.with_timezone(&chicago);
+        assert_eq!(
+            (local.weekday().number_from_monday() as i32, local.hour()),
+            (slot.weekday, slot.hour),
+            "{slot:?} starts at {local}"
+        );
+        assert!(
+            local.minute() == 0 || at == as_of,
+            "{slot:?} starts at {local}"
+        );
+    }
 
     // Pinning the live version works; an unknown version is NOT_FOUND.
     let pinned = churn
@@ -510,6 +538,44 @@ async fn bad_requests_are_named_and_overload_is_shed() {
         "{}",
         status.message()
     );
+    let mut timing = ChannelTimingServiceClient::new(channel.clone());
+    let unknown_zone = v1::TimingInput {
+        lead: Some(v1::LeadProfile {
+            time_zone: "Mars/Olympus_Mons".to_owned(),
+            ..lead("z")
+        }),
+        top_k: 1,
+        do_not_contact: vec![],
+        quiet_hours: None,
+    };
+    for (request, expected) in [
+        (
+            v1::RecommendTimingRequest {
+                inputs: vec![unknown_zone],
+                version: 0,
+                as_of: None,
+            },
+            "inputs[0].lead.time_zone",
+        ),
+        (
+            v1::RecommendTimingRequest {
+                inputs: vec![v1::TimingInput {
+                    lead: Some(lead("t")),
+                    ..Default::default()
+                }],
+                version: 0,
+                as_of: Some(prost_types::Timestamp {
+                    seconds: 0,
+                    nanos: -1,
+                }),
+            },
+            "as_of",
+        ),
+    ] {
+        let status = timing.recommend_timing(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains(expected), "{}", status.message());
+    }
 
     // Still answering.
     assert_eq!(churn_version(&mut churn, "after").await.unwrap(), 1);
@@ -542,6 +608,7 @@ async fn a_full_queue_answers_resource_exhausted_and_the_server_recovers() {
             })
             .collect(),
         version: 0,
+        as_of: None,
     };
     let mut tasks = Vec::new();
     for _ in 0..24 {
@@ -864,6 +931,7 @@ async fn sigterm_drains_in_flight_requests() {
             })
             .collect(),
         version: 0,
+        as_of: None,
     };
     let in_flight: Vec<_> = (0..4)
         .map(|_| {

@@ -1,8 +1,13 @@
 //! `ChannelTimingService`: for each lead, every allowed (channel, weekday,
 //! hour) slot is scored in one batch and the best `top_k` are returned.
-//! Slots are in the lead's local time, as the model's slot features are.
+//! Slots are in the lead's local time, as the model's slot features are;
+//! each returned slot also carries the instant it next starts, resolved in
+//! the lead's IANA time zone.
 
 use std::sync::Arc;
+
+use chrono::{DateTime, Datelike, TimeDelta, TimeZone, Utc};
+use chrono_tz::Tz;
 
 use nurture_models::input::LeadValues;
 use nurture_proto::v1::{self, channel_timing_service_server::ChannelTimingService};
@@ -53,8 +58,61 @@ impl Candidate {
 
 struct Plan {
     lead: LeadValues,
+    zone: Tz,
     candidates: Vec<Candidate>,
     top_k: usize,
+}
+
+/// The earliest moment at or after `as_of` inside the local slot (`weekday`
+/// Monday = 0, `hour`) in `zone`: `as_of` while the slot is under way, else
+/// its next start. A local hour skipped by a clock change is taken a week
+/// later; a repeated one at its first occurrence.
+pub fn starts_at(
+    zone: Tz,
+    weekday: usize,
+    hour: usize,
+    as_of: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let today = as_of.with_timezone(&zone).date_naive();
+    // Today and the next two weeks: two occurrences of every weekday, so a
+    // skipped hour still leaves the next.
+    (0..=14).find_map(|offset| {
+        let date = today.checked_add_signed(TimeDelta::days(offset))?;
+        if date.weekday().num_days_from_monday() as usize != weekday {
+            return None;
+        }
+        let local = date.and_hms_opt(u32::try_from(hour).ok()?, 0, 0)?;
+        let start = zone
+            .from_local_datetime(&local)
+            .earliest()?
+            .with_timezone(&Utc);
+        (start + TimeDelta::hours(1) > as_of).then(|| start.max(as_of))
+    })
+}
+
+fn timestamp(at: DateTime<Utc>) -> nurture_proto::prost_types::Timestamp {
+    nurture_proto::prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// The request's `as_of`, or now.
+fn as_of(
+    value: Option<&nurture_proto::prost_types::Timestamp>,
+) -> Result<DateTime<Utc>, ServeError> {
+    let Some(value) = value else {
+        return Ok(Utc::now());
+    };
+    u32::try_from(value.nanos)
+        .ok()
+        .and_then(|nanos| DateTime::from_timestamp(value.seconds, nanos))
+        .ok_or_else(|| {
+            ServeError::InvalidArgument(format!(
+                "invalid as_of: {}s {}ns is not a valid timestamp",
+                value.seconds, value.nanos
+            ))
+        })
 }
 
 fn quiet(hour: usize, quiet: Option<&v1::QuietHours>) -> bool {
@@ -80,6 +138,14 @@ fn plan(input: &v1::TimingInput, index: usize) -> Result<Plan, ServeError> {
     let lead = lead
         .as_ref()
         .ok_or_else(|| ServeError::InvalidArgument(format!("invalid {field}.lead: is required")))?;
+    let zone = match lead.time_zone.as_str() {
+        "" => Tz::UTC,
+        name => name.parse::<Tz>().map_err(|_| {
+            ServeError::InvalidArgument(format!(
+                "invalid {field}.lead.time_zone: {name:?} is not an IANA time zone (e.g. America/Chicago)"
+            ))
+        })?,
+    };
     let lead = edge::lead(lead, &format!("{field}.lead"))?;
     let mut blocked = [false; 4];
     for (position, channel) in do_not_contact.iter().enumerate() {
@@ -129,6 +195,7 @@ fn plan(input: &v1::TimingInput, index: usize) -> Result<Plan, ServeError> {
     }
     Ok(Plan {
         lead,
+        zone,
         candidates,
         top_k,
     })
@@ -141,9 +208,14 @@ impl ChannelTimingService for ChannelTiming {
         request: Request<v1::RecommendTimingRequest>,
     ) -> Result<Response<v1::RecommendTimingResponse>, Status> {
         let deadline = edge::deadline(&request);
-        let v1::RecommendTimingRequest { inputs, version } = request.into_inner();
+        let v1::RecommendTimingRequest {
+            inputs,
+            version,
+            as_of,
+        } = request.into_inner();
         instrumented("RecommendTiming", &self.slot.name, async move {
             edge::check_batch(inputs.len(), self.limits.max_timing_leads, "inputs")?;
+            let as_of = self::as_of(as_of.as_ref())?;
             let plans = inputs
                 .iter()
                 .enumerate()
@@ -194,6 +266,8 @@ impl ChannelTimingService for ChannelTiming {
                                 weekday: c.weekday as i32 + 1,
                                 hour: c.hour as u32,
                                 response_probability: probability,
+                                starts_at: starts_at(plan.zone, c.weekday, c.hour, as_of)
+                                    .map(timestamp),
                             })
                             .collect(),
                     }
@@ -208,6 +282,72 @@ impl ChannelTimingService for ChannelTiming {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn slots_start_in_the_leads_time_zone() {
+        let chicago: Tz = "America/Chicago".parse().unwrap();
+        // Wednesday 10:30 in Chicago (UTC-5 in June).
+        let as_of = utc("2026-06-10T15:30:00Z");
+        let (wednesday, sunday) = (2, 6);
+        // Under way: now.
+        assert_eq!(starts_at(chicago, wednesday, 10, as_of), Some(as_of));
+        // Later today.
+        assert_eq!(
+            starts_at(chicago, wednesday, 14, as_of),
+            Some(utc("2026-06-10T19:00:00Z"))
+        );
+        // Over for this week: next Wednesday.
+        assert_eq!(
+            starts_at(chicago, wednesday, 9, as_of),
+            Some(utc("2026-06-17T14:00:00Z"))
+        );
+        // 2 a.m. does not exist on 2026-03-08 in Chicago (clocks spring
+        // forward): the slot is taken a week later, 3 a.m. that day is CDT.
+        let before_spring = utc("2026-03-07T12:00:00Z");
+        assert_eq!(
+            starts_at(chicago, sunday, 2, before_spring),
+            Some(utc("2026-03-15T07:00:00Z"))
+        );
+        assert_eq!(
+            starts_at(chicago, sunday, 3, before_spring),
+            Some(utc("2026-03-08T08:00:00Z"))
+        );
+        // 1 a.m. happens twice on 2026-11-01 (clocks fall back): the first.
+        assert_eq!(
+            starts_at(chicago, sunday, 1, utc("2026-10-31T12:00:00Z")),
+            Some(utc("2026-11-01T06:00:00Z"))
+        );
+        // Half-hour offsets: 06:00 in Kolkata is 00:30 UTC.
+        let kolkata: Tz = "Asia/Kolkata".parse().unwrap();
+        assert_eq!(
+            starts_at(kolkata, wednesday, 6, utc("2026-06-10T00:00:00Z")),
+            Some(utc("2026-06-10T00:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn unknown_time_zones_and_bad_timestamps_are_named() {
+        let input = v1::TimingInput {
+            lead: Some(v1::LeadProfile {
+                time_zone: "Europe/Atlantis".to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let error = plan(&input, 3).err().unwrap().to_string();
+        assert!(error.contains("inputs[3].lead.time_zone"), "{error}");
+        let bad = nurture_proto::prost_types::Timestamp {
+            seconds: 1,
+            nanos: 2_000_000_000,
+        };
+        assert!(as_of(Some(&bad)).unwrap_err().to_string().contains("as_of"));
+    }
 
     #[test]
     fn quiet_hours_wrap_past_midnight() {
