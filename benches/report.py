@@ -38,7 +38,11 @@ def main():
         return statistics.median(values) if values else float("nan")
 
     def cpu_per_request_us(name):
-        values = [r["server_cpu_seconds"] / max(r["requests"], 1) * 1e6 for r in runs.get(name, [])]
+        values = [r["server_cpu_seconds"] / max(r.get("total_requests", r["requests"]), 1) * 1e6 for r in runs.get(name, [])]
+        return statistics.median(values) if values else float("nan")
+
+    def switches_per_request(name):
+        values = [r["server_context_switches"] / max(r.get("total_requests", r["requests"]), 1) for r in runs.get(name, []) if "server_context_switches" in r]
         return statistics.median(values) if values else float("nan")
 
     def errors(name):
@@ -59,12 +63,13 @@ def main():
     w(f"- Date: {datetime.date.today().isoformat()}")
     w(f"- Machine: {os.cpu_count()} cores ({cpu_model()}), {platform.system()} {platform.release()};")
     w("  the load generator shares these cores with the server, so throughput is a floor.")
-    w("- Server defaults: `--max-batch 256 --max-delay 2ms --workers 1 --intra-threads 1`.")
+    io_threads = max(1, -(-(os.cpu_count() or 1) // 2))
+    w(f"- Server defaults: `--max-batch 256 --max-delay 2ms --workers 1 --intra-threads 1`, `--io-threads {io_threads}` (half the cores).")
     w("")
     w("## Scenarios")
     w("")
-    w("| scenario | what | req/s | rows/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/req | errors |")
-    w("|---|---|---|---|---|---|---|---|---|")
+    w("| scenario | what | req/s | rows/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/req | server context switches/req | errors |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
     described = [
         ("a1", "churn via ModelInfer, 1 row, concurrency 1"),
         ("a16", "same, concurrency 16"),
@@ -78,13 +83,15 @@ def main():
         ("e-emotion-on", "AnalyzeEmotion, 1 text, concurrency 64, batching on"),
         ("e-emotion-off", "same with --max-batch 1"),
         ("f-swaps", "as a64 while churn is promoted/rolled back every second"),
+        ("a64-io2", "as a64 with --io-threads 2"),
+        ("b256-io2", "as b256 with --io-threads 2"),
     ]
     for name, what in described:
         if name not in runs:
             continue
         w(
             f"| {name} | {what} | {med(name, 'requests_per_second'):.0f} | {med(name, 'rows_per_second'):.0f} | "
-            f"{lat(name, 'p50'):.2f} | {lat(name, 'p99'):.2f} | {lat(name, 'p99.9'):.2f} | {cpu_per_request_us(name):.0f} | {errors(name)} |"
+            f"{lat(name, 'p50'):.2f} | {lat(name, 'p99'):.2f} | {lat(name, 'p99.9'):.2f} | {cpu_per_request_us(name):.0f} | {switches_per_request(name):.2f} | {errors(name)} |"
         )
     w("")
     if "i-h2load-1" in runs:
@@ -131,26 +138,53 @@ def main():
     emotion_gain = med("e-emotion-on", "requests_per_second") / med("e-emotion-off", "requests_per_second")
     emotion_row1 = med("h-inprocess-emotion-1", "microseconds_per_row")
     emotion_row64 = med("h-inprocess-emotion-64", "microseconds_per_row")
+    folder = os.path.dirname(path)
+
+    def shares(name, sort):
+        """{label: percent} from a perf report --sort SORT listing."""
+        result = {}
+        listing = os.path.join(folder, f"profile-{name}-{sort}.txt")
+        if os.path.exists(listing):
+            for line in open(listing):
+                parts = line.split(None, 1)
+                if len(parts) == 2 and parts[0].endswith("%"):
+                    result[parts[1].strip()] = float(parts[0][:-1])
+        return result
+
+    def ort_share(name):
+        return sum(v for k, v in shares(name, "dso").items() if "onnxruntime" in k) / 100
+
+    b256_cpu = cpu_per_request_us("b256")
+    b256_ort = ort_share("b256")
+    b256_kernel = shares("b256", "dso").get("[kernel.kallsyms]", float("nan")) / 100
     w("")
     w("## Reading the misses")
     w("")
     w(f"- **Batching gain on 1-row churn.** With batching off the server spends {off_cpu:.0f} µs of CPU per")
     w(f"  request, of which ONNX Runtime's 1-row call is {row1:.1f} µs (in-process figure); the rest is")
-    w("  gRPC, HTTP/2 and protobuf work that batching cannot share. Even a perfect batcher that made")
-    w(f"  inference cost the 256-row rate ({inproc_row:.2f} µs/row) would raise throughput at most")
-    w(f"  {bound:.2f}× (Amdahl), so the 3× target cannot be met for this model on this path; the")
-    w("  load generator also takes one of the two cores. Where inference dominates, batching pays in")
-    w(f"  server CPU: emotion costs {emotion_row1:.1f} µs per text alone and {emotion_row64:.1f} µs per text in batches")
-    w(f"  of 64, and at concurrency 64 the server spends {cpu_per_request_us('e-emotion-on'):.0f} µs of CPU per request with")
-    w(f"  batching against {cpu_per_request_us('e-emotion-off'):.0f} µs without. Throughput ({emotion_gain:.2f}× here) cannot show it on")
-    w("  this machine: server and load generator share two cores, so requests per second are capped")
-    w("  by the client's CPU as much as by the server's. On a dedicated server the CPU figure is the one")
-    w("  that carries over.")
-    w(f"- **256-row requests** cost {b256_server_row:.2f} µs per row on the server against {inproc_row:.2f} µs")
-    w("  in process: the difference is moving 20 KiB in and out per request (protobuf framing, HTTP/2,")
-    w("  copying rows into the batch tensor and probabilities out of it), which the in-process loop does")
-    w("  not do. Requests here use raw contents, as tritonclient does.")
-    folder = os.path.dirname(path)
+    w("  gRPC, HTTP/2, TCP and protobuf work done once per request, which batching cannot share.")
+    w(f"  Even a perfect batcher that made inference cost the 256-row rate ({inproc_row:.2f} µs/row) would")
+    w(f"  raise throughput at most {bound:.2f}× (Amdahl), so the 3× target cannot be met for this model on")
+    w(f"  this path. In the a64 profile below ONNX Runtime is {ort_share('a64') * 100:.0f}% of the server's CPU.")
+    w(f"  Batching does what it can there: {a64_cpu:.0f} µs of server CPU per request on, {off_cpu:.0f} µs off.")
+    w("  Where inference dominates, batching pays: emotion costs")
+    w(f"  {emotion_row1:.1f} µs per text alone and {emotion_row64:.1f} µs per text in batches of 64, and at concurrency 64")
+    w(f"  the server spends {cpu_per_request_us('e-emotion-on'):.0f} µs of CPU per request with batching against")
+    w(f"  {cpu_per_request_us('e-emotion-off'):.0f} µs without ({emotion_gain:.2f}× the throughput). Requests per second")
+    w("  are capped by the load generator's share of the two cores as much as by the server, so the")
+    w("  CPU figures are the ones that carry over to a dedicated machine.")
+    w(f"- **256-row requests** cost {b256_cpu:.0f} µs of server CPU each ({b256_server_row:.2f} µs per row) against")
+    w(f"  {inproc_row * 256:.0f} µs for the same ORT call in process. The b256 profile below puts ONNX Runtime at")
+    w(f"  {b256_ort * 100:.0f}% of the server's CPU ({b256_cpu * b256_ort:.0f} µs per request; {inproc_row * 256:.0f} µs in process) and the kernel at")
+    w(f"  {b256_kernel * 100:.0f}%: TCP receive and send of 20 KiB, epoll and futex wake-ups, and the context switches")
+    w(f"  in the table ({switches_per_request('b256'):.1f} per request): at concurrency 4 the async runtime's")
+    w("  thread sleeps while the inference thread computes and is woken for every answer. The")
+    w("  design keeps sessions on their own worker threads (ONNX Runtime's Run is not safe to")
+    w("  call concurrently, and inference must not stall the async runtime), so one hand-off each way")
+    w("  per request is the floor; what is left above ORT is the per-request transport cost, which the")
+    w("  in-process loop does not pay. `--io-threads` (half the cores by default) keeps the async")
+    w(f"  runtime from oversubscribing the cores: with two runtime threads on these two cores a 256-row")
+    w(f"  request costs {cpu_per_request_us('b256-io2'):.0f} µs and a 1-row one {cpu_per_request_us('a64-io2'):.0f} µs (scenarios b256-io2, a64-io2).")
     micro = os.path.join(folder, "micro.txt")
     if os.path.exists(micro):
         w("")
@@ -173,23 +207,27 @@ def main():
         w("")
         w("`batcher_round_trip` minus `direct_session_run` is the batcher's own cost per request")
         w("(queue, hand-off to the worker thread and back).")
-    dso, sym = os.path.join(folder, "profile-dso.txt"), os.path.join(folder, "profile-sym.txt")
-    if os.path.exists(dso) and os.path.exists(sym):
+    for name, what in [("a64", "1-row churn, concurrency 64"), ("b256", "256-row churn, concurrency 4")]:
+        listings = [os.path.join(folder, f"profile-{name}-{sort}.txt") for sort in ("comm-dso", "dso", "sym")]
+        if not all(os.path.exists(listing) for listing in listings):
+            continue
         w("")
-        w("## Profile (scenario a64, `perf record -e cpu-clock -g` on the server)")
+        w(f"## Profile: {name} ({what}; `perf record -e cpu-clock -g` on the server)")
         w("")
-        w("Where the server's CPU goes, by library, then the hottest symbols:")
+        w("Where the server's CPU goes, by thread and library (`tokio-rt-worker` is the async runtime,")
+        w("`infer-churn-v…` the version's inference worker), by library, then the hottest symbols:")
         w("")
         w("```text")
-        out.extend(line.rstrip() for line in open(dso))
-        w("")
-        out.extend(line.rstrip() for line in open(sym))
+        for listing in listings:
+            out.extend(line.rstrip() for line in open(listing))
+            w("")
+        out.pop()
         w("```")
+    if shares("a64", "dso"):
         w("")
-        w("ONNX Runtime itself is a few percent; the kernel (scheduling, TCP, futex wake-ups between")
-        w("the async runtime and the inference thread), the allocator and the gRPC/HTTP/2 stack take the")
-        w("rest. That is why batching cannot multiply 1-row throughput for this model: the work it")
-        w("shares is the small part.")
+        w(f"ONNX Runtime is {ort_share('a64') * 100:.0f}% of the server's CPU for 1-row requests and {ort_share('b256') * 100:.0f}% for 256-row ones;")
+        w("the kernel (TCP, epoll, futex wake-ups and the context switches between the async runtime and")
+        w("the inference thread), the allocator and the gRPC/HTTP/2 stack take the rest.")
     print("\n".join(out))
 
 

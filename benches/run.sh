@@ -57,6 +57,10 @@ stop_server() {
 trap stop_server EXIT
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat"; }
+# Context switches (voluntary and not) of every server thread so far.
+context_switches() {
+    cat /proc/"$server_pid"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'
+}
 
 # scenario NAME [nurture-load run args...]: REPEATS runs, one JSON line each,
 # with the server's CPU seconds over the run.
@@ -64,13 +68,17 @@ scenario() {
     local name="$1"
     shift
     for r in $(seq 1 "$repeats"); do
-        local before after
+        local before after switches_before switches_after
+        # Counted over the whole run, warm-up included, so report.py divides
+        # by total_requests (warm-up included too).
         before="$(cpu_ticks)"
+        switches_before="$(context_switches)"
         local json
         json="$("$bin/nurture-load" run --target "$target" --duration "$duration" --warmup 1 --json "$@")"
         after="$(cpu_ticks)"
-        python3 -c 'import json,sys,os; d=json.loads(sys.argv[1]); d["scenario"]=sys.argv[2]; d["repeat"]=int(sys.argv[3]); d["server_cpu_seconds"]=(int(sys.argv[5])-int(sys.argv[4]))/os.sysconf("SC_CLK_TCK"); print(json.dumps(d))' \
-            "$json" "$name" "$r" "$before" "$after" >> "$work/results.jsonl"
+        switches_after="$(context_switches)"
+        python3 -c 'import json,sys,os; d=json.loads(sys.argv[1]); d["scenario"]=sys.argv[2]; d["repeat"]=int(sys.argv[3]); d["server_cpu_seconds"]=(int(sys.argv[5])-int(sys.argv[4]))/os.sysconf("SC_CLK_TCK"); d["server_context_switches"]=int(sys.argv[7])-int(sys.argv[6]); print(json.dumps(d))' \
+            "$json" "$name" "$r" "$before" "$after" "$switches_before" "$switches_after" >> "$work/results.jsonl"
         echo "$name #$r done" >&2
     done
 }
@@ -86,20 +94,29 @@ scenario c-emotion --rpc emotion --rows 1 --concurrency 16
 scenario d-timing --rpc timing --rows 1 --concurrency 4
 scenario open-loop --rpc infer-churn --rows 1 --rate 2000
 
-# Profile of the server under scenario a64 (software clock; hardware counters
-# are not available on every virtual machine).
-if command -v perf >/dev/null 2>&1; then
-    "$bin/nurture-load" run --target "$target" --rpc infer-churn --rows 1 --concurrency 64 --duration 7 --warmup 0.5 >/dev/null &
-    load_pid=$!
+# Profiles of the server under scenarios a64 and b256 (software clock;
+# hardware counters are not available on every virtual machine): by thread,
+# by library, and the hottest symbols.
+profile() {
+    local name="$1"
+    shift
+    "$bin/nurture-load" run --target "$target" --duration 7 --warmup 0.5 "$@" >/dev/null &
+    local load_pid=$!
     sleep 1.5
-    if perf record -e cpu-clock -F 1999 -g -p "$server_pid" -o "$work/perf.data" -- sleep 4 >/dev/null 2>&1; then
+    if perf record -e cpu-clock -F 1999 -g -p "$server_pid" -o "$work/perf-$name.data" -- sleep 4 >/dev/null 2>&1; then
         # sed reads to the end, so no SIGPIPE trips pipefail.
-        perf report -i "$work/perf.data" --stdio --no-children --sort dso -g none 2>/dev/null \
-            | sed -e '/^#/d' -e '/^$/d' | sed -n '1,8p' > "$work/profile-dso.txt" || true
-        perf report -i "$work/perf.data" --stdio --no-children --sort sym -g none 2>/dev/null \
-            | sed -e '/^#/d' -e '/^$/d' | sed -n '1,15p' > "$work/profile-sym.txt" || true
+        for sort in comm dso sym; do
+            perf report -i "$work/perf-$name.data" --stdio --no-children --sort "$sort" -g none 2>/dev/null \
+                | sed -e '/^#/d' -e '/^$/d' | sed -n '1,12p' > "$work/profile-$name-$sort.txt" || true
+        done
+        perf report -i "$work/perf-$name.data" --stdio --no-children --sort comm,dso -g none 2>/dev/null \
+            | sed -e '/^#/d' -e '/^$/d' | sed -n '1,8p' > "$work/profile-$name-comm-dso.txt" || true
     fi
     wait "$load_pid" || true
+}
+if command -v perf >/dev/null 2>&1; then
+    profile a64 --rpc infer-churn --rows 1 --concurrency 64
+    profile b256 --rpc infer-churn --rows 256 --concurrency 4
 fi
 
 # (i) An independent client: h2load (Debian's nghttp2-client) replays a
@@ -155,6 +172,11 @@ scenario e-emotion-on --rpc emotion --rows 1 --concurrency 64
 start_server --max-batch 1
 scenario e-batching-off --rpc infer-churn --rows 1 --concurrency 64
 scenario e-emotion-off --rpc emotion --rows 1 --concurrency 64
+
+# Two async-runtime threads (every core of a 2-core machine) instead of the default.
+start_server --io-threads 2
+scenario a64-io2 --rpc infer-churn --rows 1 --concurrency 64
+scenario b256-io2 --rpc infer-churn --rows 256 --concurrency 4
 stop_server
 
 # (h) the in-process limit, straight through ort.

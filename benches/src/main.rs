@@ -129,6 +129,9 @@ struct Report {
     rate: Option<f64>,
     seconds: f64,
     requests: u64,
+    /// Requests sent over the whole run, warm-up included: the divisor for
+    /// resources measured from outside over the whole run (server CPU).
+    total_requests: u64,
     requests_per_second: f64,
     rows_per_second: f64,
     latency_ms: BTreeMap<String, f64>,
@@ -288,6 +291,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let end = warmup_end + Duration::from_secs_f64(args.duration);
     let limit = args.requests.unwrap_or(u64::MAX);
     let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mode;
     match args.rate {
         None => {
@@ -295,6 +299,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
             let mut tasks = Vec::new();
             for stream in 0..args.concurrency.max(1) {
                 let (clients, tally, counter) = (clients.clone(), tally.clone(), counter.clone());
+                let sent = sent.clone();
                 let (rpc, rows) = (args.rpc, args.rows);
                 tasks.push(tokio::spawn(async move {
                     let mut i = stream as u64 * 1_000_000;
@@ -306,6 +311,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
                             break;
                         }
                         let result = clients.call(rpc, rows, i).await;
+                        sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         i += 1;
                         if started >= warmup_end {
                             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -327,9 +333,11 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
             while scheduled < end && counter.load(std::sync::atomic::Ordering::Relaxed) < limit {
                 tokio::time::sleep_until(scheduled.into()).await;
                 let (clients, tally, counter) = (clients.clone(), tally.clone(), counter.clone());
+                let sent = sent.clone();
                 let (rpc, rows, at) = (args.rpc, args.rows, scheduled);
                 tasks.push(tokio::spawn(async move {
                     let result = clients.call(rpc, rows, i).await;
+                    sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if at >= warmup_end {
                         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         // Latency from the scheduled start: queueing shows.
@@ -368,6 +376,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
         rate: args.rate,
         seconds: measured,
         requests: tally.requests,
+        total_requests: sent.load(std::sync::atomic::Ordering::Relaxed),
         requests_per_second: tally.requests as f64 / measured,
         rows_per_second: (tally.requests * args.rows as u64) as f64 / measured,
         latency_ms,

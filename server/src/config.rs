@@ -62,6 +62,12 @@ pub struct Config {
     #[arg(long, env = "NURTURE_QUEUE_CAPACITY", default_value_t = 1024)]
     pub queue_capacity: usize,
 
+    /// Threads of the async runtime that run gRPC, HTTP/2 and protobuf work
+    /// (default: half the CPUs this process may use, rounded up, leaving the
+    /// rest to the inference workers).
+    #[arg(long, env = "NURTURE_IO_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub io_threads: Option<u16>,
+
     /// ONNX Runtime intra-op threads per session.
     #[arg(long, env = "NURTURE_INTRA_THREADS", default_value_t = 1)]
     pub intra_threads: usize,
@@ -123,6 +129,16 @@ pub struct Config {
     /// Path of the ONNX Runtime library; else .ort/ of the project is used.
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub ort_dylib: Option<PathBuf>,
+}
+
+impl Config {
+    /// `--io-threads`, or half the available CPUs rounded up.
+    pub fn io_threads(&self) -> usize {
+        match self.io_threads {
+            Some(threads) => usize::from(threads),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2)),
+        }
+    }
 }
 
 /// How log lines are written to stderr.

@@ -17,6 +17,7 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.io_threads())
         .enable_all()
         .build()?;
     runtime.block_on(async move {
