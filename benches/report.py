@@ -45,6 +45,9 @@ def main():
         values = [r["server_context_switches"] / max(r.get("total_requests", r["requests"]), 1) for r in runs.get(name, []) if "server_context_switches" in r]
         return statistics.median(values) if values else float("nan")
 
+    def batch_rows(name):
+        return med(name, "mean_batch_rows")
+
     def errors(name):
         total = defaultdict(int)
         for r in runs.get(name, []):
@@ -64,12 +67,12 @@ def main():
     w(f"- Machine: {os.cpu_count()} cores ({cpu_model()}), {platform.system()} {platform.release()};")
     w("  the load generator shares these cores with the server, so throughput is a floor.")
     io_threads = max(1, -(-(os.cpu_count() or 1) // 2))
-    w(f"- Server defaults: `--max-batch 256 --max-delay 2ms --workers 1 --intra-threads 1`, `--io-threads {io_threads}` (half the cores).")
+    w(f"- Server defaults: `--max-batch 256 --max-delay 0ms --workers 1 --intra-threads 1`, `--io-threads {io_threads}` (half the cores).")
     w("")
     w("## Scenarios")
     w("")
-    w("| scenario | what | req/s | rows/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/req | server context switches/req | errors |")
-    w("|---|---|---|---|---|---|---|---|---|---|")
+    w("| scenario | what | req/s | rows/s | p50 ms | p99 ms | p99.9 ms | server CPU µs/req | server context switches/req | rows per inference call | errors |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|")
     described = [
         ("a1", "churn via ModelInfer, 1 row, concurrency 1"),
         ("a16", "same, concurrency 16"),
@@ -83,6 +86,8 @@ def main():
         ("e-emotion-on", "AnalyzeEmotion, 1 text, concurrency 64, batching on"),
         ("e-emotion-off", "same with --max-batch 1"),
         ("f-swaps", "as a64 while churn is promoted/rolled back every second"),
+        ("e-linger-2ms", "as a64 with --max-delay 2ms (linger for stragglers)"),
+        ("e-linger-emotion-2ms", "as e-emotion-on with --max-delay 2ms"),
         ("a64-io2", "as a64 with --io-threads 2"),
         ("b256-io2", "as b256 with --io-threads 2"),
     ]
@@ -91,7 +96,7 @@ def main():
             continue
         w(
             f"| {name} | {what} | {med(name, 'requests_per_second'):.0f} | {med(name, 'rows_per_second'):.0f} | "
-            f"{lat(name, 'p50'):.2f} | {lat(name, 'p99'):.2f} | {lat(name, 'p99.9'):.2f} | {cpu_per_request_us(name):.0f} | {switches_per_request(name):.2f} | {errors(name)} |"
+            f"{lat(name, 'p50'):.2f} | {lat(name, 'p99'):.2f} | {lat(name, 'p99.9'):.2f} | {cpu_per_request_us(name):.0f} | {switches_per_request(name):.2f} | {batch_rows(name):.1f} | {errors(name)} |"
         )
     w("")
     if "i-h2load-1" in runs:
@@ -173,6 +178,13 @@ def main():
     w(f"  {cpu_per_request_us('e-emotion-off'):.0f} µs without ({emotion_gain:.2f}× the throughput). Requests per second")
     w("  are capped by the load generator's share of the two cores as much as by the server, so the")
     w("  CPU figures are the ones that carry over to a dedicated machine.")
+    if "e-linger-2ms" in runs:
+        w(f"- **Why `--max-delay` is 0 by default.** Lingering for stragglers (`--max-delay 2ms`) made")
+        w(f"  1-row churn at concurrency 64 {med('e-linger-2ms', 'requests_per_second'):.0f} req/s at {cpu_per_request_us('e-linger-2ms'):.0f} µs of CPU per request")
+        w(f"  (default: {med('a64', 'requests_per_second'):.0f} req/s, {cpu_per_request_us('a64'):.0f} µs) and emotion {med('e-linger-emotion-2ms', 'requests_per_second'):.0f} req/s at")
+        w(f"  {cpu_per_request_us('e-linger-emotion-2ms'):.0f} µs (default: {med('e-emotion-on', 'requests_per_second'):.0f} req/s, {cpu_per_request_us('e-emotion-on'):.0f} µs). Closed-loop clients are")
+        w("  blocked on the batch being gathered, so waiting for them idles the worker; the requests that")
+        w("  queue while a batch runs already make the next batch (see rows per inference call).")
     w(f"- **256-row requests** cost {b256_cpu:.0f} µs of server CPU each ({b256_server_row:.2f} µs per row) against")
     w(f"  {inproc_row * 256:.0f} µs for the same ORT call in process. The b256 profile below puts ONNX Runtime at")
     w(f"  {b256_ort * 100:.0f}% of the server's CPU ({b256_cpu * b256_ort:.0f} µs per request; {inproc_row * 256:.0f} µs in process) and the kernel at")

@@ -38,6 +38,7 @@ start_server() {
         sleep 0.1
     done
     target="http://$address"
+    metrics_address="$(sed -n 's/.*metrics=\([^ ]*\).*/\1/p' "$work/server.out" | head -n 1)"
     # Wait until every model is live (churn answers).
     for _ in $(seq 1 300); do
         if "$bin/nurture-load" run --target "$target" --rpc churn --duration 0.2 --warmup 0 --json 2>/dev/null \
@@ -57,6 +58,19 @@ stop_server() {
 trap stop_server EXIT
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat"; }
+# "SUM COUNT" of the server's nurture_batch_rows (rows per inference call).
+batch_rows() {
+    python3 - "$metrics_address" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=10).read().decode()
+total = {"sum": 0.0, "count": 0.0}
+for line in text.splitlines():
+    for part in total:
+        if line.startswith(f"nurture_batch_rows_{part}"):
+            total[part] += float(line.rsplit(" ", 1)[1])
+print(total["sum"], total["count"])
+PY
+}
 # Context switches (voluntary and not) of every server thread so far.
 context_switches() {
     cat /proc/"$server_pid"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'
@@ -73,12 +87,15 @@ scenario() {
         # by total_requests (warm-up included too).
         before="$(cpu_ticks)"
         switches_before="$(context_switches)"
+        local batches_before batches_after
+        batches_before="$(batch_rows)"
         local json
         json="$("$bin/nurture-load" run --target "$target" --duration "$duration" --warmup 1 --json "$@")"
         after="$(cpu_ticks)"
         switches_after="$(context_switches)"
-        python3 -c 'import json,sys,os; d=json.loads(sys.argv[1]); d["scenario"]=sys.argv[2]; d["repeat"]=int(sys.argv[3]); d["server_cpu_seconds"]=(int(sys.argv[5])-int(sys.argv[4]))/os.sysconf("SC_CLK_TCK"); d["server_context_switches"]=int(sys.argv[7])-int(sys.argv[6]); print(json.dumps(d))' \
-            "$json" "$name" "$r" "$before" "$after" "$switches_before" "$switches_after" >> "$work/results.jsonl"
+        batches_after="$(batch_rows)"
+        python3 -c 'import json,sys,os; d=json.loads(sys.argv[1]); d["scenario"]=sys.argv[2]; d["repeat"]=int(sys.argv[3]); d["server_cpu_seconds"]=(int(sys.argv[5])-int(sys.argv[4]))/os.sysconf("SC_CLK_TCK"); d["server_context_switches"]=int(sys.argv[7])-int(sys.argv[6]); b0=[float(x) for x in sys.argv[8].split()]; b1=[float(x) for x in sys.argv[9].split()]; d["mean_batch_rows"]=(b1[0]-b0[0])/max(b1[1]-b0[1],1); print(json.dumps(d))' \
+            "$json" "$name" "$r" "$before" "$after" "$switches_before" "$switches_after" "$batches_before" "$batches_after" >> "$work/results.jsonl"
         echo "$name #$r done" >&2
     done
 }
@@ -172,6 +189,11 @@ scenario e-emotion-on --rpc emotion --rows 1 --concurrency 64
 start_server --max-batch 1
 scenario e-batching-off --rpc infer-churn --rows 1 --concurrency 64
 scenario e-emotion-off --rpc emotion --rows 1 --concurrency 64
+
+# Lingering for stragglers (--max-delay above 0) against the default.
+start_server --max-delay 2ms
+scenario e-linger-2ms --rpc infer-churn --rows 1 --concurrency 64
+scenario e-linger-emotion-2ms --rpc emotion --rows 1 --concurrency 64
 
 # Two async-runtime threads (every core of a 2-core machine) instead of the default.
 start_server --io-threads 2

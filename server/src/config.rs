@@ -50,8 +50,11 @@ pub struct Config {
     #[arg(long, env = "NURTURE_MAX_BATCH", default_value_t = 256)]
     pub max_batch: usize,
 
-    /// Longest a request waits for others to join its batch.
-    #[arg(long, env = "NURTURE_MAX_DELAY", default_value = "2ms", value_parser = parse_duration)]
+    /// Longest a request waits for others to join its batch. 0 (the
+    /// default): a batch is what queued while the worker was busy, which
+    /// suits CPU models whose per-call cost is small; raise it (e.g. 2ms)
+    /// for models where one call of many rows is much cheaper than many calls.
+    #[arg(long, env = "NURTURE_MAX_DELAY", default_value = "0ms", value_parser = parse_duration)]
     pub max_delay: Duration,
 
     /// Inference threads per loaded version, each with its own session.
