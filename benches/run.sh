@@ -107,6 +107,8 @@ scenario a16 --rpc infer-churn --rows 1 --concurrency 16
 scenario a64 --rpc infer-churn --rows 1 --concurrency 64
 scenario a64-typed --rpc churn --rows 1 --concurrency 64
 scenario b256 --rpc infer-churn --rows 256 --concurrency 4
+scenario b256-c16 --rpc infer-churn --rows 256 --concurrency 16
+scenario b256-c64 --rpc infer-churn --rows 256 --concurrency 64
 scenario c-emotion --rpc emotion --rows 1 --concurrency 16
 scenario d-timing --rpc timing --rows 1 --concurrency 4
 scenario open-loop --rpc infer-churn --rows 1 --rate 2000

@@ -305,27 +305,28 @@ fn worker(
 
 fn run_batch(
     session: &mut Session,
-    jobs: Vec<Job>,
+    mut jobs: Vec<Job>,
     classes: usize,
     text_rank: usize,
     labels: &Labels,
 ) {
-    let rows: usize = jobs.iter().map(|job| job.rows.len()).sum();
+    let counts: Vec<usize> = jobs.iter().map(|job| job.rows.len()).collect();
+    let rows: usize = counts.iter().sum();
     metrics::histogram!("nurture_batch_rows", "model" => labels.model.clone()).record(rows as f64);
     let started = Instant::now();
     if matches!(jobs[0].rows, Rows::Tensors { .. }) {
         run_tensor_batch(session, jobs, rows, started, labels);
         return;
     }
-    let result = infer(session, &jobs, rows, classes, text_rank);
+    let result = infer(session, &mut jobs, rows, classes, text_rank);
     let inference = started.elapsed();
     metrics::histogram!("nurture_inference_duration_seconds", "model" => labels.model.clone())
         .record(inference.as_secs_f64());
     match result {
         Ok(probabilities) => {
             let mut offset = 0;
-            for job in jobs {
-                let count = job.rows.len() * classes;
+            for (job, rows_of_job) in jobs.into_iter().zip(counts) {
+                let count = rows_of_job * classes;
                 let queued = started.saturating_duration_since(job.enqueued);
                 metrics::histogram!("nurture_queue_duration_seconds", "model" => labels.model.clone())
                     .record(queued.as_secs_f64());
@@ -398,9 +399,11 @@ fn run_tensor_batch(
     }
 }
 
+/// Runs the rows of `jobs` as one call; a lone job's feature rows are moved
+/// into the tensor rather than copied, so they are gone afterwards.
 fn infer(
     session: &mut Session,
-    jobs: &[Job],
+    jobs: &mut [Job],
     rows: usize,
     classes: usize,
     text_rank: usize,
@@ -409,20 +412,26 @@ fn infer(
     let outputs = match &jobs[0].rows {
         Rows::Features { width, .. } => {
             let width = *width;
-            let mut values = Vec::with_capacity(rows * width);
-            for job in jobs {
-                match &job.rows {
-                    Rows::Features {
-                        values: v,
-                        width: w,
-                    } if *w == width => values.extend_from_slice(v),
-                    _ => {
-                        return Err(ServeError::Inference(
-                            "mixed row shapes in one batch; this is a bug".to_owned(),
-                        ));
+            let mixed =
+                || ServeError::Inference("mixed row shapes in one batch; this is a bug".to_owned());
+            let values = if let [job] = jobs {
+                match &mut job.rows {
+                    Rows::Features { values, .. } => std::mem::take(values),
+                    _ => return Err(mixed()),
+                }
+            } else {
+                let mut values = Vec::with_capacity(rows * width);
+                for job in jobs.iter() {
+                    match &job.rows {
+                        Rows::Features {
+                            values: v,
+                            width: w,
+                        } if *w == width => values.extend_from_slice(v),
+                        _ => return Err(mixed()),
                     }
                 }
-            }
+                values
+            };
             let tensor = Tensor::from_array(([rows, width], values)).map_err(failed)?;
             session
                 .run(ort::inputs![FEATURES_INPUT => tensor])
