@@ -4,18 +4,17 @@
 //! its cache); when it returns they converge again.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nurture_proto::v1;
 use nurture_proto::v1::churn_service_client::ChurnServiceClient;
 use nurture_proto::v1::status_service_client::StatusServiceClient;
 use nurture_tests::proxy::CuttableProxy;
+use nurture_tests::run_tool;
 use nurture_tests::s3::TestS3;
 use nurture_tests::server::ServerProcess;
 use tempfile::TempDir;
 use tonic::Code;
-use tonic::transport::Channel;
 
 struct Cluster {
     dir: TempDir,
@@ -39,21 +38,9 @@ impl Cluster {
 
     /// Runs a tool against the store directly (operators' path).
     fn run(&self, binary: &str, args: &[&str]) {
-        let output = Command::new(nurture_tests::binary(binary))
-            .args(args)
-            .env("NURTURE_REGISTRY", &self.url)
-            .env("NURTURE_ACTOR", "sre")
-            .envs(self.direct_env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env_remove("ORT_DYLIB_PATH")
-            .current_dir(nurture_tests::project_root())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{binary} {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let mut env = vec![("NURTURE_ACTOR", "sre")];
+        env.extend(self.direct_env.iter().map(|(k, v)| (*k, v.as_str())));
+        run_tool(binary, &self.url, args, &env);
     }
 
     fn cache(&self, replica: usize) -> PathBuf {
@@ -95,17 +82,9 @@ fn lead(id: &str) -> v1::LeadProfile {
     nurture_tests::fixtures::lead_profile(id)
 }
 
-async fn channel(server: &ServerProcess) -> Channel {
-    Channel::from_shared(server.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 /// (live, canary) of churn on one replica.
 async fn served(server: &ServerProcess) -> (u64, u64) {
-    let status = StatusServiceClient::new(channel(server).await)
+    let status = StatusServiceClient::new(server.channel().await)
         .get_status(v1::GetStatusRequest {})
         .await
         .unwrap()
@@ -133,7 +112,7 @@ async fn converge(replicas: &[&ServerProcess], expected: (u64, u64), what: &str)
 }
 
 async fn answer_version(server: &ServerProcess, pin: u64) -> Result<u64, tonic::Status> {
-    let mut client = ChurnServiceClient::new(channel(server).await);
+    let mut client = ChurnServiceClient::new(server.channel().await);
     let response = client
         .predict_churn(v1::PredictChurnRequest {
             leads: vec![lead("lead-1")],

@@ -2,7 +2,7 @@
 //! published with `nurturectl publish --generic`, typed models through the
 //! same protocol, version pins, rollback, malformed tensors.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nurture_models::ModelKind;
@@ -10,6 +10,7 @@ use nurture_proto::inference::grpc_inference_service_client::GrpcInferenceServic
 use nurture_proto::inference::model_infer_request::InferInputTensor;
 use nurture_proto::inference::{self as kserve, InferTensorContents};
 use nurture_tests::fixtures::Tabular;
+use nurture_tests::run_tool;
 use nurture_tests::server::ServerProcess;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -17,19 +18,7 @@ use tonic::transport::Channel;
 const WIDTH: usize = 20;
 
 fn nurturectl(registry: &str, args: &[&str]) {
-    let output = Command::new(nurture_tests::binary("nurturectl"))
-        .args(args)
-        .env("NURTURE_REGISTRY", registry)
-        .env_remove("ORT_DYLIB_PATH")
-        .current_dir(nurture_tests::project_root())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "nurturectl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    run_tool("nurturectl", registry, args, &[]);
 }
 
 fn rows(n: usize) -> Vec<f32> {
@@ -145,11 +134,7 @@ async fn generic_and_typed_models_answer_the_open_inference_protocol() {
         &dir.path().join("cache"),
         &["--models", "churn", "--poll-interval", "200ms"],
     );
-    let channel = Channel::from_shared(server.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server.channel().await;
     let mut client = GrpcInferenceServiceClient::new(channel);
     assert!(
         client
@@ -177,17 +162,12 @@ async fn generic_and_typed_models_answer_the_open_inference_protocol() {
     assert_eq!(metadata.name, "nurture");
 
     // Generic models show up in the status RPC beside the typed ones.
-    let status = nurture_proto::v1::status_service_client::StatusServiceClient::new(
-        Channel::from_shared(server.endpoint())
-            .unwrap()
-            .connect()
+    let status =
+        nurture_proto::v1::status_service_client::StatusServiceClient::new(server.channel().await)
+            .get_status(nurture_proto::v1::GetStatusRequest {})
             .await
-            .unwrap(),
-    )
-    .get_status(nurture_proto::v1::GetStatusRequest {})
-    .await
-    .unwrap()
-    .into_inner();
+            .unwrap()
+            .into_inner();
     let scorer = status
         .models
         .iter()
@@ -361,11 +341,7 @@ async fn malformed_tensors_are_invalid_arguments_and_the_server_keeps_answering(
         &dir.path().join("cache"),
         &["--models", "churn", "--poll-interval", "200ms"],
     );
-    let channel = Channel::from_shared(server.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server.channel().await;
     let mut client = GrpcInferenceServiceClient::new(channel);
     wait_ready(&mut client, "scorer", "").await;
 
@@ -456,11 +432,7 @@ async fn nvidia_tritonclient_talks_to_nurture_unchanged() {
         &dir.path().join("cache"),
         &["--models", "churn", "--poll-interval", "200ms"],
     );
-    let channel = Channel::from_shared(server.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server.channel().await;
     wait_ready(
         &mut GrpcInferenceServiceClient::new(channel),
         "sklearn-gbdt",

@@ -1,12 +1,12 @@
 //! Message optimization end to end: experiments, the bandit over real
 //! gRPC, durable outcomes, statistics.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nurture_proto::v1;
 use nurture_proto::v1::optimization_service_client::OptimizationServiceClient;
 use nurture_tests::server::ServerProcess;
+use nurture_tests::{assert_invalid_argument, run_tool};
 use rand::{RngExt, SeedableRng};
 use tempfile::TempDir;
 use tonic::Code;
@@ -41,19 +41,7 @@ impl Fixture {
     }
 
     fn run(&self, binary: &str, args: &[&str]) {
-        let output = Command::new(nurture_tests::binary(binary))
-            .args(args)
-            .env("NURTURE_REGISTRY", self.registry())
-            .env_remove("ORT_DYLIB_PATH")
-            .current_dir(nurture_tests::project_root())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{binary} {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        run_tool(binary, &self.registry(), args, &[]);
     }
 
     fn server(&self) -> ServerProcess {
@@ -73,11 +61,7 @@ impl Fixture {
 }
 
 async fn connect(server: &ServerProcess) -> OptimizationServiceClient<Channel> {
-    let channel = Channel::from_shared(server.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server.channel().await;
     OptimizationServiceClient::new(channel)
 }
 
@@ -373,12 +357,7 @@ async fn unknown_malformed_and_stopped_are_refused_with_the_right_codes() {
         })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status.message().contains("experiment.variants"),
-        "{}",
-        status.message()
-    );
+    assert_invalid_argument(&status, "experiment.variants");
     let mut toneless = experiment("e3");
     toneless.variants[1].tone = 0;
     let status = client
@@ -436,12 +415,7 @@ async fn unknown_malformed_and_stopped_are_refused_with_the_right_codes() {
         })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status.message().contains("outcomes[0].value"),
-        "{}",
-        status.message()
-    );
+    assert_invalid_argument(&status, "outcomes[0].value");
     let mut bad_lead = lead("a");
     bad_lead.email_open_rate = Some(2.0);
     let status = client
@@ -452,12 +426,7 @@ async fn unknown_malformed_and_stopped_are_refused_with_the_right_codes() {
         })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status.message().contains("leads[0].email_open_rate"),
-        "{}",
-        status.message()
-    );
+    assert_invalid_argument(&status, "leads[0].email_open_rate");
 
     let stopped = client
         .stop_experiment(v1::StopExperimentRequest {

@@ -155,11 +155,7 @@ async fn bearer_tokens_guard_rpcs_but_not_health() {
         dir.path(),
         &["--auth-tokens-file", &tokens, "--models", "churn"],
     );
-    let channel = Channel::from_shared(server.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = server.channel().await;
 
     let mut status = StatusServiceClient::new(channel.clone());
     let missing = status

@@ -3,7 +3,6 @@
 //! `nurturectl`.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,6 +15,7 @@ use nurture_proto::v1::journey_service_client::JourneyServiceClient;
 use nurture_proto::v1::status_service_client::StatusServiceClient;
 use nurture_proto::{prost_types, v1};
 use nurture_tests::server::{LiveSwap, ServerProcess, unix_micros_now};
+use nurture_tests::{assert_invalid_argument, run_tool};
 use tempfile::TempDir;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -57,21 +57,12 @@ impl Fixture {
     }
 
     fn run(&self, binary: &str, args: &[&str]) -> String {
-        let output = Command::new(nurture_tests::binary(binary))
-            .args(args)
-            .env("NURTURE_REGISTRY", self.registry())
-            .env("NURTURE_ACTOR", "tester")
-            .env_remove("ORT_DYLIB_PATH")
-            .current_dir(nurture_tests::project_root())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{binary} {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
+        run_tool(
+            binary,
+            &self.registry(),
+            args,
+            &[("NURTURE_ACTOR", "tester")],
+        )
     }
 
     fn server(&self, extra: &[&str]) -> ServerProcess {
@@ -105,16 +96,8 @@ fn lead(id: &str) -> v1::LeadProfile {
     }
 }
 
-async fn channel(server: &ServerProcess) -> Channel {
-    Channel::from_shared(server.endpoint())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
 async fn wait_until_live(server: &ServerProcess, models: usize) {
-    let mut status = StatusServiceClient::new(channel(server).await);
+    let mut status = StatusServiceClient::new(server.channel().await);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let response = status
@@ -163,7 +146,7 @@ async fn serves_every_typed_rpc_with_the_version_that_answered() {
     let fixture = Fixture::new();
     let server = fixture.server(&["--poll-interval", "200ms"]);
     wait_until_live(&server, 5).await;
-    let channel = channel(&server).await;
+    let channel = server.channel().await;
 
     let mut churn = ChurnServiceClient::new(channel.clone());
     let response = churn
@@ -359,7 +342,7 @@ async fn hot_swaps_under_load_lose_no_request() {
     fixture.publish_second_churn();
     let server = fixture.server(&["--poll-interval", "100ms", "--log-format", "json"]);
     wait_until_live(&server, 5).await;
-    let channel = channel(&server).await;
+    let channel = server.channel().await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
@@ -481,7 +464,7 @@ async fn bad_requests_are_named_and_overload_is_shed() {
     let fixture = Fixture::new();
     let server = fixture.server(&["--max-items", "8", "--max-text-bytes", "64"]);
     wait_until_live(&server, 5).await;
-    let channel = channel(&server).await;
+    let channel = server.channel().await;
     let mut churn = ChurnServiceClient::new(channel.clone());
     let mut emotion = EmotionServiceClient::new(channel.clone());
 
@@ -532,12 +515,7 @@ async fn bad_requests_are_named_and_overload_is_shed() {
         })
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status.message().contains("inputs[0].text"),
-        "{}",
-        status.message()
-    );
+    assert_invalid_argument(&status, "inputs[0].text");
     let mut timing = ChannelTimingServiceClient::new(channel.clone());
     let unknown_zone = v1::TimingInput {
         lead: Some(v1::LeadProfile {
@@ -595,7 +573,7 @@ async fn a_full_queue_answers_resource_exhausted_and_the_server_recovers() {
         "16",
     ]);
     wait_until_live(&server, 5).await;
-    let channel = channel(&server).await;
+    let channel = server.channel().await;
     // Channel-timing requests of 16 leads are 16 x 672 rows each: slow enough
     // to fill a one-request queue.
     let request = v1::RecommendTimingRequest {
@@ -638,7 +616,7 @@ async fn a_full_queue_answers_resource_exhausted_and_the_server_recovers() {
 }
 
 async fn status(server: &ServerProcess) -> v1::GetStatusResponse {
-    let mut client = StatusServiceClient::new(channel(server).await);
+    let mut client = StatusServiceClient::new(server.channel().await);
     client
         .get_status(v1::GetStatusRequest {})
         .await
@@ -730,7 +708,7 @@ async fn corrupt_or_contract_breaking_versions_are_refused_and_the_old_one_keeps
     let fixture = Fixture::new();
     let server = fixture.server(&["--poll-interval", "100ms"]);
     wait_until_live(&server, 5).await;
-    let mut churn = ChurnServiceClient::new(channel(&server).await);
+    let mut churn = ChurnServiceClient::new(server.channel().await);
 
     // Truncated bytes, with a manifest that matches them.
     let good =
@@ -766,7 +744,7 @@ async fn a_restart_after_rollback_serves_the_rolled_back_to_version() {
     fixture.run("nurturectl", &["promote", "churn", "2"]);
     let server = fixture.server(&["--poll-interval", "100ms"]);
     wait_until_live(&server, 5).await;
-    let mut churn = ChurnServiceClient::new(channel(&server).await);
+    let mut churn = ChurnServiceClient::new(server.channel().await);
     assert_eq!(churn_version(&mut churn, "a").await.unwrap(), 2);
     fixture.run(
         "nurturectl",
@@ -782,7 +760,7 @@ async fn a_restart_after_rollback_serves_the_rolled_back_to_version() {
 
     let server = fixture.server(&["--poll-interval", "100ms"]);
     wait_until_live(&server, 5).await;
-    let mut churn = ChurnServiceClient::new(channel(&server).await);
+    let mut churn = ChurnServiceClient::new(server.channel().await);
     for i in 0..20 {
         assert_eq!(
             churn_version(&mut churn, &format!("lead-{i}"))
@@ -828,7 +806,7 @@ async fn a_restart_while_the_store_is_unreachable_serves_the_cached_versions() {
         ],
     );
     wait_until_live(&server, 5).await;
-    let mut churn = ChurnServiceClient::new(channel(&server).await);
+    let mut churn = ChurnServiceClient::new(server.channel().await);
     assert_eq!(churn_version(&mut churn, "a").await.unwrap(), 1);
 }
 
@@ -842,7 +820,7 @@ async fn health_is_honest_and_metrics_follow_traffic() {
         dir: tempfile::tempdir().unwrap(),
     };
     let server = fixture.server(&["--poll-interval", "100ms"]);
-    let mut health = HealthClient::new(channel(&server).await);
+    let mut health = HealthClient::new(server.channel().await);
     let check = |service: &str| HealthCheckRequest {
         service: service.to_owned(),
     };
@@ -857,7 +835,7 @@ async fn health_is_honest_and_metrics_follow_traffic() {
             .status;
         assert_eq!(status, ServingStatus::NotServing as i32, "{service:?}");
     }
-    let mut churn = ChurnServiceClient::new(channel(&server).await);
+    let mut churn = ChurnServiceClient::new(server.channel().await);
     assert_eq!(
         churn_version(&mut churn, "a").await.unwrap_err().code(),
         Code::Unavailable
@@ -920,7 +898,7 @@ async fn sigterm_drains_in_flight_requests() {
     let fixture = Fixture::new();
     let mut server = fixture.server(&["--max-timing-leads", "16"]);
     wait_until_live(&server, 5).await;
-    let mut timing = ChannelTimingServiceClient::new(channel(&server).await);
+    let mut timing = ChannelTimingServiceClient::new(server.channel().await);
     let request = v1::RecommendTimingRequest {
         inputs: (0..16)
             .map(|i| v1::TimingInput {
@@ -970,7 +948,7 @@ async fn canaries_get_their_share_of_leads_sticky_per_lead() {
         assert!(Instant::now() < deadline, "canary not picked up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut churn = ChurnServiceClient::new(channel(&server).await);
+    let mut churn = ChurnServiceClient::new(server.channel().await);
     // One request of many leads: each lead is routed on its own.
     let leads: Vec<v1::LeadProfile> = (0..200).map(|i| lead(&format!("lead-{i}"))).collect();
     let first = churn

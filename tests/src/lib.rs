@@ -8,6 +8,7 @@ pub mod server;
 pub mod tls;
 
 use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
 /// The workspace root (the folder holding the top-level `Cargo.toml`).
 pub fn project_root() -> PathBuf {
@@ -34,4 +35,40 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Runs one of the workspace's tools (`nurturectl`, `nurture-trainer`)
+/// against `registry` from the project root, with `env` added, and returns
+/// its standard output; panics with its standard error if it fails.
+pub fn run_tool(binary: &str, registry: &str, args: &[&str], env: &[(&str, &str)]) -> String {
+    let output = Command::new(self::binary(binary))
+        .args(args)
+        .env("NURTURE_REGISTRY", registry)
+        .envs(env.iter().copied())
+        .env_remove("ORT_DYLIB_PATH")
+        .current_dir(project_root())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|error| panic!("{binary} cannot start: {error}"));
+    assert!(
+        output.status.success(),
+        "{binary} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("tools print UTF-8")
+}
+
+/// Asserts that `status` is INVALID_ARGUMENT with a message naming `field`.
+#[track_caller]
+pub fn assert_invalid_argument(status: &tonic::Status, field: &str) {
+    assert_eq!(
+        status.code(),
+        tonic::Code::InvalidArgument,
+        "{field}: {status:?}"
+    );
+    assert!(
+        status.message().contains(field),
+        "{field} is not named in {:?}",
+        status.message()
+    );
 }

@@ -112,6 +112,15 @@ impl ServerProcess {
         format!("http://{}", self.grpc)
     }
 
+    /// A plaintext channel to the gRPC port, connected.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Channel::from_shared(self.endpoint())
+            .expect("a valid endpoint")
+            .connect()
+            .await
+            .unwrap_or_else(|error| panic!("cannot connect to {}: {error}", self.grpc))
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
