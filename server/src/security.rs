@@ -37,9 +37,9 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
-    fn paths(&self) -> Vec<&Path> {
-        let mut paths = vec![self.cert.as_path(), self.key.as_path()];
-        paths.extend(self.client_ca.as_deref());
+    fn paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.cert.clone(), self.key.clone()];
+        paths.extend(self.client_ca.clone());
         paths
     }
 
@@ -82,11 +82,50 @@ impl TlsFiles {
     }
 }
 
-fn modified(paths: &[&Path]) -> Vec<Option<SystemTime>> {
+fn modified(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
     paths
         .iter()
         .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
         .collect()
+}
+
+/// Keeps `current` fresh until `shutdown`: every [`RELOAD_CHECK`], when the
+/// modification times of `paths` changed, `load` runs and its value replaces
+/// the current one; a failed load is logged and the previous value kept.
+/// Each attempt counts in `metric` by result; `what` names the files in logs.
+fn keep_fresh<T: Send + Sync + 'static>(
+    paths: Vec<PathBuf>,
+    what: &'static str,
+    metric: &'static str,
+    current: Arc<ArcSwap<T>>,
+    load: impl Fn() -> anyhow::Result<T> + Send + 'static,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut seen = modified(&paths);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(RELOAD_CHECK) => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = modified(&paths);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match load() {
+                Ok(value) => {
+                    current.store(Arc::new(value));
+                    metrics::counter!(metric, "result" => "ok").increment(1);
+                    tracing::info!("{what} reloaded");
+                }
+                Err(error) => {
+                    metrics::counter!(metric, "result" => "error").increment(1);
+                    tracing::error!(%error, "{what} changed but cannot be loaded; keeping the previous ones");
+                }
+            }
+        }
+    });
 }
 
 /// Accepts TCP connections, completes TLS handshakes with the current
@@ -100,35 +139,14 @@ pub fn tls_incoming(
     std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
 > {
     let acceptor = Arc::new(ArcSwap::from_pointee(TlsAcceptor::from(Arc::new(initial))));
-    // Reloader: re-read the files when their modification times change.
-    let reloading = acceptor.clone();
-    let mut reload_shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        let mut seen = modified(&files.paths());
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(RELOAD_CHECK) => {}
-                _ = reload_shutdown.changed() => return,
-            }
-            let now = modified(&files.paths());
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            match files.load() {
-                Ok(config) => {
-                    reloading.store(Arc::new(TlsAcceptor::from(Arc::new(config))));
-                    metrics::counter!("nurture_tls_reloads_total", "result" => "ok").increment(1);
-                    tracing::info!("TLS certificates reloaded");
-                }
-                Err(error) => {
-                    metrics::counter!("nurture_tls_reloads_total", "result" => "error")
-                        .increment(1);
-                    tracing::error!(%error, "TLS files changed but cannot be loaded; keeping the previous ones");
-                }
-            }
-        }
-    });
+    keep_fresh(
+        files.paths(),
+        "TLS certificates",
+        "nurture_tls_reloads_total",
+        acceptor.clone(),
+        move || Ok(TlsAcceptor::from(Arc::new(files.load()?))),
+        shutdown.clone(),
+    );
     let (sender, receiver) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -211,34 +229,18 @@ fn read_tokens(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
 
 impl Tokens {
     /// Reads the token file and keeps it fresh until `shutdown`.
-    pub fn watch(path: PathBuf, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<Tokens> {
+    pub fn watch(path: PathBuf, shutdown: watch::Receiver<bool>) -> anyhow::Result<Tokens> {
         let tokens = Tokens {
             current: Arc::new(ArcSwap::from_pointee(read_tokens(&path)?)),
         };
-        let current = tokens.current.clone();
-        tokio::spawn(async move {
-            let mut seen = modified(&[path.as_path()]);
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(RELOAD_CHECK) => {}
-                    _ = shutdown.changed() => return,
-                }
-                let now = modified(&[path.as_path()]);
-                if now == seen {
-                    continue;
-                }
-                seen = now;
-                match read_tokens(&path) {
-                    Ok(tokens) => {
-                        current.store(Arc::new(tokens));
-                        tracing::info!("auth tokens reloaded");
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "token file changed but cannot be read; keeping the previous tokens")
-                    }
-                }
-            }
-        });
+        keep_fresh(
+            vec![path.clone()],
+            "auth tokens",
+            "nurture_auth_token_reloads_total",
+            tokens.current.clone(),
+            move || read_tokens(&path),
+            shutdown,
+        );
         Ok(tokens)
     }
 
