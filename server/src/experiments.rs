@@ -6,7 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use nurture_models::experiments::{
-    Choice, ExperimentSpec, ExperimentStore, OutcomeRecord, Stats, Tally, choose, stats,
+    Choice, ExperimentSpec, ExperimentStore, OutcomeRecord, Stats, Tally, choose,
+    forget_unlistable, stats,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -103,6 +104,11 @@ impl Experiments {
                 entry.applied.insert(key);
             }
             entry.newest = newest.or(entry.newest);
+            // Keys the next read can no longer list need not be remembered,
+            // so the set stays bounded by the relist window.
+            if let Some(since) = entry.newest {
+                forget_unlistable(&mut entry.applied, since);
+            }
             entry.refreshed = Instant::now();
         }
         // NOTE: a view, not a clone of the entry: the ids and batch keys grow

@@ -8,4 +8,4 @@ pub mod store;
 
 pub use spec::{ExperimentEvent, ExperimentSpec, OutcomeRecord, VariantSpec};
 pub use stats::{Choice, Stats, Tally, choose, stats};
-pub use store::{ExperimentStore, OutcomeBatch};
+pub use store::{ExperimentStore, OutcomeBatch, forget_unlistable};

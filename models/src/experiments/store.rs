@@ -27,6 +27,20 @@ use crate::error::{Error, Result};
 /// Re-read batches are harmless: outcomes are deduplicated by id.
 pub const RELIST_WINDOW_MS: i64 = 120_000;
 
+/// Forgets the keys of outcome batches that [`ExperimentStore::read_outcomes`]
+/// can no longer list when asked for batches since `since_millis`: those
+/// written more than [`RELIST_WINDOW_MS`] before it. What is left is what a
+/// reader must keep to skip batches it has already counted.
+pub fn forget_unlistable(applied: &mut std::collections::HashSet<String>, since_millis: i64) {
+    let horizon = since_millis - RELIST_WINDOW_MS;
+    applied.retain(|key| {
+        key.split('-')
+            .next()
+            .and_then(|millis| millis.parse::<i64>().ok())
+            .is_none_or(|millis| millis >= horizon)
+    });
+}
+
 /// One `RecordOutcome` call's outcomes for one experiment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutcomeBatch {
@@ -282,5 +296,34 @@ impl ExperimentStore {
             .try_collect()
             .await?;
         Ok((batches, newest))
+    }
+}
+
+#[cfg(test)]
+mod forget_tests {
+    use super::*;
+
+    #[test]
+    fn only_keys_older_than_the_relist_window_are_forgotten() {
+        let since = 10_000_000;
+        let key = |millis: i64| format!("{millis:016}-replica-a-{:010}.json", 1);
+        let mut applied: std::collections::HashSet<String> = [
+            key(since - RELIST_WINDOW_MS - 1),
+            key(since - RELIST_WINDOW_MS),
+            key(since),
+            "not-a-batch-key".to_owned(),
+        ]
+        .into();
+        forget_unlistable(&mut applied, since);
+        let mut left: Vec<_> = applied.into_iter().collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                key(since - RELIST_WINDOW_MS),
+                key(since),
+                "not-a-batch-key".to_owned()
+            ]
+        );
     }
 }
