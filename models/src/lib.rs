@@ -27,4 +27,4 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 }
 pub use kind::{DType, ModelKind};
 pub use manifest::{Manifest, ManifestDraft};
-pub use registry::{ModelName, ModelState, Registry};
+pub use registry::{LogFollower, ModelName, ModelState, Registry};

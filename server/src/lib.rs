@@ -135,6 +135,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         health: health.clone(),
         generic: generic.clone(),
         ignored: std::sync::Mutex::new(std::collections::HashSet::new()),
+        followers: Default::default(),
     };
     let watcher_task = tokio::spawn(watcher.run(shutdown.clone()));
 

@@ -1,11 +1,12 @@
 //! The watcher: polls each model's release log, loads the versions it names
 //! completely before swapping them in, and keeps health and metrics honest.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::Utc;
-use nurture_models::{ModelName, ModelState, Registry};
+use nurture_models::{LogFollower, ModelName, ModelState, Registry};
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -41,6 +42,9 @@ pub struct Watcher {
     pub generic: crate::services::inference::GenericSlots,
     /// Registry models that are neither served typed models nor generic.
     pub ignored: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Each served model's release log as read so far, so a poll fetches
+    /// only the events written since the last one.
+    pub followers: tokio::sync::Mutex<HashMap<String, LogFollower>>,
 }
 
 impl Watcher {
@@ -145,7 +149,14 @@ impl Watcher {
 
     async fn read_state(&self, slot: &Slot) -> Option<ModelState> {
         let name = ModelName::new(&slot.name).expect("slot names are validated at start");
-        match self.registry.state(&name).await {
+        let read = {
+            let mut followers = self.followers.lock().await;
+            let follower = followers
+                .entry(slot.name.clone())
+                .or_insert_with(|| LogFollower::new(name));
+            follower.state(&self.registry).await
+        };
+        match read {
             Ok(state) => {
                 self.cache.save_state(&state).await;
                 let mut status = slot.status.lock().expect("status lock");

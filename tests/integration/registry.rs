@@ -7,7 +7,7 @@ use std::sync::Arc;
 use futures::TryStreamExt;
 use nurture_models::manifest::{GoldenExample, ManifestDraft};
 use nurture_models::registry::{EventKind, PublishRequest};
-use nurture_models::{Error, ModelKind, ModelName, Registry, runtime};
+use nurture_models::{Error, LogFollower, ModelKind, ModelName, Registry, runtime};
 use nurture_proto::onnx::tensor_proto::DataType;
 use nurture_tests::fixtures::{self, Tabular};
 use nurture_tests::s3::TestS3;
@@ -578,6 +578,83 @@ async fn golden_examples_are_replayed_at_publish(backend: Backend) {
     assert_eq!(manifest.golden, vec![golden]);
 }
 
+async fn a_follower_reads_only_new_events(backend: Backend) {
+    let registry = &backend.registry;
+    let churn = name("churn");
+    let mut follower = LogFollower::new(churn.clone());
+    assert_eq!(follower.state(registry).await.unwrap().seq, 0, "no log yet");
+    publish_churn(registry, 1).await;
+    publish_churn(registry, 2).await;
+    let state = follower.state(registry).await.unwrap();
+    assert_eq!(state, registry.state(&churn).await.unwrap());
+    assert_eq!(follower.len(), 2);
+
+    // Garble an event the follower already read, behind the registry's
+    // back: a full read now fails, the follower never reads it again.
+    let event = |seq: u64| {
+        backend
+            .prefix
+            .clone()
+            .join("models")
+            .join("churn")
+            .join("log")
+            .join(format!("{seq:010}.json"))
+    };
+    backend
+        .store
+        .put(&event(1), PutPayload::from_static(b"garbled"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        registry.state(&churn).await,
+        Err(Error::Corrupt { .. })
+    ));
+    registry
+        .append(
+            &churn,
+            3,
+            "sre",
+            EventKind::Promoted {
+                version: 2,
+                forced: false,
+            },
+        )
+        .await
+        .unwrap();
+    let state = follower.state(registry).await.unwrap();
+    assert_eq!((state.seq, state.live), (3, Some(2)));
+    assert_eq!(follower.len(), 3);
+
+    // An event written past a gap is refused and not kept; once the gap
+    // is filled the follower reads both.
+    let promoted = |seq: u64, version: u64| {
+        serde_json::to_vec(&nurture_models::registry::Event {
+            seq,
+            at: chrono::Utc::now(),
+            actor: "sre".into(),
+            kind: EventKind::Promoted {
+                version,
+                forced: false,
+            },
+        })
+        .unwrap()
+    };
+    backend
+        .store
+        .put(&event(5), PutPayload::from(promoted(5, 2)))
+        .await
+        .unwrap();
+    assert!(follower.state(registry).await.is_err(), "gap at 4");
+    assert_eq!(follower.len(), 3, "nothing kept from the failed read");
+    backend
+        .store
+        .put(&event(4), PutPayload::from(promoted(4, 1)))
+        .await
+        .unwrap();
+    let state = follower.state(registry).await.unwrap();
+    assert_eq!((state.seq, state.live), (5, Some(2)));
+}
+
 macro_rules! suite {
     ($backend:ident) => {
         mod $backend {
@@ -611,6 +688,11 @@ macro_rules! suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_publishes_get_distinct_versions() {
                 super::concurrent_publishes_get_distinct_versions(Backend::$backend()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_follower_reads_only_new_events() {
+                super::a_follower_reads_only_new_events(Backend::$backend()).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -161,10 +161,22 @@ impl Registry {
     /// Every event of a model's release log, in order. Fails if the log has
     /// a gap or an entry cannot be parsed.
     pub async fn read_log(&self, name: &ModelName) -> Result<Vec<Event>> {
+        self.read_log_after(name, 0).await
+    }
+
+    /// The events of a model's release log after position `seq` (all of
+    /// them for 0), in order; only those are listed and fetched. Events are
+    /// immutable, so a reader that keeps what it read needs only these.
+    pub async fn read_log_after(&self, name: &ModelName, seq: u64) -> Result<Vec<Event>> {
         let log_dir = self.log_dir(name);
-        let mut locations: Vec<(u64, Path)> = self
-            .store
-            .list(Some(&log_dir))
+        let listing = if seq == 0 {
+            self.store.list(Some(&log_dir))
+        } else {
+            // Positions are zero-padded, so "after this key" is "after seq".
+            self.store
+                .list_with_offset(Some(&log_dir), &self.event_path(name, seq))
+        };
+        let mut locations: Vec<(u64, Path)> = listing
             .map_err(Error::from)
             .try_filter_map(|meta| async move {
                 let seq = meta
@@ -206,7 +218,54 @@ impl Registry {
         let events = self.read_log(name).await?;
         ModelState::fold(name.as_str(), &events)
     }
+}
 
+/// One model's release log as a long-lived reader (a serving replica's
+/// watcher) has seen it. Events are never overwritten, so each
+/// [`LogFollower::state`] lists and fetches only the events written since
+/// the last one, instead of the whole log at every poll.
+#[derive(Debug, Clone)]
+pub struct LogFollower {
+    name: ModelName,
+    events: Vec<Event>,
+}
+
+impl LogFollower {
+    /// A follower that has read nothing yet.
+    pub fn new(name: ModelName) -> Self {
+        LogFollower {
+            name,
+            events: Vec::new(),
+        }
+    }
+
+    /// Reads the events written since the last call and folds the whole log.
+    /// On an error nothing read in this call is kept.
+    pub async fn state(&mut self, registry: &Registry) -> Result<ModelState> {
+        let seen = self.events.last().map_or(0, |event| event.seq);
+        let new = registry.read_log_after(&self.name, seen).await?;
+        let before = self.events.len();
+        self.events.extend(new);
+        // The fold refuses gaps and reorders, so a torn listing fails here.
+        let state = ModelState::fold(self.name.as_str(), &self.events);
+        if state.is_err() {
+            self.events.truncate(before);
+        }
+        state
+    }
+
+    /// Events read so far.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether no event has been read.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+impl Registry {
     /// Appends `kind` at position `seq` with create-if-absent. Fails with
     /// [`Error::Conflict`] when that position is taken.
     pub async fn append(
