@@ -75,6 +75,12 @@ pub struct Config {
     #[arg(long, env = "NURTURE_INTRA_THREADS", default_value_t = 1)]
     pub intra_threads: usize,
 
+    /// Versions per model a replica loads on demand for requests that pin a
+    /// version it does not serve (replay, debugging); the least recently
+    /// used is dropped first. 0: pins reach only live, canary and previous.
+    #[arg(long, env = "NURTURE_MAX_PINNED_VERSIONS", default_value_t = 2)]
+    pub max_pinned_versions: usize,
+
     /// Most items (leads or texts) in one request.
     #[arg(long, env = "NURTURE_MAX_ITEMS", default_value_t = 256)]
     pub max_items: usize,

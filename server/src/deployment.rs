@@ -1,7 +1,9 @@
 //! What each model serves: an `ArcSwap` slot holding the live version, an
 //! optional canary and the previous live version (kept loaded so a rollback
 //! is a pointer swap). A request loads the slot once and stays on the
-//! version it picked, whatever swaps happen meanwhile.
+//! version it picked, whatever swaps happen meanwhile. A request that pins
+//! another version of the release log gets it loaded on demand, into a
+//! small per-model set of pinned versions (least recently used dropped).
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -11,7 +13,7 @@ use chrono::{DateTime, Utc};
 use nurture_models::ModelKind;
 
 use crate::error::ServeError;
-use crate::model::{LoadError, LoadedVersion};
+use crate::model::{LoadError, LoadedVersion, VersionSource};
 
 /// Load failures remembered per model.
 const LOAD_ERRORS_KEPT: usize = 8;
@@ -63,6 +65,8 @@ pub struct SlotStatus {
     pub desired_canary: Option<(u64, u8)>,
     /// Revoked versions: never served, not even when pinned.
     pub revoked: BTreeSet<u64>,
+    /// Every version the release log names (what a pin may load).
+    pub known: BTreeSet<u64>,
     /// Recent load failures, newest first.
     pub load_errors: VecDeque<LoadError>,
     /// Last successful read of the release log.
@@ -82,6 +86,16 @@ pub struct Slot {
     pub deployment: ArcSwap<Deployment>,
     /// Watcher's view.
     pub status: Mutex<SlotStatus>,
+    /// Versions loaded because requests pinned them, most recently used
+    /// first; at most `max_pinned`.
+    pinned: Mutex<Vec<Arc<LoadedVersion>>>,
+    max_pinned: usize,
+    /// Where pinned versions are loaded from; `None`: pins reach only the
+    /// versions the release log keeps loaded.
+    source: Option<Arc<VersionSource>>,
+    /// One pinned load at a time per model, so concurrent requests for the
+    /// same version share it.
+    pin_loading: tokio::sync::Mutex<()>,
 }
 
 /// Sticky canary bucket of a lead, 0..100 (FNV-1a of the id).
@@ -90,13 +104,109 @@ pub fn bucket(lead_id: &str) -> u8 {
 }
 
 impl Slot {
-    /// An empty slot.
+    /// An empty slot whose pins reach only loaded versions.
     pub fn new(name: &str, kind: ModelKind) -> Self {
         Slot {
             name: name.to_owned(),
             kind,
             deployment: ArcSwap::from_pointee(Deployment::default()),
             status: Mutex::new(SlotStatus::default()),
+            pinned: Mutex::new(Vec::new()),
+            max_pinned: 0,
+            source: None,
+            pin_loading: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// An empty slot that loads pinned versions from `source` on demand,
+    /// keeping at most `max_pinned` of them (0: pins reach only the
+    /// versions the release log keeps loaded).
+    pub fn with_pins(
+        name: &str,
+        kind: ModelKind,
+        source: Arc<VersionSource>,
+        max_pinned: usize,
+    ) -> Self {
+        Slot {
+            source: Some(source),
+            max_pinned,
+            ..Slot::new(name, kind)
+        }
+    }
+
+    /// A version loaded for pinned requests, marked as just used.
+    pub fn pinned_version(&self, version: u64) -> Option<Arc<LoadedVersion>> {
+        let mut pinned = self.pinned.lock().expect("pinned lock");
+        let at = pinned.iter().position(|v| v.version == version)?;
+        let found = pinned.remove(at);
+        pinned.insert(0, found.clone());
+        Some(found)
+    }
+
+    /// Versions loaded for pinned requests, most recently used first.
+    pub fn pinned_versions(&self) -> Vec<u64> {
+        let pinned = self.pinned.lock().expect("pinned lock");
+        pinned.iter().map(|v| v.version).collect()
+    }
+
+    fn keep_pinned(&self, version: Arc<LoadedVersion>) {
+        let mut pinned = self.pinned.lock().expect("pinned lock");
+        pinned.retain(|v| v.version != version.version);
+        pinned.insert(0, version);
+        // Dropping the last `Arc` of a version stops its workers.
+        pinned.truncate(self.max_pinned);
+    }
+
+    /// Makes a pinned version routable: when `pin` is a version of the
+    /// release log that is neither revoked nor loaded, loads it (once, even
+    /// for concurrent requests). Errors name the version; anything this
+    /// cannot help (revoked, not loaded with pins off) is left to
+    /// [`Slot::route`] to explain.
+    pub async fn prepare_pin(&self, pin: u64) -> Result<(), ServeError> {
+        let Some(source) = &self.source else {
+            return Ok(());
+        };
+        if pin == 0 || self.max_pinned == 0 {
+            return Ok(());
+        }
+        let routable = |slot: &Slot| {
+            slot.deployment.load().find(pin).is_some() || slot.pinned_version(pin).is_some()
+        };
+        if routable(self) {
+            return Ok(());
+        }
+        {
+            let status = self.status.lock().expect("status lock");
+            if status.revoked.contains(&pin) {
+                return Ok(());
+            }
+            if !status.known.contains(&pin) {
+                return Err(ServeError::NotFound(format!(
+                    "version {pin} of {} is not in its release log",
+                    self.name
+                )));
+            }
+        }
+        let _one_at_a_time = self.pin_loading.lock().await;
+        if routable(self) {
+            return Ok(());
+        }
+        match source.load(&self.name, self.kind, pin).await {
+            Ok(loaded) => {
+                self.keep_pinned(Arc::new(loaded));
+                Ok(())
+            }
+            Err(error) => {
+                let message = format!(
+                    "version {pin} of {} cannot be loaded ({}): {}",
+                    self.name, error.error_type, error.message
+                );
+                Err(match error.error_type {
+                    "not_found" => ServeError::NotFound(message),
+                    "store_error" | "io_error" => ServeError::Unavailable(message),
+                    _ => ServeError::FailedPrecondition(message),
+                })
+            }
         }
     }
 
@@ -121,7 +231,10 @@ impl Slot {
                     self.name
                 )));
             }
-            return deployment.find(pin).cloned().ok_or_else(|| {
+            if let Some(loaded) = deployment.find(pin) {
+                return Ok(loaded.clone());
+            }
+            return self.pinned_version(pin).ok_or_else(|| {
                 let loaded: Vec<String> = deployment
                     .loaded()
                     .iter()

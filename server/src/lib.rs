@@ -33,7 +33,7 @@ use crate::batcher::BatchConfig;
 use crate::cache::DiskCache;
 use crate::config::Config;
 use crate::deployment::Slot;
-use crate::model::Loader;
+use crate::model::{Loader, VersionSource};
 use crate::services::Limits;
 use crate::watcher::{Watched, Watcher};
 
@@ -87,9 +87,30 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let models = parse_models(&config.models)?;
     let handle = metrics::install()?;
 
+    let source = Arc::new(VersionSource {
+        registry: registry.clone(),
+        cache: DiskCache::new(config.cache_dir.clone()),
+        loader: Loader {
+            environment,
+            batch: BatchConfig {
+                max_batch: config.max_batch,
+                max_delay: config.max_delay,
+                queue_capacity: config.queue_capacity,
+            },
+            workers: config.workers,
+            intra_threads: config.intra_threads,
+        },
+    });
     let slots: Vec<Arc<Slot>> = models
         .iter()
-        .map(|(name, kind)| Arc::new(Slot::new(name.as_str(), *kind)))
+        .map(|(name, kind)| {
+            Arc::new(Slot::with_pins(
+                name.as_str(),
+                *kind,
+                source.clone(),
+                config.max_pinned_versions,
+            ))
+        })
         .collect();
     let slot = |kind: ModelKind| slots.iter().find(|s| s.kind == kind).cloned();
     let limits = Limits {
@@ -120,17 +141,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 service: service_name(slot.kind),
             })
             .collect(),
-        loader: Loader {
-            environment,
-            batch: BatchConfig {
-                max_batch: config.max_batch,
-                max_delay: config.max_delay,
-                queue_capacity: config.queue_capacity,
-            },
-            workers: config.workers,
-            intra_threads: config.intra_threads,
-        },
+        source: source.clone(),
         cache: DiskCache::new(config.cache_dir.clone()),
+        max_pinned: config.max_pinned_versions,
         poll_interval: config.poll_interval,
         health: health.clone(),
         generic: generic.clone(),

@@ -171,3 +171,84 @@ impl Loader {
         })
     }
 }
+
+/// Where a replica gets a loaded version from: its disk cache first, else the
+/// registry (which verifies the sha256), then [`Loader::load`]. Shared by the
+/// watcher (versions the release log names) and pinned requests (versions
+/// loaded on demand).
+#[derive(Debug, Clone)]
+pub struct VersionSource {
+    /// The registry.
+    pub registry: nurture_models::Registry,
+    /// This replica's disk cache.
+    pub cache: crate::cache::DiskCache,
+    /// How versions are loaded.
+    pub loader: Loader,
+}
+
+impl VersionSource {
+    /// Fetches and loads `version` of `model` (a `kind`), timing it in
+    /// `nurture_model_load_duration_seconds`, counting it in
+    /// `nurture_model_loads_total` and logging the outcome.
+    pub async fn load(
+        &self,
+        model: &str,
+        kind: ModelKind,
+        version: u64,
+    ) -> Result<LoadedVersion, LoadError> {
+        let started = Instant::now();
+        let result = self.fetch_and_load(model, kind, version).await;
+        metrics::histogram!("nurture_model_load_duration_seconds", "model" => model.to_owned())
+            .record(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(loaded) => {
+                metrics::counter!("nurture_model_loads_total", "model" => model.to_owned(), "result" => "ok").increment(1);
+                tracing::info!(
+                    model,
+                    version,
+                    seconds = loaded.load_time.as_secs_f64(),
+                    "version loaded"
+                );
+            }
+            Err(error) => {
+                metrics::counter!("nurture_model_loads_total", "model" => model.to_owned(), "result" => error.error_type)
+                    .increment(1);
+                tracing::error!(model, version, error_type = error.error_type, message = %error.message, "version refused");
+            }
+        }
+        result
+    }
+
+    async fn fetch_and_load(
+        &self,
+        model: &str,
+        kind: ModelKind,
+        version: u64,
+    ) -> Result<LoadedVersion, LoadError> {
+        let fail = |error_type: &'static str, message: String| LoadError {
+            version,
+            error_type,
+            message,
+            at: Utc::now(),
+        };
+        let fetched = match self.cache.load_version(model, version).await {
+            Some(cached) => cached,
+            None => {
+                let name = nurture_models::ModelName::new(model)
+                    .map_err(|error| fail(error.error_type(), error.to_string()))?;
+                let fetched = self
+                    .registry
+                    .fetch(&name, version)
+                    .await
+                    .map_err(|error| fail(error.error_type(), error.to_string()))?;
+                self.cache.save_version(model, &fetched).await;
+                fetched
+            }
+        };
+        let loader = self.loader;
+        let name = model.to_owned();
+        tokio::task::spawn_blocking(move || loader.load(&name, kind, fetched))
+            .await
+            .map_err(|error| fail("load_panicked", error.to_string()))?
+    }
+}

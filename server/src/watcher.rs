@@ -13,7 +13,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::cache::DiskCache;
 use crate::deployment::{Deployment, Slot};
-use crate::model::{LoadError, LoadedVersion, Loader};
+use crate::model::{LoadedVersion, VersionSource};
 
 /// A slot and the gRPC service whose health follows it.
 #[derive(Debug, Clone)]
@@ -30,10 +30,12 @@ pub struct Watcher {
     pub registry: Registry,
     /// Models served.
     pub watched: Vec<Watched>,
-    /// How versions are loaded.
-    pub loader: Loader,
-    /// Local cache.
+    /// Where loaded versions come from (cache, registry, loader).
+    pub source: Arc<VersionSource>,
+    /// Local cache of release states.
     pub cache: DiskCache,
+    /// Most versions each model keeps loaded for pinned requests.
+    pub max_pinned: usize,
     /// Poll period.
     pub poll_interval: Duration,
     /// Health to update.
@@ -91,8 +93,12 @@ impl Watcher {
             match self.registry.state(&name).await {
                 Ok(state) if state.kind == Some(nurture_models::ModelKind::Generic) => {
                     tracing::info!(model = %name, "serving a new generic model");
-                    let slot =
-                        Arc::new(Slot::new(name.as_str(), nurture_models::ModelKind::Generic));
+                    let slot = Arc::new(Slot::with_pins(
+                        name.as_str(),
+                        nurture_models::ModelKind::Generic,
+                        self.source.clone(),
+                        self.max_pinned,
+                    ));
                     self.generic
                         .write()
                         .expect("generic slots lock")
@@ -200,6 +206,7 @@ impl Watcher {
             .collect();
         {
             let mut status = slot.status.lock().expect("status lock");
+            status.known = state.versions.keys().copied().collect();
             status.desired_live = state.live;
             status.desired_canary = state.canary.map(|c| (c.version, c.percent));
             status.revoked = revoked.clone();
@@ -302,52 +309,17 @@ impl Watcher {
         {
             return None;
         }
-        let started = std::time::Instant::now();
-        let result = self.fetch_and_load(slot, version).await;
-        metrics::histogram!("nurture_model_load_duration_seconds", "model" => slot.name.clone())
-            .record(started.elapsed().as_secs_f64());
-        match result {
-            Ok(loaded) => {
-                metrics::counter!("nurture_model_loads_total", "model" => slot.name.clone(), "result" => "ok").increment(1);
-                tracing::info!(model = %slot.name, version, seconds = loaded.load_time.as_secs_f64(), "version loaded");
-                Some(Arc::new(loaded))
-            }
+        if let Some(pinned) = slot.pinned_version(version) {
+            // Loaded earlier for a pinned request: the same checks passed.
+            return Some(pinned);
+        }
+        match self.source.load(&slot.name, slot.kind, version).await {
+            Ok(loaded) => Some(Arc::new(loaded)),
             Err(error) => {
-                metrics::counter!("nurture_model_loads_total", "model" => slot.name.clone(), "result" => error.error_type)
-                    .increment(1);
-                tracing::error!(model = %slot.name, version, error_type = error.error_type, message = %error.message, "version refused");
                 slot.record_load_error(error);
                 None
             }
         }
-    }
-
-    async fn fetch_and_load(&self, slot: &Slot, version: u64) -> Result<LoadedVersion, LoadError> {
-        let fail = |error_type: &'static str, message: String| LoadError {
-            version,
-            error_type,
-            message,
-            at: Utc::now(),
-        };
-        let fetched = match self.cache.load_version(&slot.name, version).await {
-            Some(cached) => cached,
-            None => {
-                let name = ModelName::new(&slot.name).expect("slot names are validated at start");
-                let fetched = self
-                    .registry
-                    .fetch(&name, version)
-                    .await
-                    .map_err(|error| fail(error.error_type(), error.to_string()))?;
-                self.cache.save_version(&slot.name, &fetched).await;
-                fetched
-            }
-        };
-        let loader = self.loader;
-        let name = slot.name.clone();
-        let kind = slot.kind;
-        tokio::task::spawn_blocking(move || loader.load(&name, kind, fetched))
-            .await
-            .map_err(|error| fail("load_panicked", error.to_string()))?
     }
 }
 

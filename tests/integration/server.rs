@@ -71,7 +71,13 @@ impl Fixture {
 
     /// A second churn version (different seed, fewer iterations).
     fn publish_second_churn(&self) {
+        self.publish_churn_with_seed(9);
+    }
+
+    /// Another churn version, trained briefly with `seed`.
+    fn publish_churn_with_seed(&self, seed: u64) {
         let data = self.path("data").join("churn.csv");
+        let seed = seed.to_string();
         self.run(
             "nurture-trainer",
             &[
@@ -81,7 +87,7 @@ impl Fixture {
                 data.to_str().unwrap(),
                 "--publish",
                 "--seed",
-                "9",
+                &seed,
                 "--iterations",
                 "30",
             ],
@@ -613,6 +619,118 @@ async fn a_full_queue_answers_resource_exhausted_and_the_server_recovers() {
     assert!(ok > 0, "some requests were answered");
     let mut churn = ChurnServiceClient::new(channel);
     assert_eq!(churn_version(&mut churn, "after").await.unwrap(), 1);
+}
+
+async fn pinned_churn(server: &ServerProcess, pin: u64) -> Result<u64, tonic::Status> {
+    let mut client = ChurnServiceClient::new(server.channel().await);
+    let response = client
+        .predict_churn(v1::PredictChurnRequest {
+            leads: vec![lead("pinned")],
+            version: pin,
+            max_factors: 0,
+        })
+        .await?;
+    Ok(response.into_inner().predictions[0]
+        .model
+        .as_ref()
+        .unwrap()
+        .version)
+}
+
+/// How many times the server logged loading `version` of churn.
+fn loads_of(server: &ServerProcess, version: u64) -> usize {
+    server
+        .log()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| {
+            event["message"] == "version loaded"
+                && event["model"] == "churn"
+                && event["version"] == version
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_versions_outside_the_deployment_load_on_demand() {
+    let fixture = Fixture::new();
+    for seed in [9, 10, 11] {
+        fixture.publish_churn_with_seed(seed);
+    }
+    for version in ["2", "3", "4"] {
+        fixture.run("nurturectl", &["promote", "churn", version]);
+    }
+    let server = fixture.server(&[
+        "--poll-interval",
+        "100ms",
+        "--max-pinned-versions",
+        "1",
+        "--log-format",
+        "json",
+    ]);
+    wait_until_live(&server, 5).await;
+    assert_eq!(churn_status(&status(&server).await).loaded_versions, [4, 3]);
+
+    // Eight concurrent requests pin version 1: one load, all answered by it.
+    let pinned: Vec<_> = (0..8)
+        .map(|_| {
+            let server_channel = server.channel();
+            async move {
+                let mut client = ChurnServiceClient::new(server_channel.await);
+                client
+                    .predict_churn(v1::PredictChurnRequest {
+                        leads: vec![lead("replayed")],
+                        version: 1,
+                        max_factors: 0,
+                    })
+                    .await
+                    .map(|r| r.into_inner().predictions[0].model.clone().unwrap().version)
+            }
+        })
+        .collect();
+    for answer in futures::future::join_all(pinned).await {
+        assert_eq!(answer.unwrap(), 1);
+    }
+    assert_eq!(loads_of(&server, 1), 1, "one load for concurrent pins");
+    assert_eq!(
+        churn_status(&status(&server).await).loaded_versions,
+        [4, 3, 1]
+    );
+    // Unpinned traffic still goes to the live version.
+    let mut churn = ChurnServiceClient::new(server.channel().await);
+    assert_eq!(churn_version(&mut churn, "routed").await.unwrap(), 4);
+
+    // One pinned version at most: pinning 2 drops 1.
+    assert_eq!(pinned_churn(&server, 2).await.unwrap(), 2);
+    assert_eq!(
+        churn_status(&status(&server).await).loaded_versions,
+        [4, 3, 2]
+    );
+
+    // A version the release log does not name is NOT_FOUND, and says so.
+    let missing = pinned_churn(&server, 9).await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    assert!(
+        missing.message().contains("not in its release log"),
+        "{}",
+        missing.message()
+    );
+
+    // Roll back 4: the watcher makes 3 live and reuses the pinned 2 as the
+    // previous version instead of loading it again; 4 is revoked and a pin
+    // on it is refused.
+    fixture.run(
+        "nurturectl",
+        &["rollback", "churn", "--reason", "pinned replay test"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while churn_status(&status(&server).await).live_version != 3 {
+        assert!(Instant::now() < deadline, "rollback not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(loads_of(&server, 2), 1, "the pinned load was reused");
+    let revoked = pinned_churn(&server, 4).await.unwrap_err();
+    assert_eq!(revoked.code(), Code::FailedPrecondition, "{revoked:?}");
 }
 
 async fn status(server: &ServerProcess) -> v1::GetStatusResponse {

@@ -489,8 +489,10 @@ impl GrpcInferenceService for Inference {
     ) -> Result<Response<kserve::ModelMetadataResponse>, Status> {
         let kserve::ModelMetadataRequest { name, version } = request.into_inner();
         let slot = self.slot(&name)?;
+        let pin = parse_version(&version)?;
+        slot.prepare_pin(pin).await?;
         let deployment = slot.deployment.load();
-        let chosen = slot.route(&deployment, "", parse_version(&version)?)?;
+        let chosen = slot.route(&deployment, "", pin)?;
         let (inputs, outputs) = signature(&chosen);
         Ok(Response::new(kserve::ModelMetadataResponse {
             name,
@@ -522,6 +524,7 @@ impl GrpcInferenceService for Inference {
         let slot = self.slot(&model_name)?;
         instrumented("ModelInfer", &slot.name.clone(), async move {
             let pin = parse_version(&model_version)?;
+            slot.prepare_pin(pin).await?;
             let deployment = slot.deployment.load();
             // The request id doubles as the sticky canary key.
             let version = slot.route(&deployment, &id, pin)?;

@@ -95,6 +95,7 @@ pub async fn score_items(
     deadline: Option<Instant>,
     build: impl Fn(&LoadedVersion, usize) -> Result<Rows, ServeError>,
 ) -> Result<Vec<ItemScore>, ServeError> {
+    slot.prepare_pin(pin).await?;
     // One load of the slot for the whole request.
     let deployment = slot.deployment.load();
     let mut groups: BTreeMap<u64, Group> = BTreeMap::new();

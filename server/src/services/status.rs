@@ -39,7 +39,16 @@ impl StatusRpc {
                     live_version: deployment.live.as_ref().map_or(0, |v| v.version),
                     canary_version: deployment.canary.as_ref().map_or(0, |(v, _)| v.version),
                     canary_percent: deployment.canary.as_ref().map_or(0, |(_, p)| u32::from(*p)),
-                    loaded_versions: deployment.loaded().iter().map(|v| v.version).collect(),
+                    loaded_versions: {
+                        let mut loaded: Vec<u64> =
+                            deployment.loaded().iter().map(|v| v.version).collect();
+                        for pinned in slot.pinned_versions() {
+                            if !loaded.contains(&pinned) {
+                                loaded.push(pinned);
+                            }
+                        }
+                        loaded
+                    },
                     desired_version: status.desired_live.unwrap_or(0),
                     load_errors: status
                         .load_errors
