@@ -75,6 +75,16 @@ pub struct SlotStatus {
     pub last_poll_error: Option<String>,
 }
 
+impl SlotStatus {
+    /// The recorded failure of `version` for what it is (a store that could
+    /// not be reached is not held against it).
+    pub fn refused(&self, version: u64) -> Option<&LoadError> {
+        self.load_errors
+            .iter()
+            .find(|e| e.version == version && !matches!(e.error_type, "store_error" | "io_error"))
+    }
+}
+
 /// One model's slot.
 #[derive(Debug)]
 pub struct Slot {
@@ -186,6 +196,13 @@ impl Slot {
                     self.name
                 )));
             }
+            // Refused before for what it is: not loaded again per request.
+            if let Some(error) = status.refused(pin) {
+                return Err(ServeError::FailedPrecondition(format!(
+                    "version {pin} of {} cannot be loaded ({}): {}",
+                    self.name, error.error_type, error.message
+                )));
+            }
         }
         let _one_at_a_time = self.pin_loading.lock().await;
         if routable(self) {
@@ -201,10 +218,16 @@ impl Slot {
                     "version {pin} of {} cannot be loaded ({}): {}",
                     self.name, error.error_type, error.message
                 );
-                Err(match error.error_type {
-                    "not_found" => ServeError::NotFound(message),
-                    "store_error" | "io_error" => ServeError::Unavailable(message),
-                    _ => ServeError::FailedPrecondition(message),
+                let transient = matches!(error.error_type, "store_error" | "io_error");
+                let not_found = error.error_type == "not_found";
+                // Shown by the status RPC; the watcher will not retry it either.
+                self.record_load_error(error);
+                Err(if not_found {
+                    ServeError::NotFound(message)
+                } else if transient {
+                    ServeError::Unavailable(message)
+                } else {
+                    ServeError::FailedPrecondition(message)
                 })
             }
         }

@@ -303,9 +303,8 @@ impl Watcher {
             .status
             .lock()
             .expect("status lock")
-            .load_errors
-            .iter()
-            .any(|e| e.version == version && e.error_type != "store_error")
+            .refused(version)
+            .is_some()
         {
             return None;
         }

@@ -660,6 +660,10 @@ async fn pinned_versions_outside_the_deployment_load_on_demand() {
     for version in ["2", "3", "4"] {
         fixture.run("nurturectl", &["promote", "churn", version]);
     }
+    // Version 5 is in the log but its bytes do not match its manifest.
+    let good =
+        std::fs::read(fixture.path("registry/models/churn/versions/00000004/model.onnx")).unwrap();
+    write_bypassing_publish(&fixture, 5, good, Some("0".repeat(64)), false).await;
     let server = fixture.server(&[
         "--poll-interval",
         "100ms",
@@ -706,6 +710,26 @@ async fn pinned_versions_outside_the_deployment_load_on_demand() {
         churn_status(&status(&server).await).loaded_versions,
         [4, 3, 2]
     );
+
+    // A version that fails its checks is refused, shown in status, and not
+    // loaded again at the next pin.
+    for _ in 0..2 {
+        let broken = pinned_churn(&server, 5).await.unwrap_err();
+        assert_eq!(broken.code(), Code::FailedPrecondition, "{broken:?}");
+        assert!(broken.message().contains("sha256"), "{}", broken.message());
+    }
+    let refusals = server
+        .log()
+        .lines()
+        .filter(|line| line.contains("version refused") && line.contains(r#""version":5"#))
+        .count();
+    assert_eq!(refusals, 1, "refused once, remembered after");
+    let churn_now = churn_status(&status(&server).await);
+    assert!(
+        churn_now.load_errors.iter().any(|e| e.version == 5),
+        "{churn_now:?}"
+    );
+    assert_eq!(churn_now.loaded_versions, [4, 3, 2], "nothing dropped");
 
     // A version the release log does not name is NOT_FOUND, and says so.
     let missing = pinned_churn(&server, 9).await.unwrap_err();
@@ -758,6 +782,7 @@ async fn write_bypassing_publish(
     version: u64,
     onnx: Vec<u8>,
     manifest_sha: Option<String>,
+    promote: bool,
 ) {
     use nurture_models::registry::{EventKind, sha256_hex};
     use object_store::{ObjectStoreExt, PutPayload};
@@ -792,6 +817,9 @@ async fn write_bypassing_publish(
         .append(&name, seq + 1, "intruder", published)
         .await
         .unwrap();
+    if !promote {
+        return;
+    }
     registry
         .append(
             &name,
@@ -831,11 +859,11 @@ async fn corrupt_or_contract_breaking_versions_are_refused_and_the_old_one_keeps
     // Truncated bytes, with a manifest that matches them.
     let good =
         std::fs::read(fixture.path("registry/models/churn/versions/00000001/model.onnx")).unwrap();
-    write_bypassing_publish(&fixture, 2, good[..good.len() / 3].to_vec(), None).await;
+    write_bypassing_publish(&fixture, 2, good[..good.len() / 3].to_vec(), None, true).await;
     let error = wait_for_load_error(&server, 2).await;
     assert_eq!(error.error_type, "contract_violation", "{error:?}");
     // Bytes that do not match the manifest's sha256.
-    write_bypassing_publish(&fixture, 3, good.clone(), Some("0".repeat(64))).await;
+    write_bypassing_publish(&fixture, 3, good.clone(), Some("0".repeat(64)), true).await;
     let error = wait_for_load_error(&server, 3).await;
     assert_eq!(error.error_type, "sha256_mismatch", "{error:?}");
 
