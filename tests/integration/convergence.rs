@@ -12,7 +12,7 @@ use nurture_proto::v1::status_service_client::StatusServiceClient;
 use nurture_tests::proxy::CuttableProxy;
 use nurture_tests::run_tool;
 use nurture_tests::s3::TestS3;
-use nurture_tests::server::ServerProcess;
+use nurture_tests::server::{ServerProcess, churn_version_of};
 use tempfile::TempDir;
 use tonic::Code;
 
@@ -113,18 +113,7 @@ async fn converge(replicas: &[&ServerProcess], expected: (u64, u64), what: &str)
 
 async fn answer_version(server: &ServerProcess, pin: u64) -> Result<u64, tonic::Status> {
     let mut client = ChurnServiceClient::new(server.channel().await);
-    let response = client
-        .predict_churn(v1::PredictChurnRequest {
-            leads: vec![lead("lead-1")],
-            version: pin,
-            max_factors: 0,
-        })
-        .await?;
-    Ok(response.into_inner().predictions[0]
-        .model
-        .as_ref()
-        .unwrap()
-        .version)
+    churn_version_of(&mut client, lead("lead-1"), pin).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ use nurture_proto::v1::emotion_service_client::EmotionServiceClient;
 use nurture_proto::v1::journey_service_client::JourneyServiceClient;
 use nurture_proto::v1::status_service_client::StatusServiceClient;
 use nurture_proto::{prost_types, v1};
-use nurture_tests::server::{LiveSwap, ServerProcess, unix_micros_now};
+use nurture_tests::server::{LiveSwap, ServerProcess, churn_version_of, unix_micros_now};
 use nurture_tests::{assert_invalid_argument, run_tool};
 use tempfile::TempDir;
 use tonic::Code;
@@ -133,18 +133,7 @@ async fn churn_version(
     client: &mut ChurnServiceClient<Channel>,
     id: &str,
 ) -> Result<u64, tonic::Status> {
-    let response = client
-        .predict_churn(v1::PredictChurnRequest {
-            leads: vec![lead(id)],
-            version: 0,
-            max_factors: 0,
-        })
-        .await?;
-    Ok(response.into_inner().predictions[0]
-        .model
-        .as_ref()
-        .unwrap()
-        .version)
+    churn_version_of(client, lead(id), 0).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -623,18 +612,7 @@ async fn a_full_queue_answers_resource_exhausted_and_the_server_recovers() {
 
 async fn pinned_churn(server: &ServerProcess, pin: u64) -> Result<u64, tonic::Status> {
     let mut client = ChurnServiceClient::new(server.channel().await);
-    let response = client
-        .predict_churn(v1::PredictChurnRequest {
-            leads: vec![lead("pinned")],
-            version: pin,
-            max_factors: 0,
-        })
-        .await?;
-    Ok(response.into_inner().predictions[0]
-        .model
-        .as_ref()
-        .unwrap()
-        .version)
+    churn_version_of(&mut client, lead("pinned"), pin).await
 }
 
 /// How many times the server logged loading `version` of churn.
@@ -676,22 +654,7 @@ async fn pinned_versions_outside_the_deployment_load_on_demand() {
     assert_eq!(churn_status(&status(&server).await).loaded_versions, [4, 3]);
 
     // Eight concurrent requests pin version 1: one load, all answered by it.
-    let pinned: Vec<_> = (0..8)
-        .map(|_| {
-            let server_channel = server.channel();
-            async move {
-                let mut client = ChurnServiceClient::new(server_channel.await);
-                client
-                    .predict_churn(v1::PredictChurnRequest {
-                        leads: vec![lead("replayed")],
-                        version: 1,
-                        max_factors: 0,
-                    })
-                    .await
-                    .map(|r| r.into_inner().predictions[0].model.clone().unwrap().version)
-            }
-        })
-        .collect();
+    let pinned: Vec<_> = (0..8).map(|_| pinned_churn(&server, 1)).collect();
     for answer in futures::future::join_all(pinned).await {
         assert_eq!(answer.unwrap(), 1);
     }

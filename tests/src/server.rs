@@ -202,3 +202,30 @@ impl Drop for ServerProcess {
         let _ = std::fs::remove_file(&self.stderr_log);
     }
 }
+
+/// The version that answered a one-lead `PredictChurn` (`pin` 0: routed).
+pub async fn churn_version_of(
+    client: &mut nurture_proto::v1::churn_service_client::ChurnServiceClient<
+        tonic::transport::Channel,
+    >,
+    lead: nurture_proto::v1::LeadProfile,
+    pin: u64,
+) -> Result<u64, tonic::Status> {
+    let response = client
+        .predict_churn(nurture_proto::v1::PredictChurnRequest {
+            leads: vec![lead],
+            version: pin,
+            max_factors: 0,
+        })
+        .await?;
+    let prediction = response
+        .into_inner()
+        .predictions
+        .into_iter()
+        .next()
+        .ok_or_else(|| tonic::Status::internal("no prediction for one lead"))?;
+    Ok(prediction
+        .model
+        .ok_or_else(|| tonic::Status::internal("prediction without ModelRef"))?
+        .version)
+}
