@@ -81,7 +81,7 @@ impl SlotStatus {
     pub fn refused(&self, version: u64) -> Option<&LoadError> {
         self.load_errors
             .iter()
-            .find(|e| e.version == version && !matches!(e.error_type, "store_error" | "io_error"))
+            .find(|e| e.version == version && !e.is_transient())
     }
 }
 
@@ -218,7 +218,7 @@ impl Slot {
                     "version {pin} of {} cannot be loaded ({}): {}",
                     self.name, error.error_type, error.message
                 );
-                let transient = matches!(error.error_type, "store_error" | "io_error");
+                let transient = error.is_transient();
                 let not_found = error.error_type == "not_found";
                 // Shown by the status RPC; the watcher will not retry it either.
                 self.record_load_error(error);

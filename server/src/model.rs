@@ -27,6 +27,14 @@ pub struct LoadError {
     pub at: DateTime<Utc>,
 }
 
+impl LoadError {
+    /// Whether the failure says nothing about the version itself (the store
+    /// or the disk could not be read), so a later attempt may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self.error_type, "store_error" | "io_error")
+    }
+}
+
 /// A version ready to serve.
 #[derive(Debug)]
 pub struct LoadedVersion {
