@@ -10,8 +10,8 @@ use nurture_proto::inference::grpc_inference_service_client::GrpcInferenceServic
 use nurture_proto::inference::model_infer_request::InferInputTensor;
 use nurture_proto::inference::{self as kserve, InferTensorContents};
 use nurture_tests::fixtures::Tabular;
-use nurture_tests::run_tool;
 use nurture_tests::server::ServerProcess;
+use nurture_tests::{eventually, run_tool};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -251,18 +251,20 @@ async fn generic_and_typed_models_answer_the_open_inference_protocol() {
             "--promote",
         ],
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client
-        .model_infer(request("lead-scorer", "", &values, false))
-        .await
-        .unwrap()
-        .into_inner()
-        .model_version
-        != "2"
-    {
-        assert!(Instant::now() < deadline, "version 2 never served");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "version 2 never served",
+        Duration::from_secs(30),
+        async || {
+            client
+                .model_infer(request("lead-scorer", "", &values, false))
+                .await
+                .unwrap()
+                .into_inner()
+                .model_version
+                == "2"
+        },
+    )
+    .await;
     let pinned = client
         .model_infer(request("lead-scorer", "1", &values, false))
         .await
@@ -291,18 +293,20 @@ async fn generic_and_typed_models_answer_the_open_inference_protocol() {
         &registry,
         &["rollback", "lead-scorer", "--reason", "regression"],
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while client
-        .model_infer(request("lead-scorer", "", &values, false))
-        .await
-        .unwrap()
-        .into_inner()
-        .model_version
-        != "1"
-    {
-        assert!(Instant::now() < deadline, "rollback never visible");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "rollback never visible",
+        Duration::from_secs(30),
+        async || {
+            client
+                .model_infer(request("lead-scorer", "", &values, false))
+                .await
+                .unwrap()
+                .into_inner()
+                .model_version
+                == "1"
+        },
+    )
+    .await;
     let revoked = client
         .model_infer(request("lead-scorer", "2", &values, false))
         .await

@@ -15,7 +15,7 @@ use nurture_proto::v1::journey_service_client::JourneyServiceClient;
 use nurture_proto::v1::status_service_client::StatusServiceClient;
 use nurture_proto::{prost_types, v1};
 use nurture_tests::server::{LiveSwap, ServerProcess, churn_version_of, unix_micros_now};
-use nurture_tests::{assert_invalid_argument, run_tool};
+use nurture_tests::{assert_invalid_argument, eventually, run_tool};
 use tempfile::TempDir;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -710,11 +710,12 @@ async fn pinned_versions_outside_the_deployment_load_on_demand() {
         "nurturectl",
         &["rollback", "churn", "--reason", "pinned replay test"],
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while churn_status(&status(&server).await).live_version != 3 {
-        assert!(Instant::now() < deadline, "rollback not applied");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "rollback not applied",
+        Duration::from_secs(30),
+        async || churn_status(&status(&server).await).live_version == 3,
+    )
+    .await;
     assert_eq!(loads_of(&server, 2), 1, "the pinned load was reused");
     let revoked = pinned_churn(&server, 4).await.unwrap_err();
     assert_eq!(revoked.code(), Code::FailedPrecondition, "{revoked:?}");

@@ -72,3 +72,17 @@ pub fn assert_invalid_argument(status: &tonic::Status, field: &str) {
         status.message()
     );
 }
+
+/// Checks `condition` every 50 ms until it holds; panics naming `what`
+/// once `timeout` has passed without it holding.
+pub async fn eventually(
+    what: &str,
+    timeout: std::time::Duration,
+    mut condition: impl AsyncFnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !condition().await {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
