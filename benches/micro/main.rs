@@ -87,6 +87,26 @@ fn tabular_model() -> Vec<u8> {
     nurture_tests::fixtures::Tabular::new(20, 2, 1).build()
 }
 
+/// A batcher with one worker and the server's default limits.
+fn start_batcher(onnx: &[u8], classes: usize, text_rank: usize, model: &str) -> Batcher {
+    let environment = runtime::environment(None).expect("ONNX Runtime (scripts/fetch-ort.sh)");
+    let config = BatchConfig {
+        max_batch: 256,
+        max_delay: Duration::ZERO,
+        queue_capacity: 1024,
+    };
+    Batcher::start(
+        vec![runtime::session(environment, onnx, 1).unwrap()],
+        classes,
+        text_rank,
+        config,
+        Labels {
+            model: model.into(),
+            version: "1".into(),
+        },
+    )
+}
+
 fn batcher(c: &mut Criterion) {
     let environment = runtime::environment(None).expect("ONNX Runtime (scripts/fetch-ort.sh)");
     let onnx = tabular_model();
@@ -105,22 +125,7 @@ fn batcher(c: &mut Criterion) {
             )
         })
     });
-    let config = BatchConfig {
-        max_batch: 256,
-        max_delay: Duration::ZERO,
-        queue_capacity: 1024,
-    };
-    let sessions = vec![runtime::session(environment, &onnx, 1).unwrap()];
-    let batcher = Batcher::start(
-        sessions,
-        2,
-        1,
-        config,
-        Labels {
-            model: "bench".into(),
-            version: "1".into(),
-        },
-    );
+    let batcher = start_batcher(&onnx, 2, 1, "bench");
     c.bench_function("batcher_round_trip/1_row", |b| {
         b.iter_batched(
             || Rows::Features {
@@ -141,24 +146,7 @@ fn batcher(c: &mut Criterion) {
 }
 
 fn text(c: &mut Criterion) {
-    let environment = runtime::environment(None).expect("ONNX Runtime (scripts/fetch-ort.sh)");
-    let onnx = nurture_tests::fixtures::emotion(1);
-    let config = BatchConfig {
-        max_batch: 256,
-        max_delay: Duration::ZERO,
-        queue_capacity: 1024,
-    };
-    let sessions = vec![runtime::session(environment, &onnx, 1).unwrap()];
-    let batcher = Batcher::start(
-        sessions,
-        10,
-        2,
-        config,
-        Labels {
-            model: "bench-text".into(),
-            version: "1".into(),
-        },
-    );
+    let batcher = start_batcher(&nurture_tests::fixtures::emotion(1), 10, 2, "bench-text");
     c.bench_function("text_request_path/1_text", |b| {
         b.iter(|| {
             let rows = Rows::Texts(vec!["thrilled".to_owned()]);
