@@ -35,6 +35,19 @@ pub const MAX_ELEMENTS: usize = 16 * 1024 * 1024;
 /// Generic models discovered in the registry, by name.
 pub type GenericSlots = Arc<RwLock<BTreeMap<String, Arc<Slot>>>>;
 
+/// The typed models' slots followed by the generic ones found so far.
+pub fn all_slots(typed: &[Arc<Slot>], generic: &GenericSlots) -> Vec<Arc<Slot>> {
+    let mut slots = typed.to_vec();
+    slots.extend(
+        generic
+            .read()
+            .expect("generic slots lock")
+            .values()
+            .cloned(),
+    );
+    slots
+}
+
 /// The inference service.
 #[derive(Debug, Clone)]
 pub struct Inference {
@@ -86,15 +99,7 @@ impl Inference {
     }
 
     fn all_slots(&self) -> Vec<Arc<Slot>> {
-        let mut slots = self.typed.clone();
-        slots.extend(
-            self.generic
-                .read()
-                .expect("generic slots lock")
-                .values()
-                .cloned(),
-        );
-        slots
+        all_slots(&self.typed, &self.generic)
     }
 }
 

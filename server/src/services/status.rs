@@ -20,15 +20,7 @@ pub struct StatusRpc {
 impl StatusRpc {
     /// The status of every model.
     pub fn snapshot(&self) -> v1::GetStatusResponse {
-        let mut slots = self.slots.clone();
-        slots.extend(
-            self.generic
-                .read()
-                .expect("generic slots lock")
-                .values()
-                .cloned(),
-        );
-        let models = slots
+        let models = super::inference::all_slots(&self.slots, &self.generic)
             .iter()
             .map(|slot| {
                 let deployment = slot.deployment.load();
