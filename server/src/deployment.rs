@@ -144,8 +144,20 @@ impl Slot {
         }
     }
 
-    /// A version loaded for pinned requests, marked as just used.
-    pub fn pinned_version(&self, version: u64) -> Option<Arc<LoadedVersion>> {
+    /// `version` if this replica has it loaded: in `deployment` (live,
+    /// canary, previous) or among the pinned versions (marked as just used).
+    pub fn loaded_version(
+        &self,
+        deployment: &Deployment,
+        version: u64,
+    ) -> Option<Arc<LoadedVersion>> {
+        deployment
+            .find(version)
+            .cloned()
+            .or_else(|| self.pinned_version(version))
+    }
+
+    fn pinned_version(&self, version: u64) -> Option<Arc<LoadedVersion>> {
         let mut pinned = self.pinned.lock().expect("pinned lock");
         let at = pinned.iter().position(|v| v.version == version)?;
         let found = pinned.remove(at);
@@ -179,9 +191,7 @@ impl Slot {
         if pin == 0 || self.max_pinned == 0 {
             return Ok(());
         }
-        let routable = |slot: &Slot| {
-            slot.deployment.load().find(pin).is_some() || slot.pinned_version(pin).is_some()
-        };
+        let routable = |slot: &Slot| slot.loaded_version(&slot.deployment.load(), pin).is_some();
         if routable(self) {
             return Ok(());
         }
@@ -254,10 +264,7 @@ impl Slot {
                     self.name
                 )));
             }
-            if let Some(loaded) = deployment.find(pin) {
-                return Ok(loaded.clone());
-            }
-            return self.pinned_version(pin).ok_or_else(|| {
+            return self.loaded_version(deployment, pin).ok_or_else(|| {
                 let loaded: Vec<String> = deployment
                     .loaded()
                     .iter()

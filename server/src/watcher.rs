@@ -294,8 +294,10 @@ impl Watcher {
         current: &Deployment,
         version: u64,
     ) -> Option<Arc<LoadedVersion>> {
-        if let Some(loaded) = current.find(version) {
-            return Some(loaded.clone());
+        // Served already, or loaded earlier for a pinned request (the same
+        // checks passed).
+        if let Some(loaded) = slot.loaded_version(current, version) {
+            return Some(loaded);
         }
         // A version refused for what it is (not for an unreachable store) is
         // not retried at every poll.
@@ -307,10 +309,6 @@ impl Watcher {
             .is_some()
         {
             return None;
-        }
-        if let Some(pinned) = slot.pinned_version(version) {
-            // Loaded earlier for a pinned request: the same checks passed.
-            return Some(pinned);
         }
         match self.source.load(&slot.name, slot.kind, version).await {
             Ok(loaded) => Some(Arc::new(loaded)),
