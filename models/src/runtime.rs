@@ -28,6 +28,16 @@ pub const ORT_FOLDER: &str = ".ort";
 /// probabilities and the ones ONNX Runtime computes.
 pub const GOLDEN_TOLERANCE: f32 = 1e-4;
 
+/// Whether `got` reproduces a golden example's `expected` probabilities:
+/// same length, every value within [`GOLDEN_TOLERANCE`], no NaN.
+pub fn reproduces(got: &[f32], expected: &[f32]) -> bool {
+    got.len() == expected.len()
+        && got
+            .iter()
+            .zip(expected)
+            .all(|(a, b)| (a - b).abs() <= GOLDEN_TOLERANCE)
+}
+
 /// Finds the ONNX Runtime library: `explicit` (from `ORT_DYLIB_PATH`) when
 /// given, else `.ort/` in the working directory or any of its ancestors, else
 /// beside the running executable or its ancestors.
@@ -205,12 +215,7 @@ pub fn check_contract(
             (None, None) => unreachable!("checked drafts carry an input per golden example"),
         };
         let got = run_probabilities(&mut session, kind, &signature, &input)?;
-        let worst = got[0]
-            .iter()
-            .zip(&golden.probabilities)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0_f32, f32::max);
-        if worst.is_nan() || worst > GOLDEN_TOLERANCE {
+        if !reproduces(&got[0], &golden.probabilities) {
             return Err(Error::contract(
                 kind,
                 format!(

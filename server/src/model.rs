@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use nurture_models::input::FeatureLayout;
 use nurture_models::kind::InputContract;
 use nurture_models::registry::FetchedVersion;
-use nurture_models::runtime::{self, GOLDEN_TOLERANCE};
+use nurture_models::runtime;
 use nurture_models::{Manifest, ModelKind};
 use ort::environment::Environment;
 
@@ -153,13 +153,7 @@ impl Loader {
                 .blocking_recv()
                 .map_err(|_| fail("warmup_failed", "worker stopped".to_owned()))?
                 .map_err(|error| fail("warmup_failed", error.to_string()))?;
-            let worst = scored
-                .probabilities
-                .iter()
-                .zip(&golden.probabilities)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0_f32, f32::max);
-            if worst.is_nan() || worst > GOLDEN_TOLERANCE {
+            if !runtime::reproduces(&scored.probabilities, &golden.probabilities) {
                 return Err(fail(
                     "golden_mismatch",
                     format!(
