@@ -10,7 +10,7 @@ use nurture_models::input::FeatureLayout;
 use nurture_models::registry::{Event, EventKind, ModelState};
 use nurture_models::{ModelKind, runtime};
 use nurture_proto::v1;
-use nurture_server::batcher::{BatchConfig, Batcher, Labels, Rows};
+use nurture_server::batcher::{BatchConfig, Batcher, Labels, OrtRunner, Rows};
 
 fn lead(i: usize) -> v1::LeadProfile {
     nurture_tests::fixtures::lead_profile(&format!("lead-{i}"))
@@ -93,12 +93,16 @@ fn start_batcher(onnx: &[u8], classes: usize, text_rank: usize, model: &str) -> 
     let config = BatchConfig {
         max_batch: 256,
         max_delay: Duration::ZERO,
-        queue_capacity: 1024,
+        linger: nurture_server::batcher::LINGER,
+        queue_capacity: 4096,
+        max_queue_delay: None,
     };
     Batcher::start(
-        vec![runtime::session(environment, onnx, 1).unwrap()],
-        classes,
-        text_rank,
+        vec![OrtRunner {
+            session: runtime::session(environment, onnx, 1).unwrap(),
+            classes,
+            text_rank,
+        }],
         config,
         Labels {
             model: model.into(),

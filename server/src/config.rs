@@ -61,9 +61,18 @@ pub struct Config {
     #[arg(long, env = "NURTURE_WORKERS", default_value_t = 1)]
     pub workers: usize,
 
-    /// Requests waiting per loaded version before new ones get RESOURCE_EXHAUSTED.
-    #[arg(long, env = "NURTURE_QUEUE_CAPACITY", default_value_t = 1024)]
+    /// Rows (not requests) waiting or running per loaded version before new
+    /// requests get RESOURCE_EXHAUSTED. A request larger than this is still
+    /// taken when nothing else waits.
+    #[arg(long, env = "NURTURE_QUEUE_CAPACITY", default_value_t = 4096)]
     pub queue_capacity: usize,
+
+    /// Longest estimated queue wait (from the measured cost per row) before
+    /// a request is refused at once with RESOURCE_EXHAUSTED and
+    /// `retry-after`; 0 turns the bound off. Requests whose estimated answer
+    /// time passes their own gRPC deadline are refused the same way.
+    #[arg(long, env = "NURTURE_MAX_QUEUE_DELAY", default_value = "1s", value_parser = parse_duration)]
+    pub max_queue_delay: Duration,
 
     /// Threads of the async runtime that run gRPC, HTTP/2 and protobuf work
     /// (default: half the CPUs this process may use, rounded up, leaving the

@@ -2,6 +2,8 @@
 
 use tonic::{Code, Status};
 
+use crate::batcher::queue::Refusal;
+
 /// Errors answering a request. `Clone` so a failed batch can answer every
 /// request in it.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -9,11 +11,13 @@ pub enum ServeError {
     /// Bad input; the message names the field.
     #[error("{0}")]
     InvalidArgument(String),
-    /// The version's queue is full (load shedding).
-    #[error("the {model} queue is full; retry with backoff")]
+    /// The version's queue cannot take the request in time (load shedding).
+    #[error("the {model} queue cannot take this request: {refusal}; retry with backoff")]
     Overloaded {
         /// Model name.
         model: String,
+        /// What the admission check found.
+        refusal: Refusal,
     },
     /// No version is live (yet) for the model.
     #[error("{0}")]
@@ -76,11 +80,11 @@ impl From<ServeError> for Status {
             ServeError::Inference(_) => Code::Internal,
         };
         let mut status = Status::new(code, error.to_string());
-        if code == Code::ResourceExhausted {
-            status.metadata_mut().insert(
-                "retry-after",
-                tonic::metadata::MetadataValue::from_static("1"),
-            );
+        if let ServeError::Overloaded { refusal, .. } = &error {
+            let seconds = refusal.retry_after().as_secs().to_string();
+            if let Ok(value) = seconds.parse() {
+                status.metadata_mut().insert("retry-after", value);
+            }
         }
         status
     }

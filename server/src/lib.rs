@@ -95,7 +95,10 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             batch: BatchConfig {
                 max_batch: config.max_batch,
                 max_delay: config.max_delay,
+                linger: batcher::LINGER,
                 queue_capacity: config.queue_capacity,
+                max_queue_delay: (!config.max_queue_delay.is_zero())
+                    .then_some(config.max_queue_delay),
             },
             workers: config.workers,
             intra_threads: config.intra_threads,

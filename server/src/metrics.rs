@@ -10,7 +10,9 @@
 //! | `nurture_queue_duration_seconds` | histogram | model |
 //! | `nurture_inference_duration_seconds` | histogram | model |
 //! | `nurture_batch_rows` | histogram | model |
-//! | `nurture_shed_requests_total` | counter | model |
+//! | `nurture_shed_requests_total` | counter | model, reason |
+//! | `nurture_queue_rows` | gauge | model, version |
+//! | `nurture_batch_isolations_total` | counter | model |
 //! | `nurture_dropped_requests_total` | counter | model, reason |
 //! | `nurture_model_loads_total` | counter | model, result |
 //! | `nurture_model_load_duration_seconds` | histogram | model |

@@ -11,7 +11,7 @@ use nurture_models::runtime;
 use nurture_models::{Manifest, ModelKind};
 use ort::environment::Environment;
 
-use crate::batcher::{BatchConfig, Batcher, Labels, Rows, Scored};
+use crate::batcher::{BatchConfig, Batcher, Labels, OrtRunner, Rows, Scored};
 use crate::error::ServeError;
 
 /// Why a version could not be loaded.
@@ -119,16 +119,22 @@ impl Loader {
             ),
             InputContract::Text | InputContract::Any => None,
         };
-        let sessions = (0..self.workers.max(1))
-            .map(|_| runtime::session(self.environment, &fetched.onnx, self.intra_threads))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|error| fail("session_error", error.to_string()))?;
         let text_rank = manifest.inputs.first().map_or(1, |input| input.shape.len());
         let classes = manifest.labels.len();
+        let runners = (0..self.workers.max(1))
+            .map(|_| {
+                runtime::session(self.environment, &fetched.onnx, self.intra_threads).map(
+                    |session| OrtRunner {
+                        session,
+                        classes,
+                        text_rank,
+                    },
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| fail("session_error", error.to_string()))?;
         let batcher = Batcher::start(
-            sessions,
-            classes,
-            text_rank,
+            runners,
             self.batch,
             Labels {
                 model: name.to_owned(),

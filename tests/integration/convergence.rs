@@ -10,9 +10,9 @@ use nurture_proto::v1;
 use nurture_proto::v1::churn_service_client::ChurnServiceClient;
 use nurture_proto::v1::status_service_client::StatusServiceClient;
 use nurture_tests::proxy::CuttableProxy;
-use nurture_tests::run_tool;
 use nurture_tests::s3::TestS3;
 use nurture_tests::server::{ServerProcess, churn_version_of};
+use nurture_tests::{eventually, run_tool};
 use tempfile::TempDir;
 use tonic::Code;
 
@@ -190,4 +190,63 @@ async fn replicas_converge_through_the_store_and_ride_out_its_outage() {
     converge(&[&a, &b, &c], (1, 0), "still cut off").await;
     cluster.proxy.restore();
     converge(&[&a, &b, &c], (2, 0), "after the outage").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_stuck_on_the_store_is_abandoned_at_its_deadline_and_counted() {
+    let cluster = Cluster::new();
+    let data = cluster.dir.path().join("data");
+    let data = data.to_str().unwrap();
+    cluster.run(
+        "nurture-trainer",
+        &["generate", "--out", data, "--rows", "600"],
+    );
+    let csv = format!("{data}/churn.csv");
+    for (seed, action) in [("1", "--promote"), ("2", "--publish")] {
+        cluster.run(
+            "nurture-trainer",
+            &[
+                "train",
+                "churn",
+                "--data",
+                &csv,
+                action,
+                "--seed",
+                seed,
+                "--iterations",
+                "20",
+            ],
+        );
+    }
+    let replica = cluster.replica(0);
+    converge(&[&replica], (1, 0), "initial").await;
+    // Version 2 is in the log but not loaded: pinning it fetches it from
+    // the store, which is now cut off, so the call outlives its deadline.
+    cluster.proxy.cut();
+    let mut client = ChurnServiceClient::new(replica.channel().await);
+    let mut request = tonic::Request::new(v1::PredictChurnRequest {
+        leads: vec![lead("hurried")],
+        version: 2,
+        max_factors: 0,
+    });
+    request.set_timeout(Duration::from_millis(300));
+    let status = client.predict_churn(request).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    let counted = || {
+        replica.metrics().lines().any(|line| {
+            line.starts_with("nurture_requests_total")
+                && line.contains(r#"rpc="PredictChurn""#)
+                && line.contains(r#"code="deadline_exceeded""#)
+        })
+    };
+    eventually(
+        "the abandoned call is counted",
+        Duration::from_secs(10),
+        async || counted(),
+    )
+    .await;
+    cluster.proxy.restore();
 }

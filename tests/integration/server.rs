@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{Datelike, Timelike};
+use nurture_proto::inference as kserve;
+use nurture_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use nurture_proto::v1::channel_timing_service_client::ChannelTimingServiceClient;
 use nurture_proto::v1::churn_service_client::ChurnServiceClient;
 use nurture_proto::v1::emotion_service_client::EmotionServiceClient;
@@ -1113,4 +1115,119 @@ async fn canaries_get_their_share_of_leads_sticky_per_lead() {
             .iter()
             .all(|p| p.model.as_ref().unwrap().version == 1)
     );
+}
+
+/// Sends `text` to the emotion model through the Open Inference Protocol,
+/// as one BYTES element of the `text` input.
+async fn infer_emotion_text(
+    client: &mut GrpcInferenceServiceClient<Channel>,
+    text: &str,
+) -> Result<(), tonic::Status> {
+    let input = kserve::model_infer_request::InferInputTensor {
+        name: "text".into(),
+        datatype: "BYTES".into(),
+        shape: vec![1],
+        contents: Some(kserve::InferTensorContents {
+            bytes_contents: vec![text.as_bytes().to_vec()],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    client
+        .model_infer(kserve::ModelInferRequest {
+            model_name: "emotion".into(),
+            inputs: vec![input],
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_clients_nul_bytes_never_fail_another_clients_requests() {
+    let fixture = Fixture::new();
+    let server = fixture.server(&[]);
+    wait_until_live(&server, 5).await;
+    let channel = server.channel().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut good = Vec::new();
+    // Eight clients with ordinary texts, bounded in count and time.
+    for client in 0..8 {
+        let mut emotion = EmotionServiceClient::new(channel.clone());
+        let stop = stop.clone();
+        good.push(tokio::spawn(async move {
+            let (mut answered, mut failed) = (0usize, Vec::new());
+            for i in 0..5_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let request = v1::AnalyzeEmotionRequest {
+                    inputs: vec![v1::EmotionInput {
+                        text: format!("client {client} is so excited about listing {i}"),
+                        lead_id: format!("c{client}"),
+                    }],
+                    version: 0,
+                };
+                match emotion.analyze_emotion(request).await {
+                    Ok(_) => answered += 1,
+                    Err(status) => failed.push(status),
+                }
+            }
+            (answered, failed)
+        }));
+    }
+    // Two clients with NUL bytes: one typed, one through the protocol.
+    let mut emotion = EmotionServiceClient::new(channel.clone());
+    let typed_stop = stop.clone();
+    let typed = tokio::spawn(async move {
+        let mut refusals = Vec::new();
+        while !typed_stop.load(Ordering::Relaxed) && refusals.len() < 5_000 {
+            let request = v1::AnalyzeEmotionRequest {
+                inputs: vec![v1::EmotionInput {
+                    text: "so excited\0about this".into(),
+                    lead_id: "nul".into(),
+                }],
+                version: 0,
+            };
+            refusals.push(emotion.analyze_emotion(request).await.unwrap_err());
+        }
+        refusals
+    });
+    let mut inference = GrpcInferenceServiceClient::new(channel.clone());
+    let protocol_stop = stop.clone();
+    let protocol = tokio::spawn(async move {
+        let mut refusals = Vec::new();
+        while !protocol_stop.load(Ordering::Relaxed) && refusals.len() < 5_000 {
+            refusals.push(
+                infer_emotion_text(&mut inference, "a\0b")
+                    .await
+                    .unwrap_err(),
+            );
+        }
+        refusals
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut answered = 0;
+    for client in good {
+        let (ok, failed) = client.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "good requests failed: {:?}",
+            &failed[..failed.len().min(3)]
+        );
+        answered += ok;
+    }
+    let typed = typed.await.unwrap();
+    let protocol = protocol.await.unwrap();
+    assert!(answered > 100 && !typed.is_empty() && !protocol.is_empty());
+    for status in &typed {
+        assert_invalid_argument(status, "inputs[0].text");
+    }
+    for status in &protocol {
+        assert_invalid_argument(status, "inputs[0].contents");
+    }
+    // The same text without the NUL byte is served through both paths.
+    let mut inference = GrpcInferenceServiceClient::new(channel);
+    infer_emotion_text(&mut inference, "ab").await.unwrap();
 }

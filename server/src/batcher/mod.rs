@@ -1,25 +1,33 @@
-//! The dynamic batcher of one loaded version: a bounded queue feeding worker
-//! threads, each owning its own ONNX Runtime session.
+//! The dynamic batcher of one loaded version: a queue bounded in rows
+//! feeding worker threads, each owning its own [`Runner`] (an ONNX Runtime
+//! session in the server).
 //!
-//! A worker takes the first waiting request, gathers more until `max_batch`
-//! rows or until `max_delay` after that request arrived, drops requests whose
-//! deadline passed or whose caller left, runs one inference and scatters the
-//! rows back. A full queue refuses at once (RESOURCE_EXHAUSTED).
+//! Admission happens at the door: a request is refused at once
+//! (RESOURCE_EXHAUSTED) when the rows queued plus its own pass the capacity,
+//! or when the wait estimated from the measured cost per row passes
+//! `--max-queue-delay` or the caller's deadline. A worker takes the first
+//! waiting request, gathers more until `max_batch` rows or until `max_delay`
+//! after that request arrived, drops requests whose deadline passed or whose
+//! caller left, runs one call and scatters the rows back. When a call of
+//! several requests fails, it is re-run in halves until the failure is
+//! pinned on the requests that cause it: one caller's bad input never fails
+//! another's.
 
 pub mod queue;
+pub mod runner;
 pub mod tensor;
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
-use nurture_models::kind::{FEATURES_INPUT, PROBABILITIES_OUTPUT, TEXT_INPUT};
-use ort::session::Session;
-use ort::value::Tensor;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tokio::sync::oneshot;
 
 use crate::error::ServeError;
-use queue::{Batch, Batchable};
+use queue::{Admission, Batch, Batchable};
+pub use runner::{OrtRunner, Output, Runner};
 
 /// Longest a worker waits for the next request of a burst before running
 /// what it has (see `worker`).
@@ -61,6 +69,14 @@ impl Rows {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    fn batch_key(&self) -> Option<u64> {
+        match self {
+            Rows::Tensors { key, .. } => *key,
+            Rows::Features { width, .. } => Some(*width as u64),
+            Rows::Texts(_) => Some(0),
+        }
+    }
 }
 
 /// What a request gets back.
@@ -78,29 +94,92 @@ pub struct Scored {
     pub tensors: Vec<tensor::NamedTensor>,
 }
 
-struct Job {
-    rows: Rows,
+/// State shared by the door (`submit`) and the workers.
+#[derive(Debug)]
+struct Shared {
+    /// Rows admitted and not yet answered (waiting or running).
+    queued_rows: AtomicUsize,
+    /// Measured inference cost per row, in nanoseconds, as an exponentially
+    /// weighted mean over batches (0: nothing measured yet).
+    cost_per_row_ns: AtomicU64,
+    /// `nurture_queue_rows` of this version.
+    depth: metrics::Gauge,
+}
+
+impl Shared {
+    fn cost_per_row(&self) -> Option<Duration> {
+        match self.cost_per_row_ns.load(Ordering::Relaxed) {
+            0 => None,
+            nanos => Some(Duration::from_nanos(nanos)),
+        }
+    }
+
+    fn record_cost(&self, elapsed: Duration, rows: usize) {
+        if rows == 0 {
+            return;
+        }
+        let sample = (elapsed.as_nanos() / rows as u128).clamp(1, u128::from(u64::MAX)) as u64;
+        let old = self.cost_per_row_ns.load(Ordering::Relaxed);
+        // NOTE: a weight of 1/8 follows a change of model cost within a few
+        // dozen batches without letting one slow call (a page fault, a
+        // preempted thread) move the estimate much. Racing workers may lose
+        // a sample; that is fine for an estimate.
+        let new = if old == 0 {
+            sample
+        } else {
+            old - old / 8 + sample / 8
+        };
+        self.cost_per_row_ns.store(new.max(1), Ordering::Relaxed);
+    }
+}
+
+/// A request's claim on queue capacity, given back when dropped, whatever
+/// path the request takes (answered, dropped, refused by a closed queue).
+#[derive(Debug)]
+struct Ticket {
+    rows: usize,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let before = self
+            .shared
+            .queued_rows
+            .fetch_sub(self.rows, Ordering::AcqRel);
+        self.shared
+            .depth
+            .set(before.saturating_sub(self.rows) as f64);
+    }
+}
+
+/// Everything about a queued request except its rows.
+#[derive(Debug)]
+struct Meta {
     deadline: Option<Instant>,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Scored, ServeError>>,
+    ticket: Ticket,
+}
+
+#[derive(Debug)]
+struct Job {
+    rows: Rows,
+    meta: Meta,
 }
 
 impl Batchable for Job {
     fn rows(&self) -> usize {
-        self.rows.len()
+        self.meta.ticket.rows
     }
     fn deadline(&self) -> Option<Instant> {
-        self.deadline
+        self.meta.deadline
     }
     fn abandoned(&self) -> bool {
-        self.reply.is_closed()
+        self.meta.reply.is_closed()
     }
     fn batch_key(&self) -> Option<u64> {
-        match &self.rows {
-            Rows::Tensors { key, .. } => *key,
-            Rows::Features { width, .. } => Some(*width as u64),
-            Rows::Texts(_) => Some(0),
-        }
+        self.rows.batch_key()
     }
 }
 
@@ -111,8 +190,13 @@ pub struct BatchConfig {
     pub max_batch: usize,
     /// Longest wait for a batch to fill, from the first request's arrival.
     pub max_delay: Duration,
-    /// Waiting requests before refusing.
+    /// Longest a worker waits for each further request of a burst (at most
+    /// until `max_delay`); [`LINGER`] in the server.
+    pub linger: Duration,
+    /// Rows waiting or running before new requests are refused.
     pub queue_capacity: usize,
+    /// Longest estimated queue wait before a request is refused.
+    pub max_queue_delay: Option<Duration>,
 }
 
 /// Labels of the version a batcher serves, for metrics.
@@ -124,12 +208,16 @@ pub struct Labels {
     pub version: String,
 }
 
-/// The batcher of one version. Dropping it closes the queue and joins the
-/// workers once they finish what they hold.
+/// The batcher of one version. Dropping it closes the queue; its workers
+/// finish what they hold and are joined on the reaper thread, never on the
+/// thread that dropped the last reference (an async runtime thread, or one
+/// holding a lock).
 pub struct Batcher {
     sender: Option<Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
     labels: Labels,
+    shared: Arc<Shared>,
+    admission: Admission,
 }
 
 impl std::fmt::Debug for Batcher {
@@ -142,28 +230,33 @@ impl std::fmt::Debug for Batcher {
 }
 
 impl Batcher {
-    /// Starts one worker per session. `text_rank` is the rank of a text
-    /// model's input (1 for `[batch]`, 2 for `[batch, 1]`).
-    pub fn start(
-        sessions: Vec<Session>,
-        classes: usize,
-        text_rank: usize,
-        config: BatchConfig,
-        labels: Labels,
-    ) -> Batcher {
-        let (sender, receiver) = crossbeam_channel::bounded::<Job>(config.queue_capacity.max(1));
-        let workers = sessions
+    /// Starts one worker thread per runner.
+    pub fn start<R: Runner>(runners: Vec<R>, config: BatchConfig, labels: Labels) -> Batcher {
+        let (sender, receiver) = crossbeam_channel::unbounded::<Job>();
+        let shared = Arc::new(Shared {
+            queued_rows: AtomicUsize::new(0),
+            cost_per_row_ns: AtomicU64::new(0),
+            depth: metrics::gauge!("nurture_queue_rows", "model" => labels.model.clone(), "version" => labels.version.clone()),
+        });
+        shared.depth.set(0.0);
+        let admission = Admission {
+            capacity_rows: config.queue_capacity.max(1),
+            max_queue_delay: config.max_queue_delay,
+            workers: runners.len().max(1),
+        };
+        let workers = runners
             .into_iter()
             .enumerate()
-            .map(|(index, session)| {
+            .map(|(index, runner)| {
                 let receiver = receiver.clone();
                 let labels = labels.clone();
+                let shared = shared.clone();
                 std::thread::Builder::new()
                     .name(format!(
                         "infer-{}-v{}-{index}",
                         labels.model, labels.version
                     ))
-                    .spawn(move || worker(session, receiver, classes, text_rank, config, labels))
+                    .spawn(move || worker(runner, receiver, config, labels, shared))
                     .expect("the OS can start a thread")
             })
             .collect();
@@ -171,32 +264,66 @@ impl Batcher {
             sender: Some(sender),
             workers,
             labels,
+            shared,
+            admission,
         }
     }
 
-    /// Queues rows; the answer arrives on the returned channel.
+    /// Rows admitted and not yet answered.
+    pub fn queued_rows(&self) -> usize {
+        self.shared.queued_rows.load(Ordering::Relaxed)
+    }
+
+    /// Queues rows, or refuses them at once when they cannot be answered in
+    /// time; the answer arrives on the returned channel.
     pub fn submit(
         &self,
         rows: Rows,
         deadline: Option<Instant>,
     ) -> Result<oneshot::Receiver<Result<Scored, ServeError>>, ServeError> {
+        let count = rows.len();
+        let enqueued = Instant::now();
+        let left = deadline.map(|deadline| deadline.saturating_duration_since(enqueued));
+        let cost = self.shared.cost_per_row();
+        let mut queued = self.shared.queued_rows.load(Ordering::Acquire);
+        loop {
+            if let Err(refusal) = self.admission.decide(queued, count, cost, left) {
+                metrics::counter!("nurture_shed_requests_total", "model" => self.labels.model.clone(), "reason" => refusal.as_str())
+                    .increment(1);
+                return Err(ServeError::Overloaded {
+                    model: self.labels.model.clone(),
+                    refusal,
+                });
+            }
+            match self.shared.queued_rows.compare_exchange_weak(
+                queued,
+                queued + count,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => queued = actual,
+            }
+        }
+        self.shared.depth.set((queued + count) as f64);
+        let ticket = Ticket {
+            rows: count,
+            shared: self.shared.clone(),
+        };
         let (reply, answer) = oneshot::channel();
         let job = Job {
             rows,
-            deadline,
-            enqueued: Instant::now(),
-            reply,
+            meta: Meta {
+                deadline,
+                enqueued,
+                reply,
+                ticket,
+            },
         };
         let sender = self.sender.as_ref().expect("the sender lives until drop");
-        match sender.try_send(job) {
+        match sender.send(job) {
             Ok(()) => Ok(answer),
-            Err(TrySendError::Full(_)) => {
-                metrics::counter!("nurture_shed_requests_total", "model" => self.labels.model.clone()).increment(1);
-                Err(ServeError::Overloaded {
-                    model: self.labels.model.clone(),
-                })
-            }
-            Err(TrySendError::Disconnected(_)) => Err(ServeError::Unavailable(format!(
+            Err(_) => Err(ServeError::Unavailable(format!(
                 "version {} of {} is shutting down",
                 self.labels.version, self.labels.model
             ))),
@@ -212,23 +339,50 @@ impl Batcher {
     }
 }
 
+/// The thread that joins retired workers (see [`Batcher`]'s drop).
+fn reaper() -> Option<&'static Sender<JoinHandle<()>>> {
+    static REAPER: OnceLock<Option<Sender<JoinHandle<()>>>> = OnceLock::new();
+    REAPER
+        .get_or_init(|| {
+            let (sender, receiver) = crossbeam_channel::unbounded::<JoinHandle<()>>();
+            std::thread::Builder::new()
+                .name("batcher-reaper".to_owned())
+                .spawn(move || {
+                    for worker in receiver {
+                        let _ = worker.join();
+                    }
+                })
+                .ok()
+                .map(|_| sender)
+        })
+        .as_ref()
+}
+
 impl Drop for Batcher {
     fn drop(&mut self) {
         // Closing the queue ends each worker's loop after its current batch.
         self.sender.take();
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
+        let workers = std::mem::take(&mut self.workers);
+        match reaper() {
+            Some(reaper) => {
+                for worker in workers {
+                    // NOTE: if the reaper is gone the handle drops, which
+                    // detaches the thread: it still ends on its own.
+                    let _ = reaper.send(worker);
+                }
+            }
+            None => drop(workers),
         }
+        self.shared.depth.set(0.0);
     }
 }
 
-fn worker(
-    mut session: Session,
+fn worker<R: Runner>(
+    mut runner: R,
     receiver: Receiver<Job>,
-    classes: usize,
-    text_rank: usize,
     config: BatchConfig,
     labels: Labels,
+    shared: Arc<Shared>,
 ) {
     let mut carry: Option<Job> = None;
     // Requests in the previous batch: more than one means concurrent traffic,
@@ -242,7 +396,7 @@ fn worker(
                 Err(_) => return,
             },
         };
-        let window_end = first.enqueued + config.max_delay;
+        let window_end = first.meta.enqueued + config.max_delay;
         let mut batch = Batch::new(config.max_batch);
         batch.offer(first);
         let mut jobs = 1usize;
@@ -260,7 +414,7 @@ fn worker(
             }
         }
         // NOTE: then linger for stragglers, but only under concurrent traffic
-        // and only while they keep coming: each wait is at most LINGER, and
+        // and only while they keep coming: each wait is at most `linger`, and
         // all of them end by `max_delay` after the first request arrived.
         // Waiting out the whole `max_delay` idles the worker while every
         // closed-loop client is blocked on it, which halved throughput.
@@ -268,7 +422,7 @@ fn worker(
             while !batch.is_full() {
                 let wait = window_end
                     .saturating_duration_since(Instant::now())
-                    .min(LINGER);
+                    .min(config.linger);
                 if wait.is_zero() {
                     break;
                 }
@@ -288,190 +442,391 @@ fn worker(
         for (job, reason) in batch.drop_inadmissible(Instant::now()) {
             metrics::counter!("nurture_dropped_requests_total", "model" => labels.model.clone(), "reason" => reason.as_str())
                 .increment(1);
-            let _ = job.reply.send(Err(ServeError::DeadlineExceeded));
+            let Meta { reply, ticket, .. } = job.meta;
+            // The capacity is free before the caller hears back.
+            drop(ticket);
+            let _ = reply.send(Err(ServeError::DeadlineExceeded));
         }
         if batch.is_empty() {
             continue;
         }
-        run_batch(
-            &mut session,
-            batch.into_items(),
-            classes,
-            text_rank,
-            &labels,
+        run_batch(&mut runner, batch.into_items(), &labels, &shared);
+    }
+}
+
+fn run_batch<R: Runner>(runner: &mut R, jobs: Vec<Job>, labels: &Labels, shared: &Shared) {
+    let (mut rows, metas): (Vec<Rows>, Vec<Meta>) =
+        jobs.into_iter().map(|job| (job.rows, job.meta)).unzip();
+    let total: usize = metas.iter().map(|meta| meta.ticket.rows).sum();
+    metrics::histogram!("nurture_batch_rows", "model" => labels.model.clone()).record(total as f64);
+    let started = Instant::now();
+    let mut splits = 0usize;
+    let results = run_isolating(runner, &mut rows, &mut splits);
+    let inference = started.elapsed();
+    metrics::histogram!("nurture_inference_duration_seconds", "model" => labels.model.clone())
+        .record(inference.as_secs_f64());
+    if splits == 0 {
+        shared.record_cost(inference, total);
+    } else {
+        let failed = results.iter().filter(|result| result.is_err()).count();
+        metrics::counter!("nurture_batch_isolations_total", "model" => labels.model.clone())
+            .increment(1);
+        tracing::warn!(
+            model = %labels.model,
+            version = %labels.version,
+            requests = metas.len(),
+            failed,
+            reruns = splits,
+            "batch failed; re-ran its requests in parts so only the failing ones fail"
         );
     }
-}
-
-fn run_batch(
-    session: &mut Session,
-    mut jobs: Vec<Job>,
-    classes: usize,
-    text_rank: usize,
-    labels: &Labels,
-) {
-    let counts: Vec<usize> = jobs.iter().map(|job| job.rows.len()).collect();
-    let rows: usize = counts.iter().sum();
-    metrics::histogram!("nurture_batch_rows", "model" => labels.model.clone()).record(rows as f64);
-    let started = Instant::now();
-    if matches!(jobs[0].rows, Rows::Tensors { .. }) {
-        run_tensor_batch(session, jobs, rows, started, labels);
-        return;
-    }
-    let result = infer(session, &mut jobs, rows, classes, text_rank);
-    let inference = started.elapsed();
-    metrics::histogram!("nurture_inference_duration_seconds", "model" => labels.model.clone())
-        .record(inference.as_secs_f64());
-    match result {
-        Ok(probabilities) => {
-            let mut offset = 0;
-            for (job, rows_of_job) in jobs.into_iter().zip(counts) {
-                let count = rows_of_job * classes;
-                let queued = started.saturating_duration_since(job.enqueued);
-                metrics::histogram!("nurture_queue_duration_seconds", "model" => labels.model.clone())
-                    .record(queued.as_secs_f64());
-                let scored = Scored {
-                    probabilities: probabilities[offset..offset + count].to_vec(),
-                    queued,
-                    inference,
-                    batch_rows: rows,
-                    tensors: Vec::new(),
-                };
-                offset += count;
-                let _ = job.reply.send(Ok(scored));
+    for (meta, result) in metas.into_iter().zip(results) {
+        let Meta {
+            enqueued,
+            reply,
+            ticket,
+            ..
+        } = meta;
+        drop(ticket);
+        let queued = started.saturating_duration_since(enqueued);
+        metrics::histogram!("nurture_queue_duration_seconds", "model" => labels.model.clone())
+            .record(queued.as_secs_f64());
+        let answer = result.map(|output| {
+            let (probabilities, tensors) = match output {
+                Output::Probabilities(probabilities) => (probabilities, Vec::new()),
+                Output::Tensors(tensors) => (Vec::new(), tensors),
+            };
+            Scored {
+                probabilities,
+                queued,
+                inference,
+                batch_rows: total,
+                tensors,
             }
-        }
-        Err(error) => {
-            tracing::error!(model = %labels.model, version = %labels.version, %error, "inference failed");
-            for job in jobs {
-                let _ = job.reply.send(Err(error.clone()));
-            }
-        }
-    }
-}
-
-fn run_tensor_batch(
-    session: &mut Session,
-    jobs: Vec<Job>,
-    rows: usize,
-    started: Instant,
-    labels: &Labels,
-) {
-    let result = (|| {
-        let inputs: Vec<&[tensor::NamedTensor]> = jobs
-            .iter()
-            .map(|job| match &job.rows {
-                Rows::Tensors { tensors, .. } => Ok(tensors.as_slice()),
-                _ => Err(ServeError::Inference(
-                    "mixed row kinds in one batch; this is a bug".to_owned(),
-                )),
-            })
-            .collect::<Result<_, _>>()?;
-        let merged = tensor::concat(&inputs)?;
-        let outputs = tensor::run(session, merged)?;
-        let counts: Vec<usize> = jobs.iter().map(|job| job.rows.len()).collect();
-        tensor::split(outputs, &counts)
-    })();
-    let inference = started.elapsed();
-    metrics::histogram!("nurture_inference_duration_seconds", "model" => labels.model.clone())
-        .record(inference.as_secs_f64());
-    match result {
-        Ok(per_job) => {
-            for (job, tensors) in jobs.into_iter().zip(per_job) {
-                let queued = started.saturating_duration_since(job.enqueued);
-                metrics::histogram!("nurture_queue_duration_seconds", "model" => labels.model.clone())
-                    .record(queued.as_secs_f64());
-                let _ = job.reply.send(Ok(Scored {
-                    probabilities: Vec::new(),
-                    queued,
-                    inference,
-                    batch_rows: rows,
-                    tensors,
-                }));
-            }
-        }
-        Err(error) => {
+        });
+        if let Err(error) = &answer {
             tracing::warn!(model = %labels.model, version = %labels.version, %error, "inference failed");
-            for job in jobs {
-                let _ = job.reply.send(Err(error.clone()));
-            }
         }
+        let _ = reply.send(answer);
     }
 }
 
-/// Runs the rows of `jobs` as one call; a lone job's feature rows are moved
-/// into the tensor rather than copied, so they are gone afterwards.
-fn infer(
-    session: &mut Session,
-    jobs: &mut [Job],
-    rows: usize,
-    classes: usize,
-    text_rank: usize,
-) -> Result<Vec<f32>, ServeError> {
-    let failed = |error: ort::Error| ServeError::Inference(error.to_string());
-    let outputs = match &jobs[0].rows {
-        Rows::Features { width, .. } => {
-            let width = *width;
-            let mixed =
-                || ServeError::Inference("mixed row shapes in one batch; this is a bug".to_owned());
-            let values = if let [job] = jobs {
-                match &mut job.rows {
-                    Rows::Features { values, .. } => std::mem::take(values),
-                    _ => return Err(mixed()),
-                }
-            } else {
-                let mut values = Vec::with_capacity(rows * width);
-                for job in jobs.iter() {
-                    match &job.rows {
-                        Rows::Features {
-                            values: v,
-                            width: w,
-                        } if *w == width => values.extend_from_slice(v),
-                        _ => return Err(mixed()),
-                    }
-                }
-                values
-            };
-            let tensor = Tensor::from_array(([rows, width], values)).map_err(failed)?;
-            session
-                .run(ort::inputs![FEATURES_INPUT => tensor])
-                .map_err(failed)?
+/// Runs `requests` as one call; if a call of several fails, runs each half
+/// on its own, recursively, so a failure lands only on the requests that
+/// cause it (a lone bad request among `n` costs about `2·log2(n)` extra
+/// calls). Counts the re-runs in `splits`.
+fn run_isolating<R: Runner>(
+    runner: &mut R,
+    requests: &mut [Rows],
+    splits: &mut usize,
+) -> Vec<Result<Output, ServeError>> {
+    let error = match runner.run(requests) {
+        Ok(outputs) if outputs.len() == requests.len() => {
+            return outputs.into_iter().map(Ok).collect();
         }
-        Rows::Texts(_) => {
-            let mut texts: Vec<String> = Vec::with_capacity(rows);
-            for job in jobs {
-                match &job.rows {
-                    Rows::Texts(t) => texts.extend(t.iter().cloned()),
-                    Rows::Features { .. } | Rows::Tensors { .. } => {
-                        return Err(ServeError::Inference(
-                            "mixed row kinds in one batch; this is a bug".to_owned(),
-                        ));
-                    }
-                }
-            }
-            let shape: Vec<usize> = if text_rank == 2 {
-                vec![rows, 1]
-            } else {
-                vec![rows]
-            };
-            let tensor = Tensor::from_string_array((shape, texts.as_slice())).map_err(failed)?;
-            session
-                .run(ort::inputs![TEXT_INPUT => tensor])
-                .map_err(failed)?
-        }
-        Rows::Tensors { .. } => {
-            return Err(ServeError::Inference(
-                "tensor rows on the typed path; this is a bug".to_owned(),
-            ));
-        }
+        Ok(outputs) => ServeError::Inference(format!(
+            "the runner returned {} outputs for {} requests; this is a bug",
+            outputs.len(),
+            requests.len()
+        )),
+        Err(error) => error,
     };
-    let (shape, data) = outputs[PROBABILITIES_OUTPUT]
-        .try_extract_tensor::<f32>()
-        .map_err(failed)?;
-    if shape.len() != 2 || shape[0] as usize != rows || shape[1] as usize != classes {
-        return Err(ServeError::Inference(format!(
-            "model returned shape {shape:?}, expected [{rows}, {classes}]"
-        )));
+    if requests.len() == 1 {
+        return vec![Err(error)];
     }
-    Ok(data.to_vec())
+    *splits += 1;
+    let (left, right) = requests.split_at_mut(requests.len() / 2);
+    let mut results = run_isolating(runner, left, splits);
+    results.extend(run_isolating(runner, right, splits));
+    results
+}
+
+#[cfg(test)]
+mod tests {
+    //! Worker behaviours driven through a fake runner: no model, no timers
+    //! in the assertions. The runner reports each call's texts on a channel
+    //! and, when gated, waits for a token before answering, so a test knows
+    //! what the worker holds while it queues more.
+
+    use super::*;
+
+    /// Texts that make the fake fail, as a NUL byte fails ONNX Runtime.
+    const POISON: &str = "poison";
+
+    struct Fake {
+        calls: Sender<Vec<String>>,
+        gate: Option<Receiver<()>>,
+        /// Fail every call (a broken model), not only poisoned ones.
+        broken: bool,
+        /// Sleep per row, so the measured cost is known to be at least this.
+        per_row: Duration,
+    }
+
+    impl Runner for Fake {
+        fn run(&mut self, requests: &mut [Rows]) -> Result<Vec<Output>, ServeError> {
+            let texts: Vec<String> = requests
+                .iter()
+                .flat_map(|rows| match rows {
+                    Rows::Texts(texts) => texts.clone(),
+                    _ => vec!["?".to_owned()],
+                })
+                .collect();
+            let _ = self.calls.send(texts.clone());
+            if let Some(gate) = &self.gate {
+                let _ = gate.recv();
+            }
+            std::thread::sleep(self.per_row * texts.len() as u32);
+            if self.broken {
+                return Err(ServeError::Inference("the model is broken".to_owned()));
+            }
+            if texts.iter().any(|text| text == POISON) {
+                return Err(ServeError::Inference("nul byte found".to_owned()));
+            }
+            Ok(requests
+                .iter()
+                .map(|rows| Output::Probabilities(vec![rows.len() as f32]))
+                .collect())
+        }
+    }
+
+    struct Harness {
+        batcher: Batcher,
+        calls: Receiver<Vec<String>>,
+        open: Sender<()>,
+    }
+
+    fn config(max_batch: usize, queue_capacity: usize) -> BatchConfig {
+        BatchConfig {
+            max_batch,
+            max_delay: Duration::ZERO,
+            linger: LINGER,
+            queue_capacity,
+            max_queue_delay: None,
+        }
+    }
+
+    fn harness(config: BatchConfig, gated: bool, broken: bool, per_row: Duration) -> Harness {
+        let (calls_tx, calls) = crossbeam_channel::unbounded();
+        let (open, gate) = crossbeam_channel::unbounded();
+        let fake = Fake {
+            calls: calls_tx,
+            gate: gated.then_some(gate),
+            broken,
+            per_row,
+        };
+        let batcher = Batcher::start(
+            vec![fake],
+            config,
+            Labels {
+                model: "test".into(),
+                version: "1".into(),
+            },
+        );
+        Harness {
+            batcher,
+            calls,
+            open,
+        }
+    }
+
+    fn texts(texts: &[&str]) -> Rows {
+        Rows::Texts(texts.iter().map(|t| (*t).to_owned()).collect())
+    }
+
+    type Answer = oneshot::Receiver<Result<Scored, ServeError>>;
+
+    fn submit(harness: &Harness, rows: &[&str]) -> Answer {
+        harness.batcher.submit(texts(rows), None).expect("admitted")
+    }
+
+    /// Blocks the worker inside a call on `first`, so later submissions
+    /// queue behind it.
+    fn hold_worker(harness: &Harness, first: &[&str]) -> Answer {
+        let answer = submit(harness, first);
+        assert_eq!(harness.calls.recv().unwrap(), first);
+        answer
+    }
+
+    fn wait(answer: Answer) -> Result<Scored, ServeError> {
+        answer.blocking_recv().expect("every request is answered")
+    }
+
+    #[test]
+    fn a_failed_batch_fails_only_the_request_that_caused_it() {
+        let h = harness(config(64, 4096), true, false, Duration::ZERO);
+        let first = hold_worker(&h, &["a"]);
+        let answers: Vec<(bool, Answer)> = ["b", POISON, "c", "d", "e"]
+            .iter()
+            .map(|text| (*text == POISON, submit(&h, &[text])))
+            .collect();
+        for _ in 0..64 {
+            h.open.send(()).unwrap();
+        }
+        assert!(wait(first).is_ok());
+        for (poisoned, answer) in answers {
+            let result = wait(answer);
+            assert_eq!(result.is_err(), poisoned, "{result:?}");
+        }
+        // One call of all five, then halves down to the poisoned request.
+        let calls: Vec<Vec<String>> = h.calls.try_iter().collect();
+        assert_eq!(calls[0], ["b", POISON, "c", "d", "e"]);
+        assert!(calls.len() <= 1 + 2 * 3, "{calls:?}");
+        assert_eq!(h.batcher.queued_rows(), 0);
+    }
+
+    #[test]
+    fn rerunning_in_halves_pins_every_failure_on_its_own_request() {
+        let (calls, _seen) = crossbeam_channel::unbounded();
+        let mut fake = Fake {
+            calls,
+            gate: None,
+            broken: false,
+            per_row: Duration::ZERO,
+        };
+        let mut requests: Vec<Rows> = ["a", POISON, "b", "c", POISON, "d", "e", "f"]
+            .iter()
+            .map(|t| texts(&[t]))
+            .collect();
+        let mut splits = 0;
+        let results = run_isolating(&mut fake, &mut requests, &mut splits);
+        let failed: Vec<usize> = (0..results.len())
+            .filter(|i| results[*i].is_err())
+            .collect();
+        assert_eq!(failed, [1, 4]);
+        assert!(splits > 0);
+        assert_eq!(
+            results[0].as_ref().ok(),
+            Some(&Output::Probabilities(vec![1.0]))
+        );
+    }
+
+    #[test]
+    fn a_broken_model_fans_its_error_out_to_every_member() {
+        let h = harness(config(64, 4096), true, true, Duration::ZERO);
+        let first = hold_worker(&h, &["a"]);
+        let answers: Vec<Answer> = ["b", "c", "d"].iter().map(|t| submit(&h, &[t])).collect();
+        for _ in 0..64 {
+            h.open.send(()).unwrap();
+        }
+        assert!(wait(first).is_err());
+        for answer in answers {
+            let error = wait(answer).unwrap_err();
+            assert_eq!(error.error_type(), "inference_error", "{error}");
+        }
+    }
+
+    #[test]
+    fn requests_that_do_not_fit_are_carried_to_the_next_batch() {
+        let h = harness(config(4, 4096), true, false, Duration::ZERO);
+        let first = hold_worker(&h, &["a"]);
+        let b = submit(&h, &["b1", "b2", "b3"]);
+        let c = submit(&h, &["c1", "c2"]);
+        for _ in 0..3 {
+            h.open.send(()).unwrap();
+        }
+        assert_eq!(wait(first).unwrap().batch_rows, 1);
+        assert_eq!(wait(b).unwrap().batch_rows, 3);
+        assert_eq!(wait(c).unwrap().batch_rows, 2);
+        let calls: Vec<Vec<String>> = h.calls.try_iter().collect();
+        assert_eq!(calls, [vec!["b1", "b2", "b3"], vec!["c1", "c2"]]);
+    }
+
+    #[test]
+    fn a_worker_lingers_for_stragglers_only_under_concurrent_traffic() {
+        let mut lingering = config(64, 4096);
+        lingering.linger = Duration::from_secs(1);
+        lingering.max_delay = Duration::from_secs(1);
+        let h = harness(lingering, true, false, Duration::ZERO);
+        // A lone caller: its batch runs at once, without lingering.
+        let lone = hold_worker(&h, &["lone"]);
+        h.open.send(()).unwrap();
+        wait(lone).unwrap();
+        // Two queued together: the worker has seen concurrent traffic.
+        let first = hold_worker(&h, &["a"]);
+        let pair = [submit(&h, &["b"]), submit(&h, &["c"])];
+        h.open.send(()).unwrap();
+        wait(first).unwrap();
+        assert_eq!(h.calls.recv().unwrap(), ["b", "c"]);
+        h.open.send(()).unwrap();
+        for answer in pair {
+            wait(answer).unwrap();
+        }
+        // Now a request arrives and the worker waits for the next one
+        // (the lingering window is 1 s), so both run in one call.
+        let d = submit(&h, &["d"]);
+        std::thread::sleep(Duration::from_millis(50));
+        let e = submit(&h, &["e"]);
+        assert_eq!(h.calls.recv().unwrap(), ["d", "e"]);
+        h.open.send(()).unwrap();
+        wait(d).unwrap();
+        wait(e).unwrap();
+    }
+
+    #[test]
+    fn the_door_counts_rows_and_sheds_at_once() {
+        let h = harness(config(64, 4), true, false, Duration::ZERO);
+        let first = hold_worker(&h, &["a"]);
+        let b = submit(&h, &["b1", "b2", "b3"]);
+        assert_eq!(h.batcher.queued_rows(), 4);
+        let refused = h.batcher.submit(texts(&["c"]), None).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                ServeError::Overloaded {
+                    refusal: queue::Refusal::Full {
+                        queued: 4,
+                        capacity: 4
+                    },
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        for _ in 0..2 {
+            h.open.send(()).unwrap();
+        }
+        wait(first).unwrap();
+        wait(b).unwrap();
+        assert_eq!(h.batcher.queued_rows(), 0);
+        // Once drained, the door opens again.
+        let c = submit(&h, &["c"]);
+        h.open.send(()).unwrap();
+        wait(c).unwrap();
+    }
+
+    #[test]
+    fn a_request_that_cannot_finish_before_its_deadline_is_refused_at_the_door() {
+        let h = harness(config(64, 4096), false, false, Duration::from_millis(2));
+        // One measured batch: at least 2 ms per row.
+        wait(submit(&h, &["a", "b"])).unwrap();
+        let soon = Instant::now() + Duration::from_millis(1);
+        let refused = h.batcher.submit(texts(&["c"]), Some(soon)).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                ServeError::Overloaded {
+                    refusal: queue::Refusal::Deadline { .. },
+                    ..
+                }
+            ),
+            "{refused}"
+        );
+        assert_eq!(h.batcher.queued_rows(), 0);
+        let later = Instant::now() + Duration::from_secs(30);
+        assert!(wait(h.batcher.submit(texts(&["c"]), Some(later)).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn requests_whose_deadline_passed_in_the_queue_are_dropped_before_inference() {
+        let h = harness(config(64, 4096), true, false, Duration::ZERO);
+        let first = hold_worker(&h, &["a"]);
+        let deadline = Instant::now() + Duration::from_millis(20);
+        let late = h.batcher.submit(texts(&["late"]), Some(deadline)).unwrap();
+        std::thread::sleep(Duration::from_millis(40));
+        h.open.send(()).unwrap();
+        wait(first).unwrap();
+        assert!(matches!(wait(late), Err(ServeError::DeadlineExceeded)));
+        assert_eq!(h.calls.try_iter().count(), 0, "the late request never ran");
+        assert_eq!(h.batcher.queued_rows(), 0);
+    }
 }

@@ -1,7 +1,7 @@
 //! The batching decisions, free of threads and clocks so tests can drive
 //! them: which waiting requests join a batch, and which are dropped.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Something with a number of rows and a deadline.
 pub trait Batchable {
@@ -122,10 +122,131 @@ impl<T: Batchable> Batch<T> {
     }
 }
 
+/// How a batcher decides, at submit time, whether a request may queue.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Admission {
+    /// Most rows waiting or running per version. A request larger than this
+    /// is still taken when nothing else waits, and runs alone.
+    pub capacity_rows: usize,
+    /// Longest estimated wait in the queue before a request is refused
+    /// (`None`: no bound beyond the capacity and the caller's deadline).
+    pub max_queue_delay: Option<Duration>,
+    /// Worker threads sharing the queue.
+    pub workers: usize,
+}
+
+/// Why a request was refused at the door.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Refusal {
+    /// The rows already queued plus this request's exceed the capacity.
+    Full {
+        /// Rows queued or running.
+        queued: usize,
+        /// The capacity in rows.
+        capacity: usize,
+    },
+    /// The estimated wait passes `--max-queue-delay`.
+    QueueDelay {
+        /// Estimated wait before this request runs.
+        wait: Duration,
+        /// The bound.
+        limit: Duration,
+    },
+    /// The request would finish after its deadline.
+    Deadline {
+        /// Estimated time until its answer.
+        finish: Duration,
+        /// Time left until its deadline.
+        left: Duration,
+    },
+}
+
+impl Refusal {
+    /// Bounded label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Full { .. } => "queue_full",
+            Refusal::QueueDelay { .. } => "queue_delay",
+            Refusal::Deadline { .. } => "deadline",
+        }
+    }
+
+    /// How long a client should wait before retrying: the estimated time
+    /// for the queue to drain, at least a second (the `retry-after` header
+    /// counts whole seconds).
+    pub fn retry_after(self) -> Duration {
+        let drain = match self {
+            Refusal::Full { .. } | Refusal::Deadline { .. } => Duration::ZERO,
+            Refusal::QueueDelay { wait, .. } => wait,
+        };
+        drain.max(Duration::from_secs(1))
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Full { queued, capacity } => {
+                write!(f, "{queued} rows are queued and the capacity is {capacity}")
+            }
+            Refusal::QueueDelay { wait, limit } => write!(
+                f,
+                "the estimated wait of {:.1} ms passes the {:.1} ms bound",
+                wait.as_secs_f64() * 1e3,
+                limit.as_secs_f64() * 1e3
+            ),
+            Refusal::Deadline { finish, left } => write!(
+                f,
+                "the answer would take about {:.1} ms and the deadline is in {:.1} ms",
+                finish.as_secs_f64() * 1e3,
+                left.as_secs_f64() * 1e3
+            ),
+        }
+    }
+}
+
+impl Admission {
+    /// Whether a request of `rows` may queue behind `queued` rows, given the
+    /// measured cost of one row (`None` until the first batch ran) and the
+    /// time `left` until the caller's deadline. Waits are estimated as the
+    /// queued rows spread over the workers; the answer as that wait plus
+    /// this request's own rows.
+    pub fn decide(
+        &self,
+        queued: usize,
+        rows: usize,
+        cost_per_row: Option<Duration>,
+        left: Option<Duration>,
+    ) -> Result<(), Refusal> {
+        if queued > 0 && queued.saturating_add(rows) > self.capacity_rows {
+            return Err(Refusal::Full {
+                queued,
+                capacity: self.capacity_rows,
+            });
+        }
+        let Some(cost) = cost_per_row else {
+            return Ok(());
+        };
+        let rows_of = |n: usize| cost.saturating_mul(u32::try_from(n).unwrap_or(u32::MAX));
+        let wait = rows_of(queued.div_ceil(self.workers.max(1)));
+        if let Some(limit) = self.max_queue_delay
+            && wait > limit
+        {
+            return Err(Refusal::QueueDelay { wait, limit });
+        }
+        let finish = wait.saturating_add(rows_of(rows));
+        if let Some(left) = left
+            && finish > left
+        {
+            return Err(Refusal::Deadline { finish, left });
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[derive(Debug)]
     struct Item {
@@ -227,5 +348,69 @@ mod tests {
         assert_eq!(reasons, [Dropped::Expired, Dropped::Cancelled]);
         assert_eq!(batch.rows(), 2);
         assert_eq!(batch.into_items().len(), 1);
+    }
+
+    fn admission(capacity_rows: usize, max_queue_delay: Option<Duration>) -> Admission {
+        Admission {
+            capacity_rows,
+            max_queue_delay,
+            workers: 2,
+        }
+    }
+
+    #[test]
+    fn capacity_counts_rows_and_an_empty_queue_takes_anything() {
+        let door = admission(512, None);
+        assert_eq!(door.decide(0, 10_000, None, None), Ok(()));
+        assert_eq!(door.decide(256, 256, None, None), Ok(()));
+        assert_eq!(
+            door.decide(257, 256, None, None),
+            Err(Refusal::Full {
+                queued: 257,
+                capacity: 512
+            })
+        );
+        assert_eq!(
+            door.decide(1, 512, None, None).unwrap_err().as_str(),
+            "queue_full"
+        );
+    }
+
+    #[test]
+    fn the_estimated_wait_is_held_against_the_bound_and_the_deadline() {
+        let cost = Some(Duration::from_micros(10));
+        // 200 queued rows over 2 workers: 100 rows of 10 µs = 1 ms of wait.
+        let door = admission(10_000, Some(Duration::from_micros(999)));
+        assert!(matches!(
+            door.decide(200, 1, cost, None),
+            Err(Refusal::QueueDelay { wait, .. }) if wait == Duration::from_millis(1)
+        ));
+        let door = admission(10_000, Some(Duration::from_millis(1)));
+        assert_eq!(door.decide(200, 1, cost, None), Ok(()));
+        // Its own 100 rows add 1 ms: 2 ms to the answer.
+        assert!(matches!(
+            door.decide(200, 100, cost, Some(Duration::from_micros(1_999))),
+            Err(Refusal::Deadline { finish, .. }) if finish == Duration::from_millis(2)
+        ));
+        assert_eq!(
+            door.decide(200, 100, cost, Some(Duration::from_millis(2))),
+            Ok(())
+        );
+        // No measurement yet: only the capacity applies.
+        assert_eq!(door.decide(9_000, 1, None, Some(Duration::ZERO)), Ok(()));
+    }
+
+    #[test]
+    fn retry_after_is_the_drain_time_in_whole_seconds() {
+        let long = Refusal::QueueDelay {
+            wait: Duration::from_secs(3),
+            limit: Duration::from_secs(1),
+        };
+        assert_eq!(long.retry_after(), Duration::from_secs(3));
+        let full = Refusal::Full {
+            queued: 1,
+            capacity: 1,
+        };
+        assert_eq!(full.retry_after(), Duration::from_secs(1));
     }
 }

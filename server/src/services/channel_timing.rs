@@ -213,7 +213,7 @@ impl ChannelTimingService for ChannelTiming {
             version,
             as_of,
         } = request.into_inner();
-        instrumented("RecommendTiming", &self.slot.name, async move {
+        instrumented("RecommendTiming", &self.slot.name, deadline, async move {
             edge::check_batch(inputs.len(), self.limits.max_timing_leads, "inputs")?;
             let as_of = self::as_of(as_of.as_ref())?;
             let plans = inputs

@@ -176,7 +176,7 @@ impl ChurnService for Churn {
             version,
             max_factors,
         } = request.into_inner();
-        instrumented("PredictChurn", &self.slot.name, async move {
+        instrumented("PredictChurn", &self.slot.name, deadline, async move {
             let wanted = match max_factors as usize {
                 0 => DEFAULT_FACTORS,
                 n if n > MAX_FACTORS => {

@@ -45,13 +45,18 @@ impl EmotionService for Emotion {
     ) -> Result<Response<v1::AnalyzeEmotionResponse>, Status> {
         let deadline = edge::deadline(&request);
         let v1::AnalyzeEmotionRequest { inputs, version } = request.into_inner();
-        instrumented("AnalyzeEmotion", &self.slot.name, async move {
+        instrumented("AnalyzeEmotion", &self.slot.name, deadline, async move {
             edge::check_batch(inputs.len(), self.limits.max_items, "inputs")?;
             for (index, input) in inputs.iter().enumerate() {
                 let v1::EmotionInput { text, lead_id } = input;
                 if text.trim().is_empty() {
                     return Err(ServeError::InvalidArgument(format!(
                         "invalid inputs[{index}].text: must not be empty"
+                    )));
+                }
+                if text.contains('\0') {
+                    return Err(ServeError::InvalidArgument(format!(
+                        "invalid inputs[{index}].text: contains a NUL byte, which the text model cannot take"
                     )));
                 }
                 if text.len() > self.limits.max_text_bytes {

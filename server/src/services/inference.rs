@@ -272,6 +272,7 @@ fn decode_raw(
                 }
                 let text = std::str::from_utf8(&rest[..length])
                     .map_err(|_| invalid(&raw_field, "BYTES elements must be UTF-8"))?;
+                check_text(&raw_field, strings.len(), text)?;
                 strings.push(text.to_owned());
                 rest = &rest[length..];
             }
@@ -285,6 +286,18 @@ fn decode_raw(
         }
         DType::Other => return Err(invalid(field, "unsupported datatype")),
     })
+}
+
+/// ONNX Runtime passes strings to C: a NUL byte would fail the whole batch
+/// the request joins, so it is refused here, naming the element.
+fn check_text(field: &str, element: usize, text: &str) -> Result<(), ServeError> {
+    if text.contains('\0') {
+        return Err(invalid(
+            field,
+            format!("BYTES element {element} contains a NUL byte"),
+        ));
+    }
+    Ok(())
 }
 
 fn decode_typed(
@@ -332,11 +345,14 @@ fn decode_typed(
             let strings = contents
                 .bytes_contents
                 .iter()
-                .map(|b| {
-                    String::from_utf8(b.clone())
-                        .map_err(|_| invalid(&contents_field, "BYTES elements must be UTF-8"))
+                .enumerate()
+                .map(|(element, b)| {
+                    let text = String::from_utf8(b.clone())
+                        .map_err(|_| invalid(&contents_field, "BYTES elements must be UTF-8"))?;
+                    check_text(&contents_field, element, &text)?;
+                    Ok(text)
                 })
-                .collect::<Result<_, _>>()?;
+                .collect::<Result<_, ServeError>>()?;
             TensorData::Str(strings)
         }
         DType::Other => return Err(invalid(field, "unsupported datatype")),
@@ -527,7 +543,7 @@ impl GrpcInferenceService for Inference {
             raw_input_contents,
         } = request.into_inner();
         let slot = self.slot(&model_name)?;
-        instrumented("ModelInfer", &slot.name.clone(), async move {
+        instrumented("ModelInfer", &slot.name.clone(), deadline, async move {
             let pin = parse_version(&model_version)?;
             slot.prepare_pin(pin).await?;
             let deployment = slot.deployment.load();
@@ -707,5 +723,28 @@ mod tests {
         );
         let (_, bytes) = encode(&decoded, true);
         assert_eq!(bytes.unwrap(), raw.to_vec());
+    }
+
+    #[test]
+    fn nul_bytes_in_bytes_elements_are_refused_with_the_element() {
+        let strings = spec(DType::String, &[-1]);
+        let raw = [2, 0, 0, 0, b'o', b'k', 3, 0, 0, 0, b'a', 0, b'b'];
+        let error = decode(1, &input("BYTES", &[2]), Some(&raw), &strings)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("raw_input_contents for inputs[1]") && error.contains("element 1"),
+            "{error}"
+        );
+        let mut typed = input("BYTES", &[2]);
+        typed.contents = Some(InferTensorContents {
+            bytes_contents: vec![b"a\0".to_vec(), b"fine".to_vec()],
+            ..Default::default()
+        });
+        let error = decode(0, &typed, None, &strings).unwrap_err().to_string();
+        assert!(
+            error.contains("inputs[0].contents") && error.contains("element 0"),
+            "{error}"
+        );
     }
 }

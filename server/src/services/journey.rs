@@ -27,7 +27,7 @@ impl JourneyService for Journey {
     ) -> Result<Response<v1::ClassifyStageResponse>, Status> {
         let deadline = edge::deadline(&request);
         let v1::ClassifyStageRequest { leads, version } = request.into_inner();
-        instrumented("ClassifyStage", &self.slot.name, async move {
+        instrumented("ClassifyStage", &self.slot.name, deadline, async move {
             let values = edge::leads(&leads, self.limits.max_items)?;
             let ids: Vec<&str> = values.iter().map(|v| v.id.as_str()).collect();
             let scores = score_items(&self.slot, &ids, version, deadline, |loaded, item| {

@@ -153,31 +153,73 @@ pub fn observe(
     error: Option<&ServeError>,
 ) {
     let code = error.map_or("ok", ServeError::error_type);
-    let version = match versions {
+    record(rpc, model, version_label(versions), code, started);
+}
+
+fn version_label(versions: &[u64]) -> String {
+    match versions {
         [] => "none".to_owned(),
         [one, rest @ ..] if rest.iter().all(|v| v == one) => one.to_string(),
         _ => "mixed".to_owned(),
-    };
+    }
+}
+
+fn record(rpc: &'static str, model: &str, version: String, code: &'static str, started: Instant) {
     metrics::counter!("nurture_requests_total", "model" => model.to_owned(), "version" => version, "rpc" => rpc, "code" => code)
         .increment(1);
     metrics::histogram!("nurture_request_duration_seconds", "model" => model.to_owned(), "rpc" => rpc)
         .record(started.elapsed().as_secs_f64());
 }
 
-/// Runs an RPC body and records it.
+/// An RPC under way. If its future is dropped before it finishes (tonic
+/// enforces `grpc-timeout` by dropping it; a client that resets the stream
+/// drops it too), the drop records it as `deadline_exceeded` or `cancelled`,
+/// so calls that never answer still show in `nurture_requests_total`.
+struct InFlight<'a> {
+    rpc: &'static str,
+    model: &'a str,
+    started: Instant,
+    deadline: Option<Instant>,
+    finished: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let code = match self.deadline {
+            Some(deadline) if Instant::now() >= deadline => "deadline_exceeded",
+            _ => "cancelled",
+        };
+        record(self.rpc, self.model, "none".to_owned(), code, self.started);
+    }
+}
+
+/// Runs an RPC body and records it, including when the call is abandoned
+/// (deadline passed or client gone) before the body finishes.
 pub async fn instrumented<T>(
     rpc: &'static str,
     model: &str,
+    deadline: Option<Instant>,
     body: impl Future<Output = Result<(T, Vec<u64>), ServeError>>,
 ) -> Result<tonic::Response<T>, tonic::Status> {
-    let started = Instant::now();
-    match body.await {
+    let mut call = InFlight {
+        rpc,
+        model,
+        started: Instant::now(),
+        deadline,
+        finished: false,
+    };
+    let result = body.await;
+    call.finished = true;
+    match result {
         Ok((response, versions)) => {
-            observe(rpc, model, &versions, started, None);
+            observe(rpc, model, &versions, call.started, None);
             Ok(tonic::Response::new(response))
         }
         Err(error) => {
-            observe(rpc, model, &[], started, Some(&error));
+            observe(rpc, model, &[], call.started, Some(&error));
             Err(error.into())
         }
     }

@@ -123,8 +123,9 @@ impl OptimizationService for Optimization {
         &self,
         request: Request<v1::CreateExperimentRequest>,
     ) -> Result<Response<v1::Experiment>, Status> {
+        let deadline = edge::deadline(&request);
         let v1::CreateExperimentRequest { experiment } = request.into_inner();
-        instrumented("CreateExperiment", &self.slot.name, async move {
+        instrumented("CreateExperiment", &self.slot.name, deadline, async move {
             let spec = self
                 .experiments
                 .create(spec_from_proto(experiment)?)
@@ -139,8 +140,9 @@ impl OptimizationService for Optimization {
         &self,
         request: Request<v1::GetExperimentRequest>,
     ) -> Result<Response<v1::Experiment>, Status> {
+        let deadline = edge::deadline(&request);
         let v1::GetExperimentRequest { name } = request.into_inner();
-        instrumented("GetExperiment", &self.slot.name, async move {
+        instrumented("GetExperiment", &self.slot.name, deadline, async move {
             let known = self.experiments.get(&name, false).await?;
             Ok((experiment_to_proto(&known), Vec::new()))
         })
@@ -149,9 +151,10 @@ impl OptimizationService for Optimization {
 
     async fn list_experiments(
         &self,
-        _request: Request<v1::ListExperimentsRequest>,
+        request: Request<v1::ListExperimentsRequest>,
     ) -> Result<Response<v1::ListExperimentsResponse>, Status> {
-        instrumented("ListExperiments", &self.slot.name, async move {
+        let deadline = edge::deadline(&request);
+        instrumented("ListExperiments", &self.slot.name, deadline, async move {
             let experiments = self
                 .experiments
                 .list()
@@ -168,8 +171,9 @@ impl OptimizationService for Optimization {
         &self,
         request: Request<v1::StopExperimentRequest>,
     ) -> Result<Response<v1::Experiment>, Status> {
+        let deadline = edge::deadline(&request);
         let v1::StopExperimentRequest { name, reason } = request.into_inner();
-        instrumented("StopExperiment", &self.slot.name, async move {
+        instrumented("StopExperiment", &self.slot.name, deadline, async move {
             let reason = if reason.trim().is_empty() {
                 "stopped".to_owned()
             } else {
@@ -191,7 +195,7 @@ impl OptimizationService for Optimization {
             leads,
             version,
         } = request.into_inner();
-        instrumented("ChooseVariant", &self.slot.name, async move {
+        instrumented("ChooseVariant", &self.slot.name, deadline, async move {
             let known = self.experiments.get(&experiment, false).await?;
             if let Some(reason) = &known.stopped {
                 return Err(ServeError::FailedPrecondition(format!(
@@ -257,8 +261,9 @@ impl OptimizationService for Optimization {
         &self,
         request: Request<v1::RecordOutcomeRequest>,
     ) -> Result<Response<v1::RecordOutcomeResponse>, Status> {
+        let deadline = edge::deadline(&request);
         let v1::RecordOutcomeRequest { outcomes } = request.into_inner();
-        instrumented("RecordOutcome", &self.slot.name, async move {
+        instrumented("RecordOutcome", &self.slot.name, deadline, async move {
             edge::check_batch(outcomes.len(), self.limits.max_items, "outcomes")?;
             // Validate everything before persisting anything.
             let mut by_experiment: Vec<(String, Vec<OutcomeRecord>)> = Vec::new();
@@ -337,8 +342,9 @@ impl OptimizationService for Optimization {
         &self,
         request: Request<v1::GetExperimentStatsRequest>,
     ) -> Result<Response<v1::ExperimentStats>, Status> {
+        let deadline = edge::deadline(&request);
         let v1::GetExperimentStatsRequest { name } = request.into_inner();
-        instrumented("GetExperimentStats", &self.slot.name, async move {
+        instrumented("GetExperimentStats", &self.slot.name, deadline, async move {
             let (known, stats) = self.experiments.stats(&name).await?;
             let leader = stats
                 .variants
