@@ -63,8 +63,10 @@ pub struct Config {
 
     /// Rows (not requests) waiting or running per loaded version before new
     /// requests get RESOURCE_EXHAUSTED. A request larger than this is still
-    /// taken when nothing else waits.
-    #[arg(long, env = "NURTURE_QUEUE_CAPACITY", default_value_t = 4096)]
+    /// taken when nothing else waits. The default holds six of the largest
+    /// channel-timing requests (16 leads × 672 slots); latency is bounded by
+    /// --max-queue-delay, this bounds memory.
+    #[arg(long, env = "NURTURE_QUEUE_CAPACITY", default_value_t = 65536)]
     pub queue_capacity: usize,
 
     /// Longest estimated queue wait (from the measured cost per row) before

@@ -99,9 +99,13 @@ pub struct Scored {
 struct Shared {
     /// Rows admitted and not yet answered (waiting or running).
     queued_rows: AtomicUsize,
-    /// Measured inference cost per row, in nanoseconds, as an exponentially
-    /// weighted mean over batches (0: nothing measured yet).
+    /// Measured inference cost per row, in nanoseconds (0: nothing
+    /// measured yet); see `record_cost`.
     cost_per_row_ns: AtomicU64,
+    /// Decaying sum of inference time over recent batches (f64 bits, ns).
+    decayed_nanos: AtomicU64,
+    /// Decaying sum of rows over the same batches (f64 bits).
+    decayed_rows: AtomicU64,
     /// `nurture_queue_rows` of this version.
     depth: metrics::Gauge,
 }
@@ -118,18 +122,20 @@ impl Shared {
         if rows == 0 {
             return;
         }
-        let sample = (elapsed.as_nanos() / rows as u128).clamp(1, u128::from(u64::MAX)) as u64;
-        let old = self.cost_per_row_ns.load(Ordering::Relaxed);
-        // NOTE: a weight of 1/8 follows a change of model cost within a few
-        // dozen batches without letting one slow call (a page fault, a
-        // preempted thread) move the estimate much. Racing workers may lose
-        // a sample; that is fine for an estimate.
-        let new = if old == 0 {
-            sample
-        } else {
-            old - old / 8 + sample / 8
-        };
-        self.cost_per_row_ns.store(new.max(1), Ordering::Relaxed);
+        // NOTE: the cost per row is the ratio of two decaying sums (time
+        // and rows over recent batches), so a batch weighs by its rows: the
+        // per-call overhead of the one-row warm-up calls fades as soon as
+        // real batches run, and one slow call (a page fault, a preempted
+        // thread) moves the estimate little. Racing workers may lose a
+        // sample; that is fine for an estimate.
+        const KEEP: f64 = 15.0 / 16.0;
+        let time = f64::from_bits(self.decayed_nanos.load(Ordering::Relaxed)) * KEEP
+            + elapsed.as_nanos() as f64;
+        let count = f64::from_bits(self.decayed_rows.load(Ordering::Relaxed)) * KEEP + rows as f64;
+        self.decayed_nanos.store(time.to_bits(), Ordering::Relaxed);
+        self.decayed_rows.store(count.to_bits(), Ordering::Relaxed);
+        let cost = (time / count).clamp(1.0, u64::MAX as f64) as u64;
+        self.cost_per_row_ns.store(cost, Ordering::Relaxed);
     }
 }
 
@@ -236,6 +242,8 @@ impl Batcher {
         let shared = Arc::new(Shared {
             queued_rows: AtomicUsize::new(0),
             cost_per_row_ns: AtomicU64::new(0),
+            decayed_nanos: AtomicU64::new(0),
+            decayed_rows: AtomicU64::new(0),
             depth: metrics::gauge!("nurture_queue_rows", "model" => labels.model.clone(), "version" => labels.version.clone()),
         });
         shared.depth.set(0.0);
@@ -828,5 +836,29 @@ mod tests {
         assert!(matches!(wait(late), Err(ServeError::DeadlineExceeded)));
         assert_eq!(h.calls.try_iter().count(), 0, "the late request never ran");
         assert_eq!(h.batcher.queued_rows(), 0);
+    }
+
+    #[test]
+    fn the_cost_per_row_weighs_batches_by_their_rows() {
+        let shared = Shared {
+            queued_rows: AtomicUsize::new(0),
+            cost_per_row_ns: AtomicU64::new(0),
+            decayed_nanos: AtomicU64::new(0),
+            decayed_rows: AtomicU64::new(0),
+            depth: metrics::gauge!("test"),
+        };
+        assert_eq!(shared.cost_per_row(), None);
+        // Warm-up: one-row calls dominated by per-call overhead.
+        for _ in 0..4 {
+            shared.record_cost(Duration::from_micros(20), 1);
+        }
+        assert_eq!(shared.cost_per_row(), Some(Duration::from_micros(20)));
+        // One real batch of 1,000 rows at 3 µs a row outweighs them.
+        shared.record_cost(Duration::from_micros(3_000), 1_000);
+        let cost = shared.cost_per_row().unwrap();
+        assert!(
+            cost > Duration::from_micros(3) && cost < Duration::from_nanos(3_100),
+            "{cost:?}"
+        );
     }
 }
