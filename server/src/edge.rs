@@ -184,4 +184,69 @@ mod tests {
         );
         assert!(check_batch(3, 10, "leads").is_ok());
     }
+
+    /// Every `LeadProfile` field lands at the index of its own name in
+    /// `LEAD_FEATURES`. Each field gets a different value, so swapping any
+    /// two in the mapping fails here.
+    #[test]
+    fn each_lead_profile_field_lands_at_its_named_index() {
+        let profile = v1::LeadProfile {
+            lead_id: "lead".into(),
+            days_since_first_contact: Some(101.0),
+            days_since_last_contact: Some(102.0),
+            days_since_last_reply: Some(103.0),
+            email_open_rate: Some(0.04),
+            email_click_rate: Some(0.05),
+            sms_reply_rate: Some(0.06),
+            call_answer_rate: Some(0.07),
+            video_join_rate: Some(0.08),
+            messages_sent_30d: Some(9),
+            messages_received_30d: Some(10),
+            avg_response_hours: Some(11.5),
+            sentiment_score: Some(-0.12),
+            complaints_90d: Some(13),
+            website_visits_30d: Some(14),
+            listings_viewed_30d: Some(15),
+            saved_searches: Some(16),
+            showings_attended: Some(17),
+            pre_approved: Some(true),
+            mortgage_calculator_uses_30d: Some(19),
+            budget_k_usd: Some(420.0),
+            time_zone: String::new(),
+        };
+        let by_name = |name: &str| -> f64 {
+            match name {
+                "days_since_first_contact" => 101.0,
+                "days_since_last_contact" => 102.0,
+                "days_since_last_reply" => 103.0,
+                "email_open_rate" => 0.04,
+                "email_click_rate" => 0.05,
+                "sms_reply_rate" => 0.06,
+                "call_answer_rate" => 0.07,
+                "video_join_rate" => 0.08,
+                "messages_sent_30d" => 9.0,
+                "messages_received_30d" => 10.0,
+                "avg_response_hours" => 11.5,
+                "sentiment_score" => -0.12,
+                "complaints_90d" => 13.0,
+                "website_visits_30d" => 14.0,
+                "listings_viewed_30d" => 15.0,
+                "saved_searches" => 16.0,
+                "showings_attended" => 17.0,
+                "pre_approved" => 1.0,
+                "mortgage_calculator_uses_30d" => 19.0,
+                "budget_k_usd" => 420.0,
+                other => panic!("a LeadProfile feature without a test value: {other}"),
+            }
+        };
+        let values = lead(&profile, "leads[0]").unwrap();
+        for (index, feature) in nurture_models::features::LEAD_FEATURES.iter().enumerate() {
+            assert_eq!(
+                values.values[index],
+                Some(by_name(feature.name)),
+                "index {index} should hold {}",
+                feature.name
+            );
+        }
+    }
 }
