@@ -7,6 +7,7 @@
 pub mod error;
 pub mod experiments;
 pub mod features;
+pub mod feedback;
 pub mod input;
 pub mod kind;
 pub mod manifest;
