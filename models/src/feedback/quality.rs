@@ -371,7 +371,7 @@ pub fn macro_f1(confusion: &[u64], k: usize) -> f64 {
 fn macro_f1_with_interval(classes: &Classes) -> Estimate {
     let k = classes.classes;
     let value = macro_f1(&classes.confusion, k);
-    let mut rng = ChaCha8Rng::seed_from_u64(0x4e55_5254_5552_45);
+    let mut rng = ChaCha8Rng::seed_from_u64(0x004e_5552_5455_5245);
     let mut draws: Vec<f64> = (0..BOOTSTRAP)
         .map(|_| {
             let resampled: Vec<u64> = classes
