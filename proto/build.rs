@@ -11,6 +11,7 @@ const API_FILES: &[&str] = &[
     "nurture/v1/channel_timing.proto",
     "nurture/v1/optimization.proto",
     "nurture/v1/status.proto",
+    "nurture/v1/feedback.proto",
     "inference/grpc_service.proto",
 ];
 

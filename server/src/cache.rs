@@ -38,6 +38,22 @@ impl DiskCache {
         self.root.join(model).join(format!("{version:08}"))
     }
 
+    /// Remembers the fleet's prediction-id key, so a restart while the store
+    /// is unreachable still signs ids every replica accepts.
+    pub async fn save_key(&self, key_hex: &str) {
+        let path = self.root.join("prediction-id.key");
+        if let Err(error) = write_atomically(&path, key_hex.as_bytes()).await {
+            tracing::warn!(path = %path.display(), %error, "cannot cache the prediction-id key");
+        }
+    }
+
+    /// The cached prediction-id key (hex), if any.
+    pub async fn load_key(&self) -> Option<String> {
+        tokio::fs::read_to_string(self.root.join("prediction-id.key"))
+            .await
+            .ok()
+    }
+
     /// Remembers the last release state read for a model.
     pub async fn save_state(&self, state: &ModelState) {
         let path = self.root.join(&state.name).join("state.json");

@@ -123,6 +123,27 @@ pub struct Config {
     #[arg(long, env = "NURTURE_EXPERIMENT_REFRESH", default_value = "1s", value_parser = parse_duration)]
     pub experiment_refresh: Duration,
 
+    /// File holding the fleet's prediction-id key (hex, at least 16 bytes),
+    /// managed by the operator. Default: the key in the store at
+    /// `feedback/key`, created by the first replica and cached on disk.
+    #[arg(long, env = "NURTURE_PREDICTION_KEY_FILE")]
+    pub prediction_key_file: Option<PathBuf>,
+
+    /// Outcomes observed longer than this after their prediction are
+    /// counted as late and not scored (e.g. 180d, 12h).
+    #[arg(long, env = "NURTURE_OUTCOME_HORIZON", default_value = "180d", value_parser = parse_duration)]
+    pub outcome_horizon: Duration,
+
+    /// Quality figures (AUC, log-loss, ...) of a version and arm are shown
+    /// only from this many outcomes on.
+    #[arg(long, env = "NURTURE_QUALITY_MIN_OUTCOMES", default_value_t = 30)]
+    pub quality_min_outcomes: u64,
+
+    /// How often this replica reads the outcome batches other replicas
+    /// wrote, so its quality figures are the fleet's.
+    #[arg(long, env = "NURTURE_FEEDBACK_REFRESH", default_value = "1s", value_parser = parse_duration)]
+    pub feedback_refresh: Duration,
+
     /// PEM certificate chain; with --tls-key, gRPC is served over TLS only.
     /// Re-read when the file changes.
     #[arg(long, env = "NURTURE_TLS_CERT", requires = "tls_key")]
@@ -170,7 +191,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// Parses `250ms`, `2s`, `1m` or a bare number of seconds.
+/// Parses `250ms`, `2s`, `1m`, `12h`, `180d` or a bare number of seconds.
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let value = value.trim();
     let (number, unit) = match value.find(|c: char| c.is_ascii_alphabetic()) {
@@ -189,9 +210,11 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
         "ms" => number / 1e3,
         "s" => number,
         "m" => number * 60.0,
+        "h" => number * 3600.0,
+        "d" => number * 86_400.0,
         other => {
             return Err(format!(
-                "unknown unit {other:?} in {value:?}; use us, ms, s or m"
+                "unknown unit {other:?} in {value:?}; use us, ms, s, m, h or d"
             ));
         }
     };
@@ -209,6 +232,8 @@ mod tests {
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("5h").is_err());
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("180d"), Ok(Duration::from_secs(180 * 86_400)));
+        assert!(parse_duration("5y").is_err());
     }
 }

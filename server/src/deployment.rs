@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use nurture_models::ModelKind;
+use nurture_models::feedback::Arm;
 
 use crate::error::ServeError;
 use crate::model::{LoadError, LoadedVersion, VersionSource};
@@ -250,7 +251,7 @@ impl Slot {
         deployment: &Deployment,
         lead_id: &str,
         pin: u64,
-    ) -> Result<Arc<LoadedVersion>, ServeError> {
+    ) -> Result<(Arc<LoadedVersion>, Arm), ServeError> {
         if pin > 0 {
             if self
                 .status
@@ -264,7 +265,7 @@ impl Slot {
                     self.name
                 )));
             }
-            return self.loaded_version(deployment, pin).ok_or_else(|| {
+            return self.loaded_version(deployment, pin).map(|v| (v, Arm::Pinned)).ok_or_else(|| {
                 let loaded: Vec<String> = deployment
                     .loaded()
                     .iter()
@@ -285,9 +286,9 @@ impl Slot {
             && !lead_id.is_empty()
             && bucket(lead_id) < *percent
         {
-            return Ok(canary.clone());
+            return Ok((canary.clone(), Arm::Canary));
         }
-        deployment.live.clone().ok_or_else(|| {
+        deployment.live.clone().map(|v| (v, Arm::Live)).ok_or_else(|| {
             ServeError::Unavailable(format!(
                 "no version of {} is live on this replica yet",
                 self.name

@@ -13,6 +13,7 @@ pub mod deployment;
 pub mod edge;
 pub mod error;
 pub mod experiments;
+pub mod feedback;
 pub mod metrics;
 pub mod model;
 pub mod security;
@@ -184,6 +185,29 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         config.experiment_refresh,
     ));
 
+    let feedback_store = nurture_models::feedback::FeedbackStore::new(
+        registry_for_experiments.store().clone(),
+        registry_for_experiments.prefix().clone(),
+        &replica,
+    );
+    let ids = Arc::new(feedback::PredictionIds::new(
+        None,
+        nurture_models::fnv1a64(replica.as_bytes()) ^ nanos,
+    ));
+    feedback::KeySource {
+        file: config.prediction_key_file.clone(),
+        store: feedback_store.clone(),
+        cache: DiskCache::new(config.cache_dir.clone()),
+    }
+    .install(ids.clone(), config.poll_interval, shutdown.clone())
+    .await?;
+    let fleet = Arc::new(feedback::Fleet::new(
+        feedback_store,
+        &slots.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        config.quality_min_outcomes,
+    ));
+    let fleet_task = tokio::spawn(fleet.clone().follow(config.feedback_refresh, shutdown.clone()));
+
     let grpc_listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -227,16 +251,30 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 auth.clone(),
             ),
         );
+    router = router.add_service(v1::feedback_service_server::FeedbackServiceServer::with_interceptor(
+        feedback::FeedbackRpc {
+            slots: slots.clone(),
+            ids: ids.clone(),
+            fleet,
+            limits,
+            horizon: config.outcome_horizon,
+        },
+        auth.clone(),
+    ));
     router = router.add_service(
         nurture_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer::with_interceptor(
-            services::inference::Inference { typed: slots.clone(), generic: generic.clone(), limits },
+            services::inference::Inference { typed: slots.clone(), generic: generic.clone(), limits, ids: ids.clone() },
             auth.clone(),
         ),
     );
     if let Some(slot) = slot(ModelKind::Emotion) {
         router = router.add_service(
             v1::emotion_service_server::EmotionServiceServer::with_interceptor(
-                services::emotion::Emotion { slot, limits },
+                services::emotion::Emotion {
+                    slot,
+                    limits,
+                    ids: ids.clone(),
+                },
                 auth.clone(),
             ),
         );
@@ -244,7 +282,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     if let Some(slot) = slot(ModelKind::Churn) {
         router = router.add_service(
             v1::churn_service_server::ChurnServiceServer::with_interceptor(
-                services::churn::Churn { slot, limits },
+                services::churn::Churn {
+                    slot,
+                    limits,
+                    ids: ids.clone(),
+                },
                 auth.clone(),
             ),
         );
@@ -252,7 +294,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     if let Some(slot) = slot(ModelKind::Journey) {
         router = router.add_service(
             v1::journey_service_server::JourneyServiceServer::with_interceptor(
-                services::journey::Journey { slot, limits },
+                services::journey::Journey {
+                    slot,
+                    limits,
+                    ids: ids.clone(),
+                },
                 auth.clone(),
             ),
         );
@@ -264,6 +310,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                     slot,
                     experiments,
                     limits,
+                    ids: ids.clone(),
                 },
                 auth.clone(),
             ),
@@ -272,7 +319,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     if let Some(slot) = slot(ModelKind::ChannelTiming) {
         router = router.add_service(
             v1::channel_timing_service_server::ChannelTimingServiceServer::with_interceptor(
-                services::channel_timing::ChannelTiming { slot, limits },
+                services::channel_timing::ChannelTiming {
+                    slot,
+                    limits,
+                    ids: ids.clone(),
+                },
                 auth.clone(),
             ),
         );
@@ -337,6 +388,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         let _ = task.await;
     }
     let _ = watcher_task.await;
+    let _ = fleet_task.await;
     let _ = metrics_task.await;
     Ok(())
 }

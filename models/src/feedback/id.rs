@@ -167,6 +167,17 @@ impl IdKey {
         Ok(IdKey(bytes))
     }
 
+    /// A key from hex text (surrounding whitespace ignored).
+    pub fn from_hex(text: &str) -> Result<IdKey, String> {
+        let bytes = hex::decode(text.trim()).map_err(|_| "the key is not hex".to_owned())?;
+        IdKey::new(bytes)
+    }
+
+    /// The key as hex, to keep it in a cache or a secret.
+    pub fn to_hex(&self) -> String {
+        hex::encode(&self.0)
+    }
+
     fn mac(&self) -> Hmac<Sha256> {
         <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes keys of any length")
     }

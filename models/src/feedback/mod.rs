@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 pub use id::{Arm, IdError, IdKey, Prediction, PredictionId};
 pub use quality::{Estimate, Quality, Report};
-pub use store::{FeedbackStore, OutcomeBatch, Recorded};
+pub use store::{FeedbackStore, OutcomeBatch, Recorded, forget_unlistable};
 
 /// An observed outcome, in the kind's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{IdKey, ScoredOutcome};
 use crate::error::{Error, Result};
-use crate::experiments::store::RELIST_WINDOW_MS;
 
 /// The outcomes one call recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,14 +101,7 @@ impl FeedbackStore {
             Err(error) => return Err(error.into()),
         }
         let text = self.store.get(&location).await?.bytes().await?;
-        let bytes = std::str::from_utf8(&text)
-            .ok()
-            .and_then(|t| hex::decode(t.trim()).ok())
-            .ok_or_else(|| Error::Corrupt {
-                object: location.to_string(),
-                reason: "not a hex key".to_owned(),
-            })?;
-        IdKey::new(bytes).map_err(|reason| Error::Corrupt {
+        IdKey::from_hex(&String::from_utf8_lossy(&text)).map_err(|reason| Error::Corrupt {
             object: location.to_string(),
             reason,
         })
@@ -120,16 +112,22 @@ impl FeedbackStore {
     /// batch of the new ones. Returns only once both are written.
     pub async fn record(&self, model: &str, outcomes: Vec<ScoredOutcome>) -> Result<Recorded> {
         let dir = self.dir(model);
-        let now = Utc::now();
-        let writes = outcomes.iter().map(|outcome| {
-            let location = dir
-                .clone()
-                .join("outcomes")
-                .join(&outcome.key[..2])
-                .join(format!("{}.json", outcome.key));
-            let body = serde_json::to_vec(outcome).expect("outcomes serialise");
-            let store = self.store.clone();
-            async move {
+        // NOTE: owned (location, body) pairs, so the future stays `Send`
+        // for tonic (a closure over borrowed outcomes would not be).
+        let writes: Vec<(Path, Vec<u8>)> = outcomes
+            .iter()
+            .map(|outcome| {
+                let location = dir
+                    .clone()
+                    .join("outcomes")
+                    .join(&outcome.key[..2])
+                    .join(format!("{}.json", outcome.key));
+                (location, serde_json::to_vec(outcome).expect("outcomes serialise"))
+            })
+            .collect();
+        let store = &self.store;
+        let fresh: Vec<bool> = futures::stream::iter(writes)
+            .map(|(location, body)| async move {
                 match store
                     .put_opts(&location, PutPayload::from(body), create())
                     .await
@@ -138,9 +136,7 @@ impl FeedbackStore {
                     Err(error) if already_there(&error) => Ok(false),
                     Err(error) => Err(Error::from(error)),
                 }
-            }
-        });
-        let fresh: Vec<bool> = futures::stream::iter(writes)
+            })
             .buffered(16)
             .try_collect()
             .await?;
@@ -152,6 +148,10 @@ impl FeedbackStore {
         if new.is_empty() {
             return Ok(Recorded { fresh, batch: None });
         }
+        // NOTE: the key's time is taken just before the batch is written, so
+        // readers relisting FEEDBACK_RELIST_MS back see it even when the
+        // idempotency records took long.
+        let now = Utc::now();
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let key = format!(
             "{:016}-{}-{n:010}.json",
@@ -177,22 +177,38 @@ impl FeedbackStore {
         })
     }
 
-    /// Outcome batches of `model` written since `since_millis` (minus the
-    /// relist window, so a replica with a late clock is still read), or all
-    /// of them, leaving out the keys in `skip`; oldest first, with the
-    /// newest timestamp seen.
+    /// Outcome batches of `model` written since `since_millis` (minus
+    /// [`FEEDBACK_RELIST_MS`], so a replica with a late clock or a slow
+    /// write is still read), or all of them, leaving out the keys `skip`
+    /// names; oldest first, with the newest timestamp seen.
     pub async fn read_batches(
         &self,
         model: &str,
         since_millis: Option<i64>,
         skip: &HashSet<String>,
     ) -> Result<(Vec<(String, OutcomeBatch)>, Option<i64>)> {
+        let (listed, newest) = self.list_batches(model, since_millis).await?;
+        let fresh = listed
+            .into_iter()
+            .filter(|(key, _)| !skip.contains(key))
+            .collect();
+        Ok((self.fetch_batches(fresh).await?, newest))
+    }
+
+    /// The keys and locations of `model`'s batches since `since_millis`
+    /// (see [`FeedbackStore::read_batches`]), oldest first, and the newest
+    /// timestamp seen.
+    pub async fn list_batches(
+        &self,
+        model: &str,
+        since_millis: Option<i64>,
+    ) -> Result<(Vec<(String, Path)>, Option<i64>)> {
         let dir = self.dir(model).join("batches");
         let metas: Vec<_> = match since_millis {
             Some(since) => {
                 let offset = dir
                     .clone()
-                    .join(format!("{:016}", (since - RELIST_WINDOW_MS).max(0)));
+                    .join(format!("{:016}", (since - FEEDBACK_RELIST_MS).max(0)));
                 self.store
                     .list_with_offset(Some(&dir), &offset)
                     .try_collect()
@@ -205,17 +221,21 @@ impl FeedbackStore {
         let newest = locations
             .last()
             .and_then(|l| l.filename())
-            .and_then(|f| f.split('-').next())
-            .and_then(|m| m.parse::<i64>().ok());
-        let fresh: Vec<(String, Path)> = locations
+            .and_then(batch_millis);
+        let listed = locations
             .into_iter()
-            .filter_map(|location| {
-                let key = location.filename()?.to_owned();
-                (!skip.contains(&key)).then_some((key, location))
-            })
+            .filter_map(|location| Some((location.filename()?.to_owned(), location)))
             .collect();
+        Ok((listed, newest))
+    }
+
+    /// Reads the listed batches, in order.
+    pub async fn fetch_batches(
+        &self,
+        listed: Vec<(String, Path)>,
+    ) -> Result<Vec<(String, OutcomeBatch)>> {
         let store = &self.store;
-        let batches = futures::stream::iter(fresh)
+        futures::stream::iter(listed)
             .map(|(key, location)| async move {
                 let bytes = store.get(&location).await?.bytes().await?;
                 let batch = serde_json::from_slice(&bytes).map_err(|error| Error::Corrupt {
@@ -226,9 +246,27 @@ impl FeedbackStore {
             })
             .buffered(16)
             .try_collect()
-            .await?;
-        Ok((batches, newest))
+            .await
     }
+}
+
+/// How far back (ms) a reader re-lists outcome batches before the newest it
+/// has seen. A batch's key takes its time just before it is written, so
+/// only a replica whose clock is more than this far behind, or a write that
+/// takes longer, can be missed. Re-listed batches cost a list entry each and
+/// are skipped by key.
+pub const FEEDBACK_RELIST_MS: i64 = 60_000;
+
+/// The millisecond timestamp a batch key starts with.
+pub fn batch_millis(key: &str) -> Option<i64> {
+    key.split('-').next()?.parse().ok()
+}
+
+/// Forgets the keys a reader that has seen batches up to `newest` can no
+/// longer list: what is left bounds the skip set to the relist window.
+pub fn forget_unlistable(applied: &mut HashSet<String>, newest: i64) {
+    let horizon = newest - FEEDBACK_RELIST_MS;
+    applied.retain(|key| batch_millis(key).is_none_or(|millis| millis >= horizon));
 }
 
 #[cfg(test)]

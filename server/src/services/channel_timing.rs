@@ -15,6 +15,8 @@ use tonic::{Request, Response, Status};
 
 use super::{Limits, instrumented, score_items};
 use crate::batcher::Rows;
+use crate::feedback::PredictionIds;
+use nurture_models::feedback::Prediction;
 use crate::deployment::Slot;
 use crate::edge;
 use crate::error::ServeError;
@@ -31,6 +33,8 @@ pub struct ChannelTiming {
     pub slot: Arc<Slot>,
     /// Limits.
     pub limits: Limits,
+    /// Prediction ids.
+    pub ids: Arc<PredictionIds>,
 }
 
 /// A candidate slot: channel 0..4 (email, sms, call, video), weekday 0..7
@@ -268,6 +272,10 @@ impl ChannelTimingService for ChannelTiming {
                                 response_probability: probability,
                                 starts_at: starts_at(plan.zone, c.weekday, c.hour, as_of)
                                     .map(timestamp),
+                                prediction_id: score.prediction_id(
+                                    &self.ids,
+                                    Prediction::Binary(probability as f32),
+                                ),
                             })
                             .collect(),
                     }

@@ -14,6 +14,8 @@ use tonic::{Request, Response, Status};
 
 use super::{Limits, instrumented, score_items};
 use crate::batcher::Rows;
+use crate::feedback::PredictionIds;
+use nurture_models::feedback::Prediction;
 use crate::deployment::Slot;
 use crate::edge;
 use crate::error::ServeError;
@@ -31,6 +33,8 @@ pub struct Churn {
     pub slot: Arc<Slot>,
     /// Limits.
     pub limits: Limits,
+    /// Prediction ids.
+    pub ids: Arc<PredictionIds>,
 }
 
 /// Risk level (1 very_low .. 5 critical) of a probability under ascending
@@ -235,6 +239,8 @@ impl ChurnService for Churn {
                         risk_level: level as i32,
                         interventions: interventions(level, &factors),
                         factors,
+                        prediction_id: score
+                            .prediction_id(&self.ids, Prediction::Binary(score.row(0)[1])),
                     }
                 })
                 .collect();

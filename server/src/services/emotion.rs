@@ -8,6 +8,8 @@ use tonic::{Request, Response, Status};
 
 use super::{Limits, instrumented, score_items};
 use crate::batcher::Rows;
+use crate::feedback::PredictionIds;
+use nurture_models::feedback::Prediction;
 use crate::deployment::Slot;
 use crate::edge;
 use crate::error::ServeError;
@@ -24,6 +26,8 @@ pub struct Emotion {
     pub slot: Arc<Slot>,
     /// Limits.
     pub limits: Limits,
+    /// Prediction ids.
+    pub ids: Arc<PredictionIds>,
 }
 
 /// Sentiment in [-1, 1]: positive mass minus negative mass.
@@ -94,6 +98,8 @@ impl EmotionService for Emotion {
                             .collect(),
                         dominant: dominant as i32 + 1,
                         sentiment: sentiment(row),
+                        prediction_id: score
+                            .prediction_id(&self.ids, Prediction::Classes(row.to_vec())),
                     }
                 })
                 .collect();

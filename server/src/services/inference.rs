@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 
 use super::{Limits, instrumented};
 use crate::batcher::Rows;
+use nurture_models::feedback::Prediction;
 use crate::batcher::tensor::{NamedTensor, TensorData};
 use crate::deployment::Slot;
 use crate::edge;
@@ -57,6 +58,8 @@ pub struct Inference {
     pub generic: GenericSlots,
     /// Limits.
     pub limits: Limits,
+    /// Prediction ids for answers of typed models.
+    pub ids: Arc<crate::feedback::PredictionIds>,
 }
 
 fn invalid(field: impl std::fmt::Display, reason: impl std::fmt::Display) -> ServeError {
@@ -513,7 +516,7 @@ impl GrpcInferenceService for Inference {
         let pin = parse_version(&version)?;
         slot.prepare_pin(pin).await?;
         let deployment = slot.deployment.load();
-        let chosen = slot.route(&deployment, "", pin)?;
+        let (chosen, _) = slot.route(&deployment, "", pin)?;
         let (inputs, outputs) = signature(&chosen);
         Ok(Response::new(kserve::ModelMetadataResponse {
             name,
@@ -548,7 +551,7 @@ impl GrpcInferenceService for Inference {
             slot.prepare_pin(pin).await?;
             let deployment = slot.deployment.load();
             // The request id doubles as the sticky canary key.
-            let version = slot.route(&deployment, &id, pin)?;
+            let (version, arm) = slot.route(&deployment, &id, pin)?;
             let (declared_inputs, declared_outputs) = signature(&version);
             let raw = !raw_input_contents.is_empty();
             if raw && raw_input_contents.len() != inputs.len() {
@@ -607,6 +610,7 @@ impl GrpcInferenceService for Inference {
             }
 
             let kind = version.manifest.kind;
+            let mut prediction_ids = Vec::new();
             let results: Vec<NamedTensor> = if kind == ModelKind::Generic {
                 let key = batch_key(&version, &tensors);
                 version
@@ -620,6 +624,18 @@ impl GrpcInferenceService for Inference {
                     .ok_or_else(|| invalid("inputs", "missing input"))?;
                 let scored = version.score(typed_rows(kind, input)?, deadline).await?;
                 let classes = version.manifest.labels.len();
+                prediction_ids = scored
+                    .probabilities
+                    .chunks(classes.max(1))
+                    .map(|row| {
+                        let prediction = match row {
+                            [_, positive] => Prediction::Binary(*positive),
+                            _ => Prediction::Classes(row.to_vec()),
+                        };
+                        self.ids
+                            .mint(&version.name, version.version, arm, prediction)
+                    })
+                    .collect();
                 vec![NamedTensor {
                     name: PROBABILITIES_OUTPUT.to_owned(),
                     shape: vec![scored.probabilities.len() / classes.max(1), classes],
@@ -632,6 +648,20 @@ impl GrpcInferenceService for Inference {
                 id,
                 ..Default::default()
             };
+            if !prediction_ids.is_empty() {
+                // One id per row, in row order, comma-separated (ids never
+                // contain a comma).
+                response.parameters.insert(
+                    "prediction_ids".to_owned(),
+                    kserve::InferParameter {
+                        parameter_choice: Some(
+                            kserve::infer_parameter::ParameterChoice::StringParam(
+                                prediction_ids.join(","),
+                            ),
+                        ),
+                    },
+                );
+            }
             for tensor in results
                 .iter()
                 .filter(|t| wanted.is_empty() || wanted.contains(&t.name))

@@ -7,6 +7,8 @@ use tonic::{Request, Response, Status};
 
 use super::{Limits, instrumented, score_items};
 use crate::batcher::Rows;
+use crate::feedback::PredictionIds;
+use nurture_models::feedback::Prediction;
 use crate::deployment::Slot;
 use crate::edge;
 
@@ -17,6 +19,8 @@ pub struct Journey {
     pub slot: Arc<Slot>,
     /// Limits.
     pub limits: Limits,
+    /// Prediction ids.
+    pub ids: Arc<PredictionIds>,
 }
 
 #[tonic::async_trait]
@@ -62,6 +66,8 @@ impl JourneyService for Journey {
                                 probability: f64::from(*p),
                             })
                             .collect(),
+                        prediction_id: score
+                            .prediction_id(&self.ids, Prediction::Classes(row.to_vec())),
                     }
                 })
                 .collect();

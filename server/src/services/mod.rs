@@ -14,7 +14,10 @@ use std::time::Instant;
 
 use nurture_proto::v1;
 
+use nurture_models::feedback::{Arm, Prediction};
+
 use crate::batcher::Rows;
+use crate::feedback::PredictionIds;
 use crate::deployment::Slot;
 use crate::error::ServeError;
 use crate::model::LoadedVersion;
@@ -35,6 +38,8 @@ pub struct Limits {
 pub struct ItemScore {
     /// The version that scored it.
     pub version: Arc<LoadedVersion>,
+    /// The arm that version served it on.
+    pub arm: Arm,
     /// Its rows' probabilities, row-major.
     pub probabilities: Vec<f32>,
 }
@@ -48,6 +53,11 @@ impl ItemScore {
         }
     }
 
+    /// A prediction id for this item's answer, carrying `prediction`.
+    pub fn prediction_id(&self, ids: &PredictionIds, prediction: Prediction) -> String {
+        ids.mint(&self.version.name, self.version.version, self.arm, prediction)
+    }
+
     /// Row `row` of the probabilities.
     pub fn row(&self, row: usize) -> &[f32] {
         let classes = self.version.manifest.labels.len();
@@ -58,6 +68,7 @@ impl ItemScore {
 /// The items of one request that go to one version.
 struct Group {
     version: Arc<LoadedVersion>,
+    arm: Arm,
     /// (item index, rows it contributed), in request order.
     items: Vec<(usize, usize)>,
     rows: Option<Rows>,
@@ -100,11 +111,12 @@ pub async fn score_items(
     let deployment = slot.deployment.load();
     let mut groups: BTreeMap<u64, Group> = BTreeMap::new();
     for (item, lead_id) in lead_ids.iter().enumerate() {
-        let version = slot.route(&deployment, lead_id, pin)?;
+        let (version, arm) = slot.route(&deployment, lead_id, pin)?;
         let rows = build(&version, item)?;
         let count = rows.len();
         let group = groups.entry(version.version).or_insert_with(|| Group {
             version: version.clone(),
+            arm,
             items: Vec::new(),
             rows: None,
         });
@@ -114,6 +126,7 @@ pub async fn score_items(
     let mut pending = Vec::new();
     for Group {
         version,
+        arm,
         items,
         rows,
     } in groups.into_values()
@@ -121,18 +134,19 @@ pub async fn score_items(
         let rows = rows.expect("every group has rows");
         pending.push(async move {
             let scored = version.score(rows, deadline).await?;
-            Ok::<_, ServeError>((version, items, scored.probabilities))
+            Ok::<_, ServeError>((version, arm, items, scored.probabilities))
         });
     }
     let mut results: Vec<Option<ItemScore>> = (0..lead_ids.len()).map(|_| None).collect();
     for outcome in futures::future::join_all(pending).await {
-        let (version, items, probabilities) = outcome?;
+        let (version, arm, items, probabilities) = outcome?;
         let classes = version.manifest.labels.len();
         let mut offset = 0;
         for (item, count) in items {
             let end = offset + count * classes;
             results[item] = Some(ItemScore {
                 version: version.clone(),
+                arm,
                 probabilities: probabilities[offset..end].to_vec(),
             });
             offset = end;

@@ -10,6 +10,8 @@ use tonic::{Request, Response, Status};
 
 use super::{Limits, instrumented, score_items};
 use crate::batcher::Rows;
+use crate::feedback::PredictionIds;
+use nurture_models::feedback::Prediction;
 use crate::deployment::Slot;
 use crate::edge;
 use crate::error::ServeError;
@@ -27,6 +29,8 @@ pub struct Optimization {
     pub experiments: Arc<Experiments>,
     /// Limits.
     pub limits: Limits,
+    /// Prediction ids.
+    pub ids: Arc<PredictionIds>,
 }
 
 fn invalid(field: String, reason: impl std::fmt::Display) -> ServeError {
@@ -249,6 +253,10 @@ impl OptimizationService for Optimization {
                         model_score: model_scores[choice.variant],
                         posterior_mean: choice.posterior_mean,
                         explored: choice.explored,
+                        prediction_id: score.prediction_id(
+                            &self.ids,
+                            Prediction::Binary(score.row(choice.variant)[1]),
+                        ),
                     }
                 })
                 .collect();

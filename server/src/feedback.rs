@@ -1,0 +1,629 @@
+//! Closing the loop in the server: prediction ids minted as answers leave,
+//! outcomes recorded by id (`FeedbackService`), and the fleet's live quality
+//! per version and arm, folded from every replica's outcome batches.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use chrono::Utc;
+use nurture_models::ModelKind;
+use nurture_models::feedback::{
+    Arm, FeedbackStore, IdError, IdKey, Label, ModelQuality, OutcomeBatch, Prediction,
+    PredictionId, Report, ScoredOutcome, forget_unlistable, outcome_key,
+};
+use nurture_proto::v1;
+use tokio::sync::watch;
+
+use crate::cache::DiskCache;
+use crate::deployment::Slot;
+use crate::error::ServeError;
+use crate::services::{Limits, instrumented};
+
+/// Longest outcome id, in bytes.
+pub const MAX_OUTCOME_ID_BYTES: usize = 128;
+/// How far an outcome may claim to precede its prediction (clock skew
+/// between the caller and the replica that served) before it is refused.
+const SKEW: Duration = Duration::from_secs(300);
+
+/// Signs and checks prediction ids with the fleet's shared key.
+#[derive(Debug)]
+pub struct PredictionIds {
+    key: ArcSwapOption<IdKey>,
+    nonce: AtomicU64,
+}
+
+impl PredictionIds {
+    /// Ids signed with `key` (none yet: answers carry an empty id until
+    /// [`PredictionIds::set_key`]). `seed` starts the nonces, so two
+    /// replicas' ids differ even in the same millisecond.
+    pub fn new(key: Option<IdKey>, seed: u64) -> Self {
+        PredictionIds {
+            key: ArcSwapOption::new(key.map(Arc::new)),
+            nonce: AtomicU64::new(seed),
+        }
+    }
+
+    /// Installs the fleet's key.
+    pub fn set_key(&self, key: IdKey) {
+        self.key.store(Some(Arc::new(key)));
+    }
+
+    /// Whether ids can be signed and checked.
+    pub fn ready(&self) -> bool {
+        self.key.load().is_some()
+    }
+
+    /// The id of one answer item; empty while no key is known.
+    pub fn mint(&self, model: &str, version: u64, arm: Arm, prediction: Prediction) -> String {
+        let key = self.key.load();
+        let Some(key) = key.as_ref() else {
+            return String::new();
+        };
+        key.sign(&PredictionId {
+            model: model.to_owned(),
+            version,
+            arm,
+            served_at_ms: Utc::now().timestamp_millis(),
+            nonce: self.nonce.fetch_add(1, Ordering::Relaxed),
+            prediction,
+        })
+    }
+
+    /// Checks an id; without a key every id is refused as unverifiable.
+    pub fn verify(&self, text: &str) -> Result<PredictionId, IdError> {
+        match self.key.load().as_ref() {
+            Some(key) => key.verify(text),
+            None => Err(IdError::Forged),
+        }
+    }
+}
+
+/// Where the fleet's key comes from: an operator's file, else the store
+/// (created there by the first replica), else this replica's cache of it.
+#[derive(Debug, Clone)]
+pub struct KeySource {
+    /// `--prediction-key-file`: hex key managed by the operator.
+    pub file: Option<std::path::PathBuf>,
+    /// The store.
+    pub store: FeedbackStore,
+    /// The cache.
+    pub cache: DiskCache,
+}
+
+impl KeySource {
+    /// Loads the key into `ids`: the file at once; else the cache at once
+    /// (a restart during a store outage keeps signing), then the store,
+    /// retried every `retry` until it answers or `shutdown`.
+    pub async fn install(
+        self,
+        ids: Arc<PredictionIds>,
+        retry: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        if let Some(path) = &self.file {
+            let text = tokio::fs::read_to_string(path).await.map_err(|error| {
+                anyhow::anyhow!("cannot read --prediction-key-file {}: {error}", path.display())
+            })?;
+            let key = IdKey::from_hex(&text).map_err(|reason| {
+                anyhow::anyhow!("--prediction-key-file {}: {reason}", path.display())
+            })?;
+            ids.set_key(key);
+            return Ok(());
+        }
+        if let Some(cached) = self.cache.load_key().await
+            && let Ok(key) = IdKey::from_hex(&cached)
+        {
+            ids.set_key(key);
+        }
+        tokio::spawn(async move {
+            loop {
+                match self.store.shared_key().await {
+                    Ok(key) => {
+                        self.cache.save_key(&key.to_hex()).await;
+                        ids.set_key(key);
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot read the prediction-id key from the store; retrying")
+                    }
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// One model's quality as this replica has folded it.
+#[derive(Debug, Default)]
+struct Followed {
+    quality: ModelQuality,
+    newest: Option<i64>,
+    applied: HashSet<String>,
+}
+
+/// The fleet's quality per model × version × arm, folded from every
+/// replica's outcome batches in the store.
+#[derive(Debug)]
+pub struct Fleet {
+    store: FeedbackStore,
+    models: RwLock<BTreeMap<String, Followed>>,
+    /// Figures need at least this many outcomes.
+    pub min_outcomes: u64,
+}
+
+impl Fleet {
+    /// Quality of `models`, read from `store`.
+    pub fn new(store: FeedbackStore, models: &[String], min_outcomes: u64) -> Self {
+        Fleet {
+            store,
+            models: RwLock::new(
+                models
+                    .iter()
+                    .map(|m| (m.clone(), Followed::default()))
+                    .collect(),
+            ),
+            min_outcomes,
+        }
+    }
+
+    /// The store outcomes are written to.
+    pub fn store(&self) -> &FeedbackStore {
+        &self.store
+    }
+
+    /// Reads the batches written since the last refresh (by any replica)
+    /// and folds the new ones. No lock is held while the store is read.
+    pub async fn refresh(&self, model: &str) -> Result<(), nurture_models::Error> {
+        let since = self.read(model, |f| f.newest);
+        let (listed, newest) = self.store.list_batches(model, since).await?;
+        let unread: Vec<_> = self.read(model, |followed| {
+            listed
+                .into_iter()
+                .filter(|(key, _)| !followed.applied.contains(key))
+                .collect()
+        });
+        let batches = self.store.fetch_batches(unread).await?;
+        {
+            let mut models = self.models.write().expect("quality lock");
+            let followed = models.entry(model.to_owned()).or_default();
+            for (key, batch) in &batches {
+                if followed.applied.insert(key.clone()) {
+                    followed.quality.fold(batch);
+                }
+            }
+            followed.newest = newest.max(followed.newest);
+            if let Some(newest) = followed.newest {
+                forget_unlistable(&mut followed.applied, newest);
+            }
+        }
+        self.export(model);
+        Ok(())
+    }
+
+    fn read<T>(&self, model: &str, f: impl FnOnce(&Followed) -> T) -> T {
+        let models = self.models.read().expect("quality lock");
+        match models.get(model) {
+            Some(followed) => f(followed),
+            None => f(&Followed::default()),
+        }
+    }
+
+    /// Folds a batch this replica has just written, so its own figures move
+    /// at once; the next refresh skips it by key.
+    pub fn apply_own(&self, model: &str, key: String, batch: &OutcomeBatch) {
+        {
+            let mut models = self.models.write().expect("quality lock");
+            let followed = models.entry(model.to_owned()).or_default();
+            if followed.applied.insert(key) {
+                followed.quality.fold(batch);
+            }
+        }
+        self.export(model);
+    }
+
+    /// The figures of every version × arm of `model`, newest version first.
+    pub fn reports(&self, model: &str) -> Vec<(u64, Arm, Report)> {
+        let states: Vec<_> = self.read(model, |followed| {
+            followed
+                .quality
+                .states
+                .iter()
+                .map(|(key, state)| (*key, state.clone()))
+                .collect()
+        });
+        let mut reports: Vec<(u64, Arm, Report)> = states
+            .into_iter()
+            .map(|((version, arm), state)| (version, arm, state.report(self.min_outcomes)))
+            .collect();
+        reports.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        reports
+    }
+
+    fn export(&self, model: &str) {
+        for (version, arm, report) in self.reports(model) {
+            let labels = [
+                ("model", model.to_owned()),
+                ("version", version.to_string()),
+                ("arm", arm.as_str().to_owned()),
+            ];
+            metrics::gauge!("nurture_quality_outcomes", &labels).set(report.outcomes as f64);
+            let figures = [
+                ("nurture_quality_auc", report.auc),
+                ("nurture_quality_log_loss", report.log_loss),
+                ("nurture_quality_brier", report.brier),
+                ("nurture_quality_ece", report.ece),
+                ("nurture_quality_accuracy", report.accuracy),
+                ("nurture_quality_macro_f1", report.macro_f1),
+                (
+                    "nurture_quality_value_per_prediction",
+                    report.value_per_prediction,
+                ),
+            ];
+            for (name, figure) in figures {
+                if let Some(figure) = figure {
+                    metrics::gauge!(name, &labels).set(figure.value);
+                }
+            }
+        }
+    }
+
+    /// Refreshes every model every `every` until `shutdown`.
+    pub async fn follow(
+        self: Arc<Self>,
+        every: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let models: Vec<String> = self
+            .models
+            .read()
+            .expect("quality lock")
+            .keys()
+            .cloned()
+            .collect();
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            for model in &models {
+                if let Err(error) = self.refresh(model).await {
+                    metrics::counter!("nurture_feedback_read_errors_total", "model" => model.clone())
+                        .increment(1);
+                    tracing::warn!(model, %error, "cannot read outcome batches");
+                }
+            }
+        }
+    }
+}
+
+/// `FeedbackService`.
+#[derive(Debug, Clone)]
+pub struct FeedbackRpc {
+    /// The typed models this replica serves.
+    pub slots: Vec<Arc<Slot>>,
+    /// Id checks.
+    pub ids: Arc<PredictionIds>,
+    /// Quality and the store.
+    pub fleet: Arc<Fleet>,
+    /// Request limits.
+    pub limits: Limits,
+    /// Outcomes observed longer than this after their prediction are late.
+    pub horizon: Duration,
+}
+
+/// What one reported outcome turned out to be, before anything is written.
+enum Disposition {
+    Score { model: String, outcome: ScoredOutcome },
+    Late { model: String },
+    Refused { model: String, result: v1::OutcomeResult },
+}
+
+fn invalid(field: String, reason: impl std::fmt::Display) -> ServeError {
+    ServeError::InvalidArgument(format!("invalid {field}: {reason}"))
+}
+
+/// The kind a label belongs to, and the label in domain terms (classes are
+/// 0-based; the proto enums count from 1 with 0 unspecified).
+fn label_of(
+    label: Option<&v1::outcome_report::Label>,
+    field: &str,
+) -> Result<(ModelKind, Label), ServeError> {
+    use v1::outcome_report::Label as L;
+    let class = |value: i32, what: &str| {
+        u32::try_from(value)
+            .ok()
+            .and_then(|v| v.checked_sub(1))
+            .map(Label::Class)
+            .ok_or_else(|| invalid(format!("{field}.{what}"), format!("{value} is not a {what}")))
+    };
+    match label {
+        None => Err(invalid(
+            field.to_owned(),
+            "needs a label: churned, stage, responded, converted or emotion",
+        )),
+        Some(L::Churned(y)) => Ok((ModelKind::Churn, Label::Binary(*y))),
+        Some(L::Responded(y)) => Ok((ModelKind::ChannelTiming, Label::Binary(*y))),
+        Some(L::Converted(y)) => Ok((ModelKind::Optimization, Label::Binary(*y))),
+        Some(L::Stage(stage)) => Ok((ModelKind::Journey, class(*stage, "stage")?)),
+        Some(L::Emotion(state)) => Ok((ModelKind::Emotion, class(*state, "emotion")?)),
+    }
+}
+
+impl FeedbackRpc {
+    /// Checks one report and decides what it is; an error refuses the whole
+    /// request before anything is written.
+    fn dispose(&self, index: usize, report: &v1::OutcomeReport) -> Result<Disposition, ServeError> {
+        let v1::OutcomeReport {
+            prediction_id,
+            outcome_id,
+            label,
+            value,
+            observed_at,
+        } = report;
+        let field = |name: &str| format!("outcomes[{index}].{name}");
+        if prediction_id.is_empty() {
+            return Err(invalid(field("prediction_id"), "is required"));
+        }
+        if outcome_id.is_empty() || outcome_id.len() > MAX_OUTCOME_ID_BYTES {
+            return Err(invalid(
+                field("outcome_id"),
+                format!("must be 1 to {MAX_OUTCOME_ID_BYTES} bytes"),
+            ));
+        }
+        let (label_kind, label) = label_of(label.as_ref(), &format!("outcomes[{index}]"))?;
+        if let Some(value) = value
+            && !(value.is_finite() && *value >= 0.0)
+        {
+            return Err(invalid(
+                field("value"),
+                format!("must be a finite number >= 0, got {value}"),
+            ));
+        }
+        let observed_at_ms = match observed_at {
+            None => Utc::now().timestamp_millis(),
+            Some(timestamp) => {
+                chrono::DateTime::from_timestamp(timestamp.seconds, timestamp.nanos.try_into().unwrap_or(u32::MAX))
+                    .ok_or_else(|| invalid(field("observed_at"), "is not a valid time"))?
+                    .timestamp_millis()
+            }
+        };
+        let id = match self.ids.verify(prediction_id) {
+            Ok(id) => id,
+            Err(error) => {
+                let result = match error {
+                    IdError::Garbled => v1::OutcomeResult::GarbledId,
+                    IdError::Forged => v1::OutcomeResult::ForgedId,
+                };
+                return Ok(Disposition::Refused {
+                    model: "unknown".to_owned(),
+                    result,
+                });
+            }
+        };
+        let Some(slot) = self.slots.iter().find(|slot| slot.name == id.model) else {
+            return Ok(Disposition::Refused {
+                model: "unknown".to_owned(),
+                result: v1::OutcomeResult::UnknownId,
+            });
+        };
+        let known = slot
+            .status
+            .lock()
+            .expect("status lock")
+            .known
+            .contains(&id.version);
+        if !known {
+            return Ok(Disposition::Refused {
+                model: slot.name.clone(),
+                result: v1::OutcomeResult::UnknownId,
+            });
+        }
+        if label_kind != slot.kind {
+            return Err(invalid(
+                format!("outcomes[{index}]"),
+                format!(
+                    "a {label_kind} label for a prediction of {} (a {} model)",
+                    slot.name, slot.kind
+                ),
+            ));
+        }
+        // The label must fit the prediction it scores.
+        nurture_models::feedback::Quality::default()
+            .add(&id.prediction, label, None)
+            .map_err(|mismatch| invalid(format!("outcomes[{index}]"), mismatch.0))?;
+        let skew = SKEW.as_millis() as i64;
+        if observed_at_ms < id.served_at_ms - skew {
+            return Err(invalid(
+                field("observed_at"),
+                "is before the prediction was served",
+            ));
+        }
+        if observed_at_ms - id.served_at_ms > self.horizon.as_millis() as i64 {
+            return Ok(Disposition::Late {
+                model: slot.name.clone(),
+            });
+        }
+        Ok(Disposition::Score {
+            model: slot.name.clone(),
+            outcome: ScoredOutcome {
+                key: outcome_key(&slot.name, prediction_id, outcome_id),
+                version: id.version,
+                arm: id.arm,
+                served_at_ms: id.served_at_ms,
+                observed_at_ms,
+                label,
+                value: *value,
+                prediction: id.prediction,
+            },
+        })
+    }
+
+    /// Records outcomes; answers once every new one is durable.
+    pub async fn record(
+        &self,
+        reports: &[v1::OutcomeReport],
+    ) -> Result<v1::RecordOutcomesResponse, ServeError> {
+        crate::edge::check_batch(reports.len(), self.limits.max_items, "outcomes")?;
+        if !self.ids.ready() {
+            return Err(ServeError::Unavailable(
+                "this replica does not have the prediction-id key yet (the store is unreachable)"
+                    .to_owned(),
+            ));
+        }
+        let dispositions: Vec<Disposition> = reports
+            .iter()
+            .enumerate()
+            .map(|(index, report)| self.dispose(index, report))
+            .collect::<Result<_, _>>()?;
+        let mut results = vec![v1::OutcomeResult::Unspecified; reports.len()];
+        let mut to_score: BTreeMap<String, Vec<(usize, ScoredOutcome)>> = BTreeMap::new();
+        for (index, disposition) in dispositions.into_iter().enumerate() {
+            match disposition {
+                Disposition::Score { model, outcome } => {
+                    to_score.entry(model).or_default().push((index, outcome));
+                }
+                Disposition::Late { model } => {
+                    count(&model, v1::OutcomeResult::Late);
+                    results[index] = v1::OutcomeResult::Late;
+                }
+                Disposition::Refused { model, result } => {
+                    count(&model, result);
+                    results[index] = result;
+                }
+            }
+        }
+        for (model, items) in to_score {
+            let (indexes, outcomes): (Vec<usize>, Vec<ScoredOutcome>) = items.into_iter().unzip();
+            let recorded = self.fleet.store().record(&model, outcomes).await?;
+            for (index, fresh) in indexes.into_iter().zip(recorded.fresh) {
+                let result = if fresh {
+                    v1::OutcomeResult::Recorded
+                } else {
+                    v1::OutcomeResult::Duplicate
+                };
+                count(&model, result);
+                results[index] = result;
+            }
+            if let Some((key, batch)) = recorded.batch {
+                self.fleet.apply_own(&model, key, &batch);
+            }
+        }
+        Ok(v1::RecordOutcomesResponse {
+            results: results.into_iter().map(|r| r as i32).collect(),
+        })
+    }
+
+    /// The quality response for one model.
+    pub fn quality(&self, model: &str) -> Result<v1::GetQualityResponse, ServeError> {
+        if !self.slots.iter().any(|slot| slot.name == model) {
+            return Err(ServeError::NotFound(format!(
+                "model {model:?} is not served here"
+            )));
+        }
+        Ok(v1::GetQualityResponse {
+            model: model.to_owned(),
+            min_outcomes: self.fleet.min_outcomes,
+            versions: self
+                .fleet
+                .reports(model)
+                .into_iter()
+                .map(|(version, arm, report)| version_quality(version, arm, &report))
+                .collect(),
+        })
+    }
+}
+
+fn count(model: &str, result: v1::OutcomeResult) {
+    let label = match result {
+        v1::OutcomeResult::Recorded => "recorded",
+        v1::OutcomeResult::Duplicate => "duplicate",
+        v1::OutcomeResult::Late => "late",
+        v1::OutcomeResult::UnknownId => "unknown_id",
+        v1::OutcomeResult::ForgedId => "forged_id",
+        v1::OutcomeResult::GarbledId => "garbled_id",
+        v1::OutcomeResult::Unspecified => "unspecified",
+    };
+    metrics::counter!("nurture_outcomes_total", "model" => model.to_owned(), "result" => label)
+        .increment(1);
+}
+
+/// A report as the protocol carries it.
+pub fn version_quality(version: u64, arm: Arm, report: &Report) -> v1::VersionQuality {
+    let interval = |e: Option<nurture_models::feedback::Estimate>| {
+        e.map(|e| v1::Interval {
+            value: e.value,
+            low: e.low,
+            high: e.high,
+        })
+    };
+    let bins = report.reliability.len().max(1) as f64;
+    v1::VersionQuality {
+        version,
+        arm: arm.as_str().to_owned(),
+        outcomes: report.outcomes,
+        positives: report.positives,
+        auc: interval(report.auc),
+        log_loss: interval(report.log_loss),
+        brier: interval(report.brier),
+        ece: interval(report.ece),
+        accuracy: interval(report.accuracy),
+        macro_f1: interval(report.macro_f1),
+        value_per_prediction: interval(report.value_per_prediction),
+        reliability: report
+            .reliability
+            .iter()
+            .enumerate()
+            .map(|(i, bin)| v1::ReliabilityBin {
+                low: i as f64 / bins,
+                high: (i + 1) as f64 / bins,
+                count: bin.count,
+                mean_predicted: if bin.count > 0 {
+                    bin.predicted / bin.count as f64
+                } else {
+                    0.0
+                },
+                observed_rate: if bin.count > 0 {
+                    bin.positives as f64 / bin.count as f64
+                } else {
+                    0.0
+                },
+            })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl v1::feedback_service_server::FeedbackService for FeedbackRpc {
+    async fn record_outcomes(
+        &self,
+        request: tonic::Request<v1::RecordOutcomesRequest>,
+    ) -> Result<tonic::Response<v1::RecordOutcomesResponse>, tonic::Status> {
+        let deadline = crate::edge::deadline(&request);
+        let v1::RecordOutcomesRequest { outcomes } = request.into_inner();
+        instrumented("RecordOutcomes", "feedback", deadline, async move {
+            Ok((self.record(&outcomes).await?, Vec::new()))
+        })
+        .await
+    }
+
+    async fn get_quality(
+        &self,
+        request: tonic::Request<v1::GetQualityRequest>,
+    ) -> Result<tonic::Response<v1::GetQualityResponse>, tonic::Status> {
+        let deadline = crate::edge::deadline(&request);
+        let v1::GetQualityRequest { model } = request.into_inner();
+        instrumented("GetQuality", "feedback", deadline, async move {
+            Ok((self.quality(&model)?, Vec::new()))
+        })
+        .await
+    }
+}
