@@ -134,6 +134,13 @@ pub struct Config {
     #[arg(long, env = "NURTURE_OUTCOME_HORIZON", default_value = "180d", value_parser = parse_duration)]
     pub outcome_horizon: Duration,
 
+    /// An outcome whose first writer died between its idempotency record
+    /// and its batch is adopted by a replay once the record is this old;
+    /// younger, the replay gets UNAVAILABLE (retry later). Must exceed the
+    /// longest a write can take (the store client retries for up to 3m).
+    #[arg(long, env = "NURTURE_OUTCOME_ADOPT_AFTER", default_value = "10m", value_parser = parse_duration)]
+    pub outcome_adopt_after: Duration,
+
     /// Quality figures (AUC, log-loss, ...) of a version and arm are shown
     /// only from this many outcomes on.
     #[arg(long, env = "NURTURE_QUALITY_MIN_OUTCOMES", default_value_t = 30)]
@@ -233,7 +240,10 @@ mod tests {
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("fast").is_err());
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("180d"), Ok(Duration::from_secs(180 * 86_400)));
+        assert_eq!(
+            parse_duration("180d"),
+            Ok(Duration::from_secs(180 * 86_400))
+        );
         assert!(parse_duration("5y").is_err());
     }
 }

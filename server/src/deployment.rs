@@ -265,22 +265,25 @@ impl Slot {
                     self.name
                 )));
             }
-            return self.loaded_version(deployment, pin).map(|v| (v, Arm::Pinned)).ok_or_else(|| {
-                let loaded: Vec<String> = deployment
-                    .loaded()
-                    .iter()
-                    .map(|v| v.version.to_string())
-                    .collect();
-                ServeError::NotFound(format!(
-                    "version {pin} of {} is not loaded on this replica (loaded: {})",
-                    self.name,
-                    if loaded.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        loaded.join(", ")
-                    }
-                ))
-            });
+            return self
+                .loaded_version(deployment, pin)
+                .map(|v| (v, Arm::Pinned))
+                .ok_or_else(|| {
+                    let loaded: Vec<String> = deployment
+                        .loaded()
+                        .iter()
+                        .map(|v| v.version.to_string())
+                        .collect();
+                    ServeError::NotFound(format!(
+                        "version {pin} of {} is not loaded on this replica (loaded: {})",
+                        self.name,
+                        if loaded.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            loaded.join(", ")
+                        }
+                    ))
+                });
         }
         if let Some((canary, percent)) = &deployment.canary
             && !lead_id.is_empty()
@@ -288,12 +291,16 @@ impl Slot {
         {
             return Ok((canary.clone(), Arm::Canary));
         }
-        deployment.live.clone().map(|v| (v, Arm::Live)).ok_or_else(|| {
-            ServeError::Unavailable(format!(
-                "no version of {} is live on this replica yet",
-                self.name
-            ))
-        })
+        deployment
+            .live
+            .clone()
+            .map(|v| (v, Arm::Live))
+            .ok_or_else(|| {
+                ServeError::Unavailable(format!(
+                    "no version of {} is live on this replica yet",
+                    self.name
+                ))
+            })
     }
 
     /// Records a load failure.

@@ -11,7 +11,7 @@ use arc_swap::ArcSwapOption;
 use chrono::Utc;
 use nurture_models::ModelKind;
 use nurture_models::feedback::{
-    Arm, FeedbackStore, IdError, IdKey, Label, ModelQuality, OutcomeBatch, Prediction,
+    Arm, Fate, FeedbackStore, IdError, IdKey, Label, ModelQuality, OutcomeBatch, Prediction,
     PredictionId, Report, ScoredOutcome, forget_unlistable, outcome_key,
 };
 use nurture_proto::v1;
@@ -105,7 +105,10 @@ impl KeySource {
     ) -> anyhow::Result<()> {
         if let Some(path) = &self.file {
             let text = tokio::fs::read_to_string(path).await.map_err(|error| {
-                anyhow::anyhow!("cannot read --prediction-key-file {}: {error}", path.display())
+                anyhow::anyhow!(
+                    "cannot read --prediction-key-file {}: {error}",
+                    path.display()
+                )
             })?;
             let key = IdKey::from_hex(&text).map_err(|reason| {
                 anyhow::anyhow!("--prediction-key-file {}: {reason}", path.display())
@@ -275,11 +278,7 @@ impl Fleet {
     }
 
     /// Refreshes every model every `every` until `shutdown`.
-    pub async fn follow(
-        self: Arc<Self>,
-        every: Duration,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    pub async fn follow(self: Arc<Self>, every: Duration, mut shutdown: watch::Receiver<bool>) {
         let models: Vec<String> = self
             .models
             .read()
@@ -318,13 +317,24 @@ pub struct FeedbackRpc {
     pub limits: Limits,
     /// Outcomes observed longer than this after their prediction are late.
     pub horizon: Duration,
+    /// Age after which an outcome whose writer died before its batch is
+    /// adopted by a replay.
+    pub adopt_after: Duration,
 }
 
 /// What one reported outcome turned out to be, before anything is written.
 enum Disposition {
-    Score { model: String, outcome: ScoredOutcome },
-    Late { model: String },
-    Refused { model: String, result: v1::OutcomeResult },
+    Score {
+        model: String,
+        outcome: ScoredOutcome,
+    },
+    Late {
+        model: String,
+    },
+    Refused {
+        model: String,
+        result: v1::OutcomeResult,
+    },
 }
 
 fn invalid(field: String, reason: impl std::fmt::Display) -> ServeError {
@@ -343,7 +353,12 @@ fn label_of(
             .ok()
             .and_then(|v| v.checked_sub(1))
             .map(Label::Class)
-            .ok_or_else(|| invalid(format!("{field}.{what}"), format!("{value} is not a {what}")))
+            .ok_or_else(|| {
+                invalid(
+                    format!("{field}.{what}"),
+                    format!("{value} is not a {what}"),
+                )
+            })
     };
     match label {
         None => Err(invalid(
@@ -390,11 +405,12 @@ impl FeedbackRpc {
         }
         let observed_at_ms = match observed_at {
             None => Utc::now().timestamp_millis(),
-            Some(timestamp) => {
-                chrono::DateTime::from_timestamp(timestamp.seconds, timestamp.nanos.try_into().unwrap_or(u32::MAX))
-                    .ok_or_else(|| invalid(field("observed_at"), "is not a valid time"))?
-                    .timestamp_millis()
-            }
+            Some(timestamp) => chrono::DateTime::from_timestamp(
+                timestamp.seconds,
+                timestamp.nanos.try_into().unwrap_or(u32::MAX),
+            )
+            .ok_or_else(|| invalid(field("observed_at"), "is not a valid time"))?
+            .timestamp_millis(),
         };
         let id = match self.ids.verify(prediction_id) {
             Ok(id) => id,
@@ -501,21 +517,38 @@ impl FeedbackRpc {
                 }
             }
         }
+        let mut pending = 0usize;
         for (model, items) in to_score {
             let (indexes, outcomes): (Vec<usize>, Vec<ScoredOutcome>) = items.into_iter().unzip();
-            let recorded = self.fleet.store().record(&model, outcomes).await?;
-            for (index, fresh) in indexes.into_iter().zip(recorded.fresh) {
-                let result = if fresh {
-                    v1::OutcomeResult::Recorded
-                } else {
-                    v1::OutcomeResult::Duplicate
+            let recorded = self
+                .fleet
+                .store()
+                .record(&model, outcomes, self.adopt_after.as_millis() as i64)
+                .await?;
+            for (key, batch) in &recorded.batches {
+                self.fleet.apply_own(&model, key.clone(), batch);
+            }
+            for (index, fate) in indexes.into_iter().zip(recorded.fates) {
+                let result = match fate {
+                    Fate::Recorded => v1::OutcomeResult::Recorded,
+                    Fate::Duplicate => v1::OutcomeResult::Duplicate,
+                    Fate::Pending => {
+                        pending += 1;
+                        continue;
+                    }
                 };
                 count(&model, result);
                 results[index] = result;
             }
-            if let Some((key, batch)) = recorded.batch {
-                self.fleet.apply_own(&model, key, &batch);
-            }
+        }
+        if pending > 0 {
+            // NOTE: not acknowledged: another call recorded these and has not
+            // written their batch yet (or died doing so; they are adopted
+            // once surely dead). The rest of this call is stored, so a retry
+            // finds it as duplicates.
+            return Err(ServeError::Unavailable(format!(
+                "{pending} outcome(s) are still being recorded by an earlier call; retry later"
+            )));
         }
         Ok(v1::RecordOutcomesResponse {
             results: results.into_iter().map(|r| r as i32).collect(),

@@ -206,7 +206,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         &slots.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
         config.quality_min_outcomes,
     ));
-    let fleet_task = tokio::spawn(fleet.clone().follow(config.feedback_refresh, shutdown.clone()));
+    let fleet_task = tokio::spawn(
+        fleet
+            .clone()
+            .follow(config.feedback_refresh, shutdown.clone()),
+    );
 
     let grpc_listener = TcpListener::bind(config.listen)
         .await
@@ -251,16 +255,19 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 auth.clone(),
             ),
         );
-    router = router.add_service(v1::feedback_service_server::FeedbackServiceServer::with_interceptor(
-        feedback::FeedbackRpc {
-            slots: slots.clone(),
-            ids: ids.clone(),
-            fleet,
-            limits,
-            horizon: config.outcome_horizon,
-        },
-        auth.clone(),
-    ));
+    router = router.add_service(
+        v1::feedback_service_server::FeedbackServiceServer::with_interceptor(
+            feedback::FeedbackRpc {
+                slots: slots.clone(),
+                ids: ids.clone(),
+                fleet,
+                limits,
+                horizon: config.outcome_horizon,
+                adopt_after: config.outcome_adopt_after,
+            },
+            auth.clone(),
+        ),
+    );
     router = router.add_service(
         nurture_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer::with_interceptor(
             services::inference::Inference { typed: slots.clone(), generic: generic.clone(), limits, ids: ids.clone() },

@@ -2,14 +2,17 @@
 //!
 //! ```text
 //! feedback/key                                              the shared prediction-id key (create-if-absent)
-//! feedback/{model}/outcomes/{h:2}/{h}.json                  one per outcome: its idempotency record (create-if-absent)
-//! feedback/{model}/batches/{millis:016}-{replica}-{n:010}.json   the outcomes one call recorded, scored
+//! feedback/{model}/outcomes/{h:2}/{h}.json                  one per outcome: its idempotency record, naming its batch (create-if-absent)
+//! feedback/{model}/batches/{millis:016}-{replica}-{n:010}.json   the outcomes one call recorded, scored (create-if-absent)
+//! feedback/{model}/adopted/{h:2}/{h}.json                   an orphaned outcome adopted by a later call (create-if-absent)
 //! ```
 //!
 //! `h` is the sha256 of (model, prediction id, outcome id): a replayed
 //! outcome finds its record already there and adds nothing. A call's new
 //! outcomes are then written as one batch; only after both writes is the
-//! caller acknowledged. Every replica (and `nurturectl quality`) folds every
+//! caller acknowledged. A writer that dies between the two leaves records
+//! whose batch never appears; a replay adopts them once they are older than
+//! any writer can take ([`store::record`](FeedbackStore::record)). Every replica (and `nurturectl quality`) folds every
 //! batch into per version × arm [`Quality`] states, which merge, so the whole
 //! fleet reports one figure per version. docs/feedback.md has the details.
 
@@ -24,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 pub use id::{Arm, IdError, IdKey, Prediction, PredictionId};
 pub use quality::{Estimate, Quality, Report};
-pub use store::{FeedbackStore, OutcomeBatch, Recorded, forget_unlistable};
+pub use store::{Fate, FeedbackStore, OutcomeBatch, Recorded, forget_unlistable};
 
 /// An observed outcome, in the kind's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,15 +24,44 @@ pub struct OutcomeBatch {
     pub outcomes: Vec<ScoredOutcome>,
 }
 
+/// What became of one outcome handed to [`FeedbackStore::record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Newly recorded (or adopted: recorded by a writer that died before
+    /// its batch was written, and now counted).
+    Recorded,
+    /// Recorded and counted before: a replay.
+    Duplicate,
+    /// Recorded by another call whose batch is not written yet; the caller
+    /// should retry later (it is adopted once that call is surely dead).
+    Pending,
+}
+
 /// What recording a call's outcomes did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recorded {
-    /// Per outcome, in order: `true` if newly recorded, `false` if it was
-    /// recorded before (a replay).
-    pub fresh: Vec<bool>,
-    /// The batch written (key and contents), if any outcome was new.
-    pub batch: Option<(String, OutcomeBatch)>,
+    /// Per outcome, in order.
+    pub fates: Vec<Fate>,
+    /// The batches written (key and contents): the call's new outcomes, and
+    /// any it adopted.
+    pub batches: Vec<(String, OutcomeBatch)>,
 }
+
+/// An outcome's idempotency record: the outcome and the batch its writer
+/// put it in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Claim {
+    batch: String,
+    outcome: ScoredOutcome,
+}
+
+/// How long a writer may take from its idempotency records to its batch
+/// before it gives up (without acknowledging).
+pub const WRITE_BUDGET_MS: i64 = 20_000;
+/// Default age after which an idempotency record whose batch never
+/// appeared is adopted by a replay: past the write budget plus the object
+/// store client's longest retry (3 minutes), so its writer is surely gone.
+pub const DEFAULT_ADOPT_AFTER_MS: i64 = 600_000;
 
 /// Feedback storage on an object store.
 #[derive(Clone)]
@@ -55,6 +84,18 @@ fn create() -> PutOptions {
     PutOptions {
         mode: PutMode::Create,
         ..Default::default()
+    }
+}
+
+/// Creates `location` unless it exists; `true` if this call created it.
+async fn create_if_absent(store: &dyn ObjectStore, location: &Path, body: Vec<u8>) -> Result<bool> {
+    match store
+        .put_opts(location, PutPayload::from(body), create())
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(error) if already_there(&error) => Ok(false),
+        Err(error) => Err(Error::from(error)),
     }
 }
 
@@ -107,74 +148,136 @@ impl FeedbackStore {
         })
     }
 
-    /// Records outcomes durably and idempotently: an idempotency record per
-    /// outcome (create-if-absent; one that exists marks a replay), then one
-    /// batch of the new ones. Returns only once both are written.
-    pub async fn record(&self, model: &str, outcomes: Vec<ScoredOutcome>) -> Result<Recorded> {
+    /// Records outcomes durably and idempotently, returning once they are
+    /// stored. Each outcome first gets its idempotency record
+    /// (create-if-absent), naming the batch this call will write; then the
+    /// batch of the new ones is written. A record that exists marks a
+    /// replay: if its batch exists, a duplicate; if not, its writer is still
+    /// at work ([`Fate::Pending`]) or died between the two writes, and past
+    /// `adopt_after_ms` this call adopts it (once: an adoption record is
+    /// created first) into a batch of its own.
+    pub async fn record(
+        &self,
+        model: &str,
+        outcomes: Vec<ScoredOutcome>,
+        adopt_after_ms: i64,
+    ) -> Result<Recorded> {
         let dir = self.dir(model);
+        let started = Utc::now().timestamp_millis();
+        let batch_key = self.next_batch_key(started);
         // NOTE: owned (location, body) pairs, so the future stays `Send`
         // for tonic (a closure over borrowed outcomes would not be).
         let writes: Vec<(Path, Vec<u8>)> = outcomes
             .iter()
             .map(|outcome| {
-                let location = dir
-                    .clone()
-                    .join("outcomes")
-                    .join(&outcome.key[..2])
-                    .join(format!("{}.json", outcome.key));
-                (location, serde_json::to_vec(outcome).expect("outcomes serialise"))
+                let claim = Claim {
+                    batch: batch_key.clone(),
+                    outcome: outcome.clone(),
+                };
+                (
+                    self.claim_location(model, &outcome.key, "outcomes"),
+                    serde_json::to_vec(&claim).expect("claims serialise"),
+                )
             })
             .collect();
         let store = &self.store;
-        let fresh: Vec<bool> = futures::stream::iter(writes)
+        let created: Vec<bool> = futures::stream::iter(writes)
             .map(|(location, body)| async move {
-                match store
-                    .put_opts(&location, PutPayload::from(body), create())
-                    .await
-                {
-                    Ok(_) => Ok(true),
-                    Err(error) if already_there(&error) => Ok(false),
-                    Err(error) => Err(Error::from(error)),
-                }
+                create_if_absent(store.as_ref(), &location, body).await
             })
             .buffered(16)
             .try_collect()
             .await?;
-        let new: Vec<ScoredOutcome> = outcomes
-            .into_iter()
-            .zip(&fresh)
-            .filter_map(|(outcome, fresh)| fresh.then_some(outcome))
-            .collect();
-        if new.is_empty() {
-            return Ok(Recorded { fresh, batch: None });
+        let mut fates = Vec::with_capacity(outcomes.len());
+        let mut fresh = Vec::new();
+        let mut adopted = Vec::new();
+        for (outcome, created) in outcomes.into_iter().zip(created) {
+            if created {
+                fates.push(Fate::Recorded);
+                fresh.push(outcome);
+                continue;
+            }
+            let fate = self.replayed(model, &outcome, adopt_after_ms).await?;
+            if let Some(claimed) = fate.1 {
+                adopted.push(claimed);
+            }
+            fates.push(fate.0);
         }
-        // NOTE: the key's time is taken just before the batch is written, so
-        // readers relisting FEEDBACK_RELIST_MS back see it even when the
-        // idempotency records took long.
-        let now = Utc::now();
+        if Utc::now().timestamp_millis() - started > WRITE_BUDGET_MS {
+            // The records stay without a batch; a replay adopts them later.
+            return Err(Error::Store(format!(
+                "recording took longer than {WRITE_BUDGET_MS} ms; not acknowledged, retry later"
+            )));
+        }
+        let mut batches = Vec::new();
+        for (key, outcomes) in [
+            (batch_key, fresh),
+            (self.next_batch_key(Utc::now().timestamp_millis()), adopted),
+        ] {
+            if outcomes.is_empty() {
+                continue;
+            }
+            let batch = OutcomeBatch {
+                replica: self.replica.clone(),
+                at: Utc::now(),
+                outcomes,
+            };
+            let body = serde_json::to_vec(&batch).expect("batches serialise");
+            self.store
+                .put_opts(
+                    &dir.clone().join("batches").join(key.as_str()),
+                    PutPayload::from(body),
+                    create(),
+                )
+                .await?;
+            batches.push((key, batch));
+        }
+        Ok(Recorded { fates, batches })
+    }
+
+    fn next_batch_key(&self, millis: i64) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let key = format!(
-            "{:016}-{}-{n:010}.json",
-            now.timestamp_millis(),
-            self.replica
-        );
-        let batch = OutcomeBatch {
-            replica: self.replica.clone(),
-            at: now,
-            outcomes: new,
-        };
-        let body = serde_json::to_vec(&batch).expect("batches serialise");
-        self.store
-            .put_opts(
-                &dir.join("batches").join(key.as_str()),
-                PutPayload::from(body),
-                create(),
-            )
-            .await?;
-        Ok(Recorded {
-            fresh,
-            batch: Some((key, batch)),
-        })
+        format!("{millis:016}-{}-{n:010}.json", self.replica)
+    }
+
+    fn claim_location(&self, model: &str, key: &str, kind: &str) -> Path {
+        self.dir(model)
+            .join(kind)
+            .join(&key[..2.min(key.len())])
+            .join(format!("{key}.json"))
+    }
+
+    /// What an outcome whose idempotency record exists is: a duplicate, one
+    /// still being written, or an orphan this call now adopts (returned).
+    async fn replayed(
+        &self,
+        model: &str,
+        outcome: &ScoredOutcome,
+        adopt_after_ms: i64,
+    ) -> Result<(Fate, Option<ScoredOutcome>)> {
+        let location = self.claim_location(model, &outcome.key, "outcomes");
+        let bytes = self.store.get(&location).await?.bytes().await?;
+        let claim: Claim = serde_json::from_slice(&bytes).map_err(|error| Error::Corrupt {
+            object: location.to_string(),
+            reason: error.to_string(),
+        })?;
+        let batch = self.dir(model).join("batches").join(claim.batch.as_str());
+        match self.store.head(&batch).await {
+            Ok(_) => return Ok((Fate::Duplicate, None)),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(error) => return Err(error.into()),
+        }
+        let age = Utc::now().timestamp_millis() - batch_millis(&claim.batch).unwrap_or(0);
+        if age < adopt_after_ms {
+            return Ok((Fate::Pending, None));
+        }
+        let adoption = self.claim_location(model, &outcome.key, "adopted");
+        let body = serde_json::to_vec(&claim).expect("claims serialise");
+        if create_if_absent(self.store.as_ref(), &adoption, body).await? {
+            Ok((Fate::Recorded, Some(claim.outcome)))
+        } else {
+            Ok((Fate::Duplicate, None))
+        }
     }
 
     /// Outcome batches of `model` written since `since_millis` (minus
@@ -275,6 +378,8 @@ mod tests {
     use crate::feedback::{Arm, Label, ModelQuality, Prediction, outcome_key};
     use object_store::memory::InMemory;
 
+    const NEVER: i64 = i64::MAX;
+
     fn outcome(id: &str, p: f32, y: bool) -> ScoredOutcome {
         ScoredOutcome {
             key: outcome_key("churn", "pid", id),
@@ -288,6 +393,18 @@ mod tests {
         }
     }
 
+    async fn fold_all(store: &FeedbackStore) -> ModelQuality {
+        let (batches, _) = store
+            .read_batches("churn", None, &HashSet::new())
+            .await
+            .unwrap();
+        let mut quality = ModelQuality::default();
+        for (_, batch) in &batches {
+            quality.fold(batch);
+        }
+        quality
+    }
+
     #[tokio::test]
     async fn replays_add_nothing_and_every_replica_reads_every_batch() {
         let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
@@ -297,10 +414,11 @@ mod tests {
             .record(
                 "churn",
                 vec![outcome("o1", 0.9, true), outcome("o2", 0.2, false)],
+                NEVER,
             )
             .await
             .unwrap();
-        assert_eq!(first.fresh, [true, true]);
+        assert_eq!(first.fates, [Fate::Recorded, Fate::Recorded]);
         // The same two again from another replica, with a new one.
         let replay = b
             .record(
@@ -310,32 +428,71 @@ mod tests {
                     outcome("o3", 0.6, false),
                     outcome("o2", 0.2, false),
                 ],
+                NEVER,
             )
             .await
             .unwrap();
-        assert_eq!(replay.fresh, [false, true, false]);
-        assert_eq!(replay.batch.as_ref().unwrap().1.outcomes.len(), 1);
+        assert_eq!(
+            replay.fates,
+            [Fate::Duplicate, Fate::Recorded, Fate::Duplicate]
+        );
+        assert_eq!(replay.batches.len(), 1);
+        assert_eq!(replay.batches[0].1.outcomes.len(), 1);
         let nothing = a
-            .record("churn", vec![outcome("o3", 0.6, false)])
+            .record("churn", vec![outcome("o3", 0.6, false)], NEVER)
             .await
             .unwrap();
-        assert_eq!(nothing.batch, None);
+        assert!(nothing.batches.is_empty());
         // A third reader folds both batches: three outcomes, once each.
         let reader = FeedbackStore::new(memory, Path::from("r"), "c");
+        assert_eq!(fold_all(&reader).await.states[&(1, Arm::Live)].outcomes, 3);
         let (batches, newest) = reader
             .read_batches("churn", None, &HashSet::new())
             .await
             .unwrap();
-        assert_eq!(batches.len(), 2);
-        let mut quality = ModelQuality::default();
-        for (_, batch) in &batches {
-            quality.fold(batch);
-        }
-        assert_eq!(quality.states[&(1, Arm::Live)].outcomes, 3);
-        // Reading again from the newest, skipping what was read: nothing new.
         let skip: HashSet<String> = batches.iter().map(|(key, _)| key.clone()).collect();
         let (again, _) = reader.read_batches("churn", newest, &skip).await.unwrap();
         assert!(again.is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_outcome_whose_writer_died_before_its_batch_is_adopted_once() {
+        let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let store = FeedbackStore::new(memory.clone(), Path::from("r"), "a");
+        // A writer that died after its idempotency record: no batch.
+        let orphan = outcome("o1", 0.7, true);
+        let claim = Claim {
+            batch: format!("{:016}-dead-{:010}.json", Utc::now().timestamp_millis(), 0),
+            outcome: orphan.clone(),
+        };
+        memory
+            .put(
+                &store.claim_location("churn", &orphan.key, "outcomes"),
+                PutPayload::from(serde_json::to_vec(&claim).unwrap()),
+            )
+            .await
+            .unwrap();
+        // While its writer may still be at work, a replay is told to wait.
+        let early = store
+            .record("churn", vec![orphan.clone()], 60_000)
+            .await
+            .unwrap();
+        assert_eq!(early.fates, [Fate::Pending]);
+        assert!(fold_all(&store).await.states.is_empty());
+        // Past the adoption age, two racing replays: one adopts, one is a duplicate.
+        let other = FeedbackStore::new(memory, Path::from("r"), "b");
+        let (x, y) = tokio::join!(
+            store.record("churn", vec![orphan.clone()], 0),
+            other.record("churn", vec![orphan.clone()], 0)
+        );
+        let mut fates = [x.unwrap().fates[0], y.unwrap().fates[0]];
+        fates.sort_by_key(|f| *f as u8);
+        assert_eq!(fates, [Fate::Recorded, Fate::Duplicate]);
+        assert_eq!(fold_all(&store).await.states[&(1, Arm::Live)].outcomes, 1);
+        // And afterwards it is a plain duplicate.
+        let later = store.record("churn", vec![orphan], 0).await.unwrap();
+        assert_eq!(later.fates, [Fate::Duplicate]);
+        assert_eq!(fold_all(&store).await.states[&(1, Arm::Live)].outcomes, 1);
     }
 
     #[tokio::test]

@@ -14,12 +14,12 @@ use tonic::{Request, Response, Status};
 
 use super::{Limits, instrumented, score_items};
 use crate::batcher::Rows;
-use crate::feedback::PredictionIds;
-use nurture_models::feedback::Prediction;
 use crate::deployment::Slot;
 use crate::edge;
 use crate::error::ServeError;
+use crate::feedback::PredictionIds;
 use crate::model::LoadedVersion;
+use nurture_models::feedback::Prediction;
 
 /// Factors returned when the request asks for none.
 pub const DEFAULT_FACTORS: usize = 3;

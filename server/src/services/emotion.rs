@@ -8,11 +8,11 @@ use tonic::{Request, Response, Status};
 
 use super::{Limits, instrumented, score_items};
 use crate::batcher::Rows;
-use crate::feedback::PredictionIds;
-use nurture_models::feedback::Prediction;
 use crate::deployment::Slot;
 use crate::edge;
 use crate::error::ServeError;
+use crate::feedback::PredictionIds;
+use nurture_models::feedback::Prediction;
 
 /// States counted as positive in the sentiment score.
 const POSITIVE: [usize; 4] = [0, 3, 4, 7]; // excited, confident, hopeful, satisfied

@@ -23,12 +23,12 @@ use tonic::{Request, Response, Status};
 
 use super::{Limits, instrumented};
 use crate::batcher::Rows;
-use nurture_models::feedback::Prediction;
 use crate::batcher::tensor::{NamedTensor, TensorData};
 use crate::deployment::Slot;
 use crate::edge;
 use crate::error::ServeError;
 use crate::model::LoadedVersion;
+use nurture_models::feedback::Prediction;
 
 /// Most elements one input tensor may hold.
 pub const MAX_ELEMENTS: usize = 16 * 1024 * 1024;

@@ -7,10 +7,10 @@ use tonic::{Request, Response, Status};
 
 use super::{Limits, instrumented, score_items};
 use crate::batcher::Rows;
-use crate::feedback::PredictionIds;
-use nurture_models::feedback::Prediction;
 use crate::deployment::Slot;
 use crate::edge;
+use crate::feedback::PredictionIds;
+use nurture_models::feedback::Prediction;
 
 /// The journey service.
 #[derive(Debug, Clone)]

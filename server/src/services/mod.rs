@@ -17,9 +17,9 @@ use nurture_proto::v1;
 use nurture_models::feedback::{Arm, Prediction};
 
 use crate::batcher::Rows;
-use crate::feedback::PredictionIds;
 use crate::deployment::Slot;
 use crate::error::ServeError;
+use crate::feedback::PredictionIds;
 use crate::model::LoadedVersion;
 
 /// Request limits.
@@ -55,7 +55,12 @@ impl ItemScore {
 
     /// A prediction id for this item's answer, carrying `prediction`.
     pub fn prediction_id(&self, ids: &PredictionIds, prediction: Prediction) -> String {
-        ids.mint(&self.version.name, self.version.version, self.arm, prediction)
+        ids.mint(
+            &self.version.name,
+            self.version.version,
+            self.arm,
+            prediction,
+        )
     }
 
     /// Row `row` of the probabilities.

@@ -10,12 +10,12 @@ use tonic::{Request, Response, Status};
 
 use super::{Limits, instrumented, score_items};
 use crate::batcher::Rows;
-use crate::feedback::PredictionIds;
-use nurture_models::feedback::Prediction;
 use crate::deployment::Slot;
 use crate::edge;
 use crate::error::ServeError;
 use crate::experiments::{Experiments, Known};
+use crate::feedback::PredictionIds;
+use nurture_models::feedback::Prediction;
 
 /// Longest outcome id, in bytes.
 pub const MAX_OUTCOME_ID_BYTES: usize = 128;

@@ -1,0 +1,566 @@
+//! Closing the loop end to end: prediction ids on answers, outcomes recorded
+//! by id through `FeedbackService`, live quality per version equal to
+//! scikit-learn's on the same pairs, replays and bad ids that move nothing,
+//! durability across SIGKILL, and one fleet-wide figure across replicas.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use nurture_models::feedback::{Arm, IdKey, Prediction, PredictionId};
+use nurture_proto::prost_types;
+use nurture_proto::v1::churn_service_client::ChurnServiceClient;
+use nurture_proto::v1::feedback_service_client::FeedbackServiceClient;
+use nurture_proto::v1::journey_service_client::JourneyServiceClient;
+use nurture_proto::v1::{self, outcome_report::Label};
+use nurture_tests::fixtures::labelled_leads;
+use nurture_tests::server::ServerProcess;
+use nurture_tests::{assert_invalid_argument, eventually, run_tool};
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+/// Journey stages in label order (the proto enum counts from 1).
+const STAGES: [&str; 5] = [
+    "initial_interest",
+    "active_search",
+    "property_evaluation",
+    "decision_making",
+    "ready_to_buy",
+];
+
+/// A file registry with churn and journey trained and live, and the data
+/// they were trained from (labels known).
+struct Loop {
+    dir: TempDir,
+}
+
+impl Loop {
+    fn new() -> Loop {
+        let fixture = Loop {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let data = fixture.data();
+        let data = data.to_str().unwrap();
+        fixture.run(
+            "nurture-trainer",
+            &["generate", "--out", data, "--rows", "1500"],
+        );
+        for kind in ["churn", "journey"] {
+            let csv = format!("{data}/{kind}.csv");
+            fixture.run(
+                "nurture-trainer",
+                &[
+                    "train",
+                    kind,
+                    "--data",
+                    &csv,
+                    "--promote",
+                    "--iterations",
+                    "40",
+                ],
+            );
+        }
+        fixture
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn registry(&self) -> String {
+        format!("file://{}", self.dir.path().join("registry").display())
+    }
+
+    fn run(&self, binary: &str, args: &[&str]) -> String {
+        run_tool(binary, &self.registry(), args, &[])
+    }
+
+    fn server(&self, extra: &[&str]) -> ServerProcess {
+        let mut args = vec![
+            "--models",
+            "churn,journey",
+            "--feedback-refresh",
+            "200ms",
+            "--quality-min-outcomes",
+            "30",
+        ];
+        args.extend_from_slice(extra);
+        ServerProcess::start(&self.registry(), &self.dir.path().join("cache"), &args)
+    }
+
+    /// The fleet's prediction-id key, as a replica created it in the store.
+    fn key(&self) -> IdKey {
+        let text = std::fs::read_to_string(self.dir.path().join("registry/feedback/key")).unwrap();
+        IdKey::from_hex(&text).unwrap()
+    }
+}
+
+/// One churn answer: its id and the probability served.
+struct Served {
+    id: String,
+    probability: f64,
+    churned: bool,
+}
+
+async fn predict_churn(channel: &Channel, leads: &[(v1::LeadProfile, String)]) -> Vec<Served> {
+    let mut client = ChurnServiceClient::new(channel.clone());
+    let mut served = Vec::new();
+    for chunk in leads.chunks(100) {
+        let response = client
+            .predict_churn(v1::PredictChurnRequest {
+                leads: chunk.iter().map(|(lead, _)| lead.clone()).collect(),
+                version: 0,
+                max_factors: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for (prediction, (_, label)) in response.predictions.into_iter().zip(chunk) {
+            assert!(
+                !prediction.prediction_id.is_empty(),
+                "every answer has an id"
+            );
+            served.push(Served {
+                id: prediction.prediction_id,
+                probability: prediction.churn_probability,
+                churned: label == "1",
+            });
+        }
+    }
+    served
+}
+
+fn churn_outcome(served: &Served, outcome_id: &str) -> v1::OutcomeReport {
+    v1::OutcomeReport {
+        prediction_id: served.id.clone(),
+        outcome_id: outcome_id.to_owned(),
+        label: Some(Label::Churned(served.churned)),
+        value: Some(if served.churned { 0.0 } else { 120.0 }),
+        observed_at: None,
+    }
+}
+
+async fn record(
+    client: &mut FeedbackServiceClient<Channel>,
+    outcomes: Vec<v1::OutcomeReport>,
+) -> Result<Vec<v1::OutcomeResult>, tonic::Status> {
+    let response = client
+        .record_outcomes(v1::RecordOutcomesRequest { outcomes })
+        .await?
+        .into_inner();
+    Ok(response
+        .results
+        .into_iter()
+        .map(|r| v1::OutcomeResult::try_from(r).unwrap())
+        .collect())
+}
+
+async fn quality(channel: &Channel, model: &str) -> Vec<v1::VersionQuality> {
+    FeedbackServiceClient::new(channel.clone())
+        .get_quality(v1::GetQualityRequest {
+            model: model.to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions
+}
+
+fn live(versions: &[v1::VersionQuality]) -> v1::VersionQuality {
+    versions
+        .iter()
+        .find(|v| v.version == 1 && v.arm == "live")
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// scikit-learn's figures on `rows` (written as CSV).
+fn reference(mode: &str, rows: &[String], dir: &Path) -> serde_json::Value {
+    let path = dir.join(format!("{mode}-pairs.csv"));
+    std::fs::write(&path, rows.join("\n")).unwrap();
+    let python = nurture_tests::project_root().join(".tools/oip-venv/bin/python");
+    assert!(
+        python.is_file(),
+        "scikit-learn is missing: run scripts/install-test-tools.sh (make test does)"
+    );
+    let output = Command::new(python)
+        .arg(nurture_tests::project_root().join("tests/feedback/quality_check.py"))
+        .arg(mode)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn close(ours: Option<v1::Interval>, theirs: &serde_json::Value, tolerance: f64, what: &str) {
+    let ours = ours.unwrap_or_else(|| panic!("{what} is reported")).value;
+    let theirs = theirs.as_f64().unwrap();
+    assert!(
+        (ours - theirs).abs() <= tolerance,
+        "{what}: ours {ours}, scikit-learn {theirs}"
+    );
+}
+
+fn counted(server: &ServerProcess, result: &str) -> f64 {
+    server
+        .metrics()
+        .lines()
+        .filter(|line| {
+            line.starts_with("nurture_outcomes_total")
+                && line.contains(&format!("result=\"{result}\""))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_quality_matches_scikit_learn_and_nothing_else_moves_it() {
+    let fixture = Loop::new();
+    let server = fixture.server(&["--max-items", "100"]);
+    let channel = server.channel().await;
+    let churn_leads = labelled_leads(&fixture.data().join("churn.csv"), "churned");
+    eventually("churn is live", Duration::from_secs(60), async || {
+        ChurnServiceClient::new(channel.clone())
+            .predict_churn(v1::PredictChurnRequest {
+                leads: vec![churn_leads[0].0.clone()],
+                version: 0,
+                max_factors: 0,
+            })
+            .await
+            .is_ok_and(|r| !r.into_inner().predictions[0].prediction_id.is_empty())
+    })
+    .await;
+
+    // Churn: 600 answers, then their true outcomes.
+    let served = predict_churn(&channel, &churn_leads[..600]).await;
+    let mut feedback = FeedbackServiceClient::new(channel.clone());
+    for (chunk_index, chunk) in served.chunks(100).enumerate() {
+        let outcomes = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, s)| churn_outcome(s, &format!("o-{chunk_index}-{i}")))
+            .collect();
+        let results = record(&mut feedback, outcomes).await.unwrap();
+        assert!(results.iter().all(|r| *r == v1::OutcomeResult::Recorded));
+    }
+    let before = live(&quality(&channel, "churn").await);
+    assert_eq!(before.outcomes, 600);
+    let rows: Vec<String> = served
+        .iter()
+        .map(|s| format!("{},{}", s.probability, u8::from(s.churned)))
+        .collect();
+    let sklearn = reference("binary", &rows, fixture.dir.path());
+    close(before.auc, &sklearn["auc"], 0.005, "AUC");
+    close(before.log_loss, &sklearn["log_loss"], 1e-6, "log-loss");
+    close(before.brier, &sklearn["brier"], 1e-6, "Brier score");
+    close(before.ece, &sklearn["ece"], 1e-6, "ECE");
+    let auc = before.auc.unwrap();
+    assert!(auc.low < auc.value && auc.value < auc.high, "{auc:?}");
+    let value = before.value_per_prediction.unwrap().value;
+    let expected_value = served.iter().filter(|s| !s.churned).count() as f64 * 120.0 / 600.0;
+    assert!((value - expected_value).abs() < 1e-9, "{value}");
+    println!(
+        "churn v1 live over 600 outcomes: AUC {:.4} (scikit-learn {:.4}), log-loss {:.4}, ECE {:.4}",
+        auc.value,
+        sklearn["auc"],
+        before.log_loss.unwrap().value,
+        before.ece.unwrap().value
+    );
+
+    // Replays: acknowledged as duplicates, counted once.
+    for (chunk_index, chunk) in served.chunks(100).enumerate() {
+        let outcomes = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, s)| churn_outcome(s, &format!("o-{chunk_index}-{i}")))
+            .collect();
+        let results = record(&mut feedback, outcomes).await.unwrap();
+        assert!(results.iter().all(|r| *r == v1::OutcomeResult::Duplicate));
+    }
+
+    // Forged, garbled, unknown and late ids: each counted on its own.
+    let key = fixture.key();
+    let signed = |model: &str, version: u64| {
+        key.sign(&PredictionId {
+            model: model.into(),
+            version,
+            arm: Arm::Live,
+            served_at_ms: chrono::Utc::now().timestamp_millis(),
+            nonce: 7,
+            prediction: Prediction::Binary(0.5),
+        })
+    };
+    let forged = IdKey::new(vec![9; 32]).unwrap().sign(&PredictionId {
+        model: "churn".into(),
+        version: 1,
+        arm: Arm::Live,
+        served_at_ms: chrono::Utc::now().timestamp_millis(),
+        nonce: 7,
+        prediction: Prediction::Binary(0.99),
+    });
+    let mut altered = served[0].id.clone();
+    let last = altered.pop().unwrap();
+    altered.push(if last == 'A' { 'B' } else { 'A' });
+    let late = v1::OutcomeReport {
+        observed_at: Some(prost_types::Timestamp {
+            seconds: chrono::Utc::now().timestamp() + 200 * 86_400,
+            nanos: 0,
+        }),
+        ..churn_outcome(&served[1], "late")
+    };
+    let cases = vec![
+        (
+            churn_outcome(
+                &Served {
+                    id: forged,
+                    probability: 0.99,
+                    churned: false,
+                },
+                "f",
+            ),
+            v1::OutcomeResult::ForgedId,
+        ),
+        (
+            churn_outcome(
+                &Served {
+                    id: altered,
+                    probability: 0.0,
+                    churned: true,
+                },
+                "a",
+            ),
+            v1::OutcomeResult::ForgedId,
+        ),
+        (
+            churn_outcome(
+                &Served {
+                    id: "hello".into(),
+                    probability: 0.0,
+                    churned: true,
+                },
+                "g",
+            ),
+            v1::OutcomeResult::GarbledId,
+        ),
+        (
+            churn_outcome(
+                &Served {
+                    id: signed("nonesuch", 1),
+                    probability: 0.0,
+                    churned: true,
+                },
+                "u1",
+            ),
+            v1::OutcomeResult::UnknownId,
+        ),
+        (
+            churn_outcome(
+                &Served {
+                    id: signed("churn", 99),
+                    probability: 0.0,
+                    churned: true,
+                },
+                "u2",
+            ),
+            v1::OutcomeResult::UnknownId,
+        ),
+        (late, v1::OutcomeResult::Late),
+    ];
+    let (outcomes, expected): (Vec<_>, Vec<_>) = cases.into_iter().unzip();
+    assert_eq!(record(&mut feedback, outcomes).await.unwrap(), expected);
+    for (result, times) in [
+        ("forged_id", 2.0),
+        ("garbled_id", 1.0),
+        ("unknown_id", 2.0),
+        ("late", 1.0),
+        ("duplicate", 600.0),
+        ("recorded", 600.0),
+    ] {
+        assert_eq!(counted(&server, result), times, "{result}");
+    }
+
+    // Bad reports: INVALID_ARGUMENT naming the field; nothing recorded.
+    let good = churn_outcome(&served[2], "bad");
+    let bad = |change: &dyn Fn(&mut v1::OutcomeReport)| {
+        let mut report = good.clone();
+        change(&mut report);
+        vec![report]
+    };
+    let cases: Vec<(Vec<v1::OutcomeReport>, &str)> = vec![
+        (
+            bad(&|r| r.prediction_id.clear()),
+            "outcomes[0].prediction_id",
+        ),
+        (bad(&|r| r.outcome_id.clear()), "outcomes[0].outcome_id"),
+        (bad(&|r| r.label = None), "outcomes[0]"),
+        (bad(&|r| r.label = Some(Label::Stage(2))), "outcomes[0]"),
+        (bad(&|r| r.value = Some(f64::NAN)), "outcomes[0].value"),
+        (bad(&|r| r.value = Some(-1.0)), "outcomes[0].value"),
+        (vec![], "outcomes"),
+        (vec![good.clone(); 101], "outcomes"),
+    ];
+    for (outcomes, field) in cases {
+        let status = record(&mut feedback, outcomes).await.unwrap_err();
+        assert_invalid_argument(&status, field);
+    }
+    let after = live(&quality(&channel, "churn").await);
+    assert_eq!(after, before, "nothing but new outcomes moves a figure");
+
+    // Journey (multiclass): accuracy, macro-F1 and log-loss.
+    let journey_leads = labelled_leads(&fixture.data().join("journey.csv"), "stage");
+    let mut journey = JourneyServiceClient::new(channel.clone());
+    let mut rows = Vec::new();
+    for (chunk_index, chunk) in journey_leads[..300].chunks(100).enumerate() {
+        let response = journey
+            .classify_stage(v1::ClassifyStageRequest {
+                leads: chunk.iter().map(|(lead, _)| lead.clone()).collect(),
+                version: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut outcomes = Vec::new();
+        for (i, (prediction, (_, stage))) in response.predictions.iter().zip(chunk).enumerate() {
+            let truth = STAGES.iter().position(|s| s == stage).unwrap();
+            let probabilities: Vec<String> = prediction
+                .probabilities
+                .iter()
+                .map(|p| p.probability.to_string())
+                .collect();
+            rows.push(format!("{truth},{}", probabilities.join(",")));
+            outcomes.push(v1::OutcomeReport {
+                prediction_id: prediction.prediction_id.clone(),
+                outcome_id: format!("j-{chunk_index}-{i}"),
+                label: Some(Label::Stage(truth as i32 + 1)),
+                value: None,
+                observed_at: None,
+            });
+        }
+        let results = record(&mut feedback, outcomes).await.unwrap();
+        assert!(results.iter().all(|r| *r == v1::OutcomeResult::Recorded));
+    }
+    let stages = live(&quality(&channel, "journey").await);
+    let sklearn = reference("classes", &rows, fixture.dir.path());
+    assert_eq!(stages.outcomes, 300);
+    // Ids carry class probabilities to 1/65535, so these match closely
+    // rather than exactly.
+    close(stages.accuracy, &sklearn["accuracy"], 0.005, "accuracy");
+    close(stages.macro_f1, &sklearn["macro_f1"], 0.005, "macro-F1");
+    close(stages.log_loss, &sklearn["log_loss"], 1e-3, "log-loss");
+    assert!(stages.auc.is_none() && stages.brier.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_outcomes_survive_sigkill_and_replays_add_nothing() {
+    let fixture = Loop::new();
+    let flags = ["--outcome-adopt-after", "2s"];
+    let mut server = fixture.server(&flags);
+    let channel = server.channel().await;
+    let leads = labelled_leads(&fixture.data().join("churn.csv"), "churned");
+    eventually("churn is live", Duration::from_secs(60), async || {
+        ChurnServiceClient::new(channel.clone())
+            .predict_churn(v1::PredictChurnRequest {
+                leads: vec![leads[0].0.clone()],
+                version: 0,
+                max_factors: 0,
+            })
+            .await
+            .is_ok_and(|r| !r.into_inner().predictions[0].prediction_id.is_empty())
+    })
+    .await;
+    let served = predict_churn(&channel, &leads[..800]).await;
+    let stream: Vec<Vec<v1::OutcomeReport>> = served
+        .chunks(10)
+        .enumerate()
+        .map(|(c, chunk)| {
+            chunk
+                .iter()
+                .enumerate()
+                .map(|(i, s)| churn_outcome(s, &format!("k-{c}-{i}")))
+                .collect()
+        })
+        .collect();
+    // Stream batches from a task; kill the server while it runs.
+    let progress = Arc::new(AtomicUsize::new(0));
+    let sender = {
+        let channel = channel.clone();
+        let stream = stream.clone();
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let mut client = FeedbackServiceClient::new(channel);
+            let mut acknowledged = 0usize;
+            for batch in stream {
+                match record(&mut client, batch).await {
+                    Ok(_) => acknowledged += 1,
+                    Err(_) => break,
+                }
+                progress.store(acknowledged, Ordering::SeqCst);
+            }
+            acknowledged
+        })
+    };
+    eventually("the stream is under way", Duration::from_secs(30), async || {
+        progress.load(Ordering::SeqCst) >= 10
+    })
+    .await;
+    server.kill();
+    let acknowledged = sender.await.unwrap();
+    assert!(
+        acknowledged > 0 && acknowledged < stream.len(),
+        "killed mid-stream ({acknowledged} of {} batches acknowledged)",
+        stream.len()
+    );
+
+    let server = fixture.server(&flags);
+    let channel = server.channel().await;
+    let mut client = FeedbackServiceClient::new(channel.clone());
+    eventually(
+        "the restarted replica has the key",
+        Duration::from_secs(30),
+        async || {
+            FeedbackServiceClient::new(channel.clone())
+                .record_outcomes(v1::RecordOutcomesRequest {
+                    outcomes: stream[0].clone(),
+                })
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    // Every acknowledged outcome is there: replaying them adds nothing.
+    for batch in &stream[..acknowledged] {
+        let results = record(&mut client, batch.clone()).await.unwrap();
+        assert!(results.iter().all(|r| *r == v1::OutcomeResult::Duplicate));
+    }
+    let at_least = (acknowledged * 10) as u64;
+    eventually(
+        "every acknowledged outcome is counted",
+        Duration::from_secs(10),
+        async || live(&quality(&channel, "churn").await).outcomes >= at_least,
+    )
+    .await;
+    // Replaying the whole stream (retrying what was never acknowledged)
+    // ends with every outcome counted exactly once: one caught mid-write
+    // is adopted once its writer is surely gone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for batch in &stream {
+        let results = record(&mut client, batch.clone()).await.unwrap();
+        assert!(results.iter().all(|r| matches!(
+            r,
+            v1::OutcomeResult::Duplicate | v1::OutcomeResult::Recorded
+        )));
+    }
+    assert_eq!(live(&quality(&channel, "churn").await).outcomes, 800);
+    for batch in &stream {
+        let results = record(&mut client, batch.clone()).await.unwrap();
+        assert!(results.iter().all(|r| *r == v1::OutcomeResult::Duplicate));
+    }
+    assert_eq!(live(&quality(&channel, "churn").await).outcomes, 800);
+}
