@@ -412,6 +412,17 @@ async fn live_quality_matches_scikit_learn_and_nothing_else_moves_it() {
     }
     let after = live(&quality(&channel, "churn").await);
     assert_eq!(after, before, "nothing but new outcomes moves a figure");
+    // nurturectl reads the same figures from the store, without a server.
+    let shown: serde_json::Value =
+        serde_json::from_str(&fixture.run("nurturectl", &["--json", "quality", "churn"])).unwrap();
+    let row = &shown["versions"][0];
+    assert_eq!(
+        (row["version"].as_u64(), row["arm"].as_str()),
+        (Some(1), Some("live"))
+    );
+    assert_eq!(row["report"]["outcomes"], 600);
+    let auc = row["report"]["auc"]["value"].as_f64().unwrap();
+    assert!((auc - before.auc.unwrap().value).abs() < 1e-12);
 
     // Journey (multiclass): accuracy, macro-F1 and log-loss.
     let journey_leads = labelled_leads(&fixture.data().join("journey.csv"), "stage");
@@ -506,9 +517,11 @@ async fn acknowledged_outcomes_survive_sigkill_and_replays_add_nothing() {
             acknowledged
         })
     };
-    eventually("the stream is under way", Duration::from_secs(30), async || {
-        progress.load(Ordering::SeqCst) >= 10
-    })
+    eventually(
+        "the stream is under way",
+        Duration::from_secs(30),
+        async || progress.load(Ordering::SeqCst) >= 10,
+    )
     .await;
     server.kill();
     let acknowledged = sender.await.unwrap();

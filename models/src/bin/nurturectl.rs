@@ -148,6 +148,15 @@ enum Command {
         /// Model name.
         model: String,
     },
+    /// Live quality of every version and arm of a model, over every outcome
+    /// the fleet recorded (read from the store; no server needed).
+    Quality {
+        /// Model name.
+        model: String,
+        /// Figures need at least this many outcomes.
+        #[arg(long, default_value_t = 30)]
+        min_outcomes: u64,
+    },
     /// Download a version's ONNX bytes, verifying their sha256.
     Fetch {
         /// Model name.
@@ -459,6 +468,79 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     })
                     .collect();
                 print_table(&["SEQ", "AT (UTC)", "ACTOR", "EVENT", "DETAILS"], rows);
+            }
+        }
+        Command::Quality {
+            model,
+            min_outcomes,
+        } => {
+            let name = ModelName::new(&model)?;
+            existing_state(&registry, &name).await?;
+            let store = nurture_models::feedback::FeedbackStore::new(
+                registry.store().clone(),
+                registry.prefix().clone(),
+                "nurturectl",
+            );
+            let (batches, _) = store
+                .read_batches(name.as_str(), None, &Default::default())
+                .await?;
+            let mut quality = nurture_models::feedback::ModelQuality::default();
+            for (_, batch) in &batches {
+                quality.fold(batch);
+            }
+            let mut reports: Vec<_> = quality
+                .states
+                .iter()
+                .map(|((version, arm), state)| (*version, *arm, state.report(min_outcomes)))
+                .collect();
+            reports.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            if json {
+                let versions: Vec<_> = reports
+                    .iter()
+                    .map(|(version, arm, report)| {
+                        json!({ "version": version, "arm": arm.as_str(), "report": report })
+                    })
+                    .collect();
+                print_json(&json!({
+                    "model": name.as_str(),
+                    "min_outcomes": min_outcomes,
+                    "versions": versions,
+                }));
+            } else if reports.is_empty() {
+                println!("no outcomes recorded for {name} yet");
+            } else {
+                let figure = |e: Option<nurture_models::feedback::Estimate>| {
+                    e.map_or("-".to_owned(), |e| {
+                        format!("{:.4} [{:.4}, {:.4}]", e.value, e.low, e.high)
+                    })
+                };
+                let rows = reports
+                    .iter()
+                    .map(|(version, arm, r)| {
+                        vec![
+                            version.to_string(),
+                            arm.as_str().to_owned(),
+                            r.outcomes.to_string(),
+                            figure(r.auc.or(r.accuracy)),
+                            figure(r.log_loss),
+                            figure(r.ece.or(r.macro_f1)),
+                            figure(r.value_per_prediction),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &[
+                        "VERSION",
+                        "ARM",
+                        "OUTCOMES",
+                        "AUC | ACCURACY",
+                        "LOG-LOSS",
+                        "ECE | MACRO-F1",
+                        "VALUE/PREDICTION",
+                    ],
+                    rows,
+                );
+                println!("95% intervals; figures need {min_outcomes} outcomes");
             }
         }
         Command::Fetch {
