@@ -5,8 +5,11 @@
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `nurture_requests_total` | counter | model, version, rpc, code |
-//! | `nurture_request_duration_seconds` | histogram | model, rpc |
+//! | `nurture_requests_total` | counter | model, version, arm, rpc, code |
+//! | `nurture_request_items_total` | counter | model, version, arm, rpc |
+//! | `nurture_request_duration_seconds` | histogram | model, version, arm, rpc |
+//! | `nurture_outcomes_total` | counter | model, result |
+//! | `nurture_quality_{outcomes,auc,log_loss,brier,ece,accuracy,macro_f1,value_per_prediction}` | gauge | model, version, arm |
 //! | `nurture_queue_duration_seconds` | histogram | model |
 //! | `nurture_inference_duration_seconds` | histogram | model |
 //! | `nurture_batch_rows` | histogram | model |

@@ -577,3 +577,145 @@ async fn acknowledged_outcomes_survive_sigkill_and_replays_add_nothing() {
     }
     assert_eq!(live(&quality(&channel, "churn").await).outcomes, 800);
 }
+
+/// Three replicas on the S3-compatible server: predictions served by A,
+/// outcomes sent to B, quality read from C (and A). Every outcome shows in
+/// C's fleet-wide figure within seconds, and all replicas agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_sent_to_one_replica_show_in_every_replicas_quality() {
+    let s3 = nurture_tests::s3::TestS3::from_env();
+    let (url, env) = s3.url_and_env(&nurture_tests::s3::TestS3::unique_prefix("feedback"));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_text = data.to_str().unwrap();
+    let tool = |binary: &str, args: &[&str]| run_tool(binary, &url, args, &env);
+    tool(
+        "nurture-trainer",
+        &["generate", "--out", data_text, "--rows", "1500"],
+    );
+    tool(
+        "nurture-trainer",
+        &[
+            "train",
+            "churn",
+            "--data",
+            &format!("{data_text}/churn.csv"),
+            "--promote",
+            "--iterations",
+            "40",
+        ],
+    );
+    let replicas: Vec<ServerProcess> = (0..3)
+        .map(|i| {
+            ServerProcess::start_with_env(
+                &url,
+                &dir.path().join(format!("cache-{i}")),
+                &[
+                    "--models",
+                    "churn",
+                    "--poll-interval",
+                    "200ms",
+                    "--replica-id",
+                    &format!("replica-{i}"),
+                ],
+                &env,
+            )
+        })
+        .collect();
+    let channels: Vec<Channel> =
+        futures::future::join_all(replicas.iter().map(ServerProcess::channel)).await;
+    let leads = labelled_leads(&data.join("churn.csv"), "churned");
+    for channel in &channels {
+        eventually(
+            "churn is live with ids",
+            Duration::from_secs(60),
+            async || {
+                ChurnServiceClient::new(channel.clone())
+                    .predict_churn(v1::PredictChurnRequest {
+                        leads: vec![leads[0].0.clone()],
+                        version: 0,
+                        max_factors: 0,
+                    })
+                    .await
+                    .is_ok_and(|r| !r.into_inner().predictions[0].prediction_id.is_empty())
+            },
+        )
+        .await;
+    }
+    let served = predict_churn(&channels[0], &leads[..1000]).await;
+
+    // C is watched every 50 ms while B takes outcomes in batches of 10.
+    let watching = Arc::new(std::sync::Mutex::new(
+        Vec::<(std::time::Instant, u64)>::new(),
+    ));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (channel, watching, done) = (channels[2].clone(), watching.clone(), done.clone());
+        tokio::spawn(async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while !done.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                let count = live(&quality(&channel, "churn").await).outcomes;
+                watching
+                    .lock()
+                    .unwrap()
+                    .push((std::time::Instant::now(), count));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let mut feedback = FeedbackServiceClient::new(channels[1].clone());
+    let mut acknowledged = Vec::new();
+    for (c, chunk) in served.chunks(10).enumerate() {
+        let outcomes = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, s)| churn_outcome(s, &format!("f-{c}-{i}")))
+            .collect();
+        let results = record(&mut feedback, outcomes).await.unwrap();
+        assert!(results.iter().all(|r| *r == v1::OutcomeResult::Recorded));
+        acknowledged.push((std::time::Instant::now(), ((c + 1) * 10) as u64));
+    }
+    eventually(
+        "C counts every outcome",
+        Duration::from_secs(30),
+        async || live(&quality(&channels[2], "churn").await).outcomes == 1000,
+    )
+    .await;
+    done.store(true, Ordering::SeqCst);
+    watcher.await.unwrap();
+    let seen = watching.lock().unwrap().clone();
+    // Each outcome's delay: from its acknowledgement to the first look at C
+    // that counts it (each of a batch's 10 outcomes shares the delay).
+    let mut delays: Vec<Duration> = acknowledged
+        .iter()
+        .flat_map(|(at, total)| {
+            let shown = seen
+                .iter()
+                .find(|(when, count)| when >= at && count >= total)
+                .map_or(Duration::from_secs(3600), |(when, _)| *when - *at);
+            std::iter::repeat_n(shown, 10)
+        })
+        .collect();
+    delays.sort();
+    let p = |q: f64| delays[((q * delays.len() as f64) as usize).min(delays.len() - 1)];
+    println!(
+        "outcome → fleet quality on another replica, over {} outcomes: p50 {:?}, p99 {:?}, max {:?}",
+        delays.len(),
+        p(0.5),
+        p(0.99),
+        delays.last().unwrap()
+    );
+    assert!(p(0.99) <= Duration::from_secs(5), "p99 {:?}", p(0.99));
+    // Every replica reports the same figures.
+    let figures: Vec<v1::VersionQuality> =
+        futures::future::join_all(channels.iter().map(|c| quality(c, "churn")))
+            .await
+            .iter()
+            .map(|versions| live(versions))
+            .collect();
+    for other in &figures[1..] {
+        assert_eq!(other.outcomes, figures[0].outcomes);
+        assert_eq!(other.auc, figures[0].auc);
+    }
+}

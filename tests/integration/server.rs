@@ -991,8 +991,8 @@ async fn health_is_honest_and_metrics_follow_traffic() {
     }
     let metrics = server.metrics();
     for expected in [
-        "nurture_requests_total{model=\"churn\",version=\"1\",rpc=\"PredictChurn\",code=\"ok\"} 20",
-        "nurture_request_duration_seconds_bucket{model=\"churn\",rpc=\"PredictChurn\"",
+        "nurture_requests_total{model=\"churn\",version=\"1\",arm=\"live\",rpc=\"PredictChurn\",code=\"ok\"} 20",
+        "nurture_request_duration_seconds_bucket{model=\"churn\",version=\"1\",arm=\"live\",rpc=\"PredictChurn\"",
         "nurture_batch_rows_bucket{model=\"churn\"",
         "nurture_inference_duration_seconds_bucket{model=\"churn\"",
         "nurture_live_version{model=\"churn\"} 1",
@@ -1081,6 +1081,37 @@ async fn canaries_get_their_share_of_leads_sticky_per_lead() {
         (30..90).contains(&on_canary),
         "{on_canary} of 200 leads on the 30% canary"
     );
+    // The split request counts under each version that answered, with its
+    // own items, in the request counters and the latency histogram.
+    let metrics = server.metrics();
+    let series = |name: &str, version: &str, arm: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|line| {
+                line.starts_with(name)
+                    && line.contains(r#"rpc="PredictChurn""#)
+                    && line.contains(&format!(r#"version="{version}""#))
+                    && line.contains(&format!(r#"arm="{arm}""#))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(
+        series("nurture_request_items_total", "2", "canary"),
+        on_canary as f64
+    );
+    assert_eq!(
+        series("nurture_request_items_total", "1", "live"),
+        (200 - on_canary) as f64
+    );
+    for (version, arm) in [("1", "live"), ("2", "canary")] {
+        assert_eq!(series("nurture_requests_total", version, arm), 1.0);
+        assert_eq!(
+            series("nurture_request_duration_seconds_count", version, arm),
+            1.0
+        );
+    }
+    assert!(!metrics.contains(r#"version="mixed""#));
     // Sticky: the same leads land on the same versions again, one by one.
     for prediction in first.predictions.iter().take(40) {
         let again = churn_version(&mut churn, &prediction.lead_id)

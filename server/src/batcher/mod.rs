@@ -94,6 +94,9 @@ pub struct Scored {
     pub tensors: Vec<tensor::NamedTensor>,
 }
 
+/// Smallest batch whose cost teaches the per-row estimate.
+pub const MIN_ROWS_FOR_COST: usize = 32;
+
 /// State shared by the door (`submit`) and the workers.
 #[derive(Debug)]
 struct Shared {
@@ -119,7 +122,12 @@ impl Shared {
     }
 
     fn record_cost(&self, elapsed: Duration, rows: usize) {
-        if rows == 0 {
+        // NOTE: small calls are mostly per-call overhead (a one-row call of
+        // a tree model costs ~3x a row inside a 256-row batch), which would
+        // make queued rows look dearer than they are and refuse requests
+        // that would have made their deadline. Until a batch this large has
+        // run, only the capacity bounds admission.
+        if rows < MIN_ROWS_FOR_COST {
             return;
         }
         // NOTE: the cost per row is the ratio of two decaying sums (time
@@ -804,10 +812,10 @@ mod tests {
 
     #[test]
     fn a_request_that_cannot_finish_before_its_deadline_is_refused_at_the_door() {
-        let h = harness(config(64, 4096), false, false, Duration::from_millis(2));
-        // One measured batch: at least 2 ms per row.
-        wait(submit(&h, &["a", "b"])).unwrap();
-        let soon = Instant::now() + Duration::from_millis(1);
+        let h = harness(config(64, 4096), false, false, Duration::from_millis(1));
+        // One measured batch of 32 rows: at least 1 ms per row.
+        wait(submit(&h, &["a"; MIN_ROWS_FOR_COST])).unwrap();
+        let soon = Instant::now() + Duration::from_micros(500);
         let refused = h.batcher.submit(texts(&["c"]), Some(soon)).unwrap_err();
         assert!(
             matches!(
@@ -848,16 +856,18 @@ mod tests {
             depth: metrics::gauge!("test"),
         };
         assert_eq!(shared.cost_per_row(), None);
-        // Warm-up: one-row calls dominated by per-call overhead.
+        // Warm-up: one-row calls, mostly per-call overhead, teach nothing.
         for _ in 0..4 {
             shared.record_cost(Duration::from_micros(20), 1);
         }
-        assert_eq!(shared.cost_per_row(), Some(Duration::from_micros(20)));
-        // One real batch of 1,000 rows at 3 µs a row outweighs them.
+        assert_eq!(shared.cost_per_row(), None);
+        shared.record_cost(Duration::from_micros(400), 40);
+        assert_eq!(shared.cost_per_row(), Some(Duration::from_micros(10)));
+        // A batch of 1,000 rows at 3 µs a row outweighs the one of 40.
         shared.record_cost(Duration::from_micros(3_000), 1_000);
         let cost = shared.cost_per_row().unwrap();
         assert!(
-            cost > Duration::from_micros(3) && cost < Duration::from_nanos(3_100),
+            cost > Duration::from_micros(3) && cost < Duration::from_nanos(3_400),
             "{cost:?}"
         );
     }

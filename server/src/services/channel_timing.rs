@@ -247,7 +247,7 @@ impl ChannelTimingService for ChannelTiming {
                 })
             })
             .await?;
-            let versions = scores.iter().map(|s| s.version.version).collect();
+            let versions = scores.iter().map(|s| (s.version.version, s.arm)).collect();
             let recommendations = scores
                 .iter()
                 .zip(&plans)

@@ -196,7 +196,7 @@ impl ChurnService for Churn {
                 rows_for(loaded, &values[item], &format!("leads[{item}]"))
             })
             .await?;
-            let versions = scores.iter().map(|s| s.version.version).collect();
+            let versions = scores.iter().map(|s| (s.version.version, s.arm)).collect();
             let predictions = scores
                 .iter()
                 .zip(&values)

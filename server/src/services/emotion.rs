@@ -77,7 +77,7 @@ impl EmotionService for Emotion {
                 Ok(Rows::Texts(vec![inputs[item].text.clone()]))
             })
             .await?;
-            let versions = scores.iter().map(|s| s.version.version).collect();
+            let versions = scores.iter().map(|s| (s.version.version, s.arm)).collect();
             let results = scores
                 .iter()
                 .map(|score| {

@@ -670,7 +670,9 @@ impl GrpcInferenceService for Inference {
                 response.outputs.push(output);
                 response.raw_output_contents.extend(bytes);
             }
-            Ok((response, vec![version.version]))
+            // Typed models count each row as an item; a generic request is one.
+            let items = prediction_ids.len().max(1);
+            Ok((response, vec![(version.version, arm); items]))
         })
         .await
     }

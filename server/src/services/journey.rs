@@ -44,7 +44,7 @@ impl JourneyService for Journey {
                 })
             })
             .await?;
-            let versions = scores.iter().map(|s| s.version.version).collect();
+            let versions = scores.iter().map(|s| (s.version.version, s.arm)).collect();
             let predictions = scores
                 .iter()
                 .zip(&values)

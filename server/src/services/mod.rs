@@ -163,30 +163,69 @@ pub async fn score_items(
         .collect())
 }
 
-/// Records a finished RPC in the metrics.
+/// Records a finished RPC in the metrics: once per (version, arm) that
+/// answered some of its items, with the number of items each answered, so a
+/// request split between live and canary counts under both versions. A
+/// request that failed (or answered nothing) counts under version `none`.
 pub fn observe(
     rpc: &'static str,
     model: &str,
-    versions: &[u64],
+    answered: &[(u64, Arm)],
     started: Instant,
     error: Option<&ServeError>,
 ) {
     let code = error.map_or("ok", ServeError::error_type);
-    record(rpc, model, version_label(versions), code, started);
-}
-
-fn version_label(versions: &[u64]) -> String {
-    match versions {
-        [] => "none".to_owned(),
-        [one, rest @ ..] if rest.iter().all(|v| v == one) => one.to_string(),
-        _ => "mixed".to_owned(),
+    let mut groups: Vec<((u64, Arm), u64)> = Vec::new();
+    for key in answered {
+        match groups.iter_mut().find(|(k, _)| k == key) {
+            Some((_, items)) => *items += 1,
+            None => groups.push((*key, 1)),
+        }
+    }
+    if groups.is_empty() {
+        record(rpc, model, "none".to_owned(), "none", code, started, 0);
+    }
+    for ((version, arm), items) in groups {
+        record(
+            rpc,
+            model,
+            version.to_string(),
+            arm.as_str(),
+            code,
+            started,
+            items,
+        );
     }
 }
 
-fn record(rpc: &'static str, model: &str, version: String, code: &'static str, started: Instant) {
-    metrics::counter!("nurture_requests_total", "model" => model.to_owned(), "version" => version, "rpc" => rpc, "code" => code)
-        .increment(1);
-    metrics::histogram!("nurture_request_duration_seconds", "model" => model.to_owned(), "rpc" => rpc)
+fn record(
+    rpc: &'static str,
+    model: &str,
+    version: String,
+    arm: &'static str,
+    code: &'static str,
+    started: Instant,
+    items: u64,
+) {
+    let labels = [
+        ("model", model.to_owned()),
+        ("version", version),
+        ("arm", arm.to_owned()),
+        ("rpc", rpc.to_owned()),
+    ];
+    let [model_label, version_label, arm_label, rpc_label] = labels.clone();
+    let coded = [
+        model_label,
+        version_label,
+        arm_label,
+        rpc_label,
+        ("code", code.to_owned()),
+    ];
+    metrics::counter!("nurture_requests_total", &coded).increment(1);
+    if items > 0 {
+        metrics::counter!("nurture_request_items_total", &labels).increment(items);
+    }
+    metrics::histogram!("nurture_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
 }
 
@@ -211,7 +250,15 @@ impl Drop for InFlight<'_> {
             Some(deadline) if Instant::now() >= deadline => "deadline_exceeded",
             _ => "cancelled",
         };
-        record(self.rpc, self.model, "none".to_owned(), code, self.started);
+        record(
+            self.rpc,
+            self.model,
+            "none".to_owned(),
+            "none",
+            code,
+            self.started,
+            0,
+        );
     }
 }
 
@@ -221,7 +268,7 @@ pub async fn instrumented<T>(
     rpc: &'static str,
     model: &str,
     deadline: Option<Instant>,
-    body: impl Future<Output = Result<(T, Vec<u64>), ServeError>>,
+    body: impl Future<Output = Result<(T, Vec<(u64, Arm)>), ServeError>>,
 ) -> Result<tonic::Response<T>, tonic::Status> {
     let mut call = InFlight {
         rpc,

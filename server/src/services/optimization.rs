@@ -229,7 +229,7 @@ impl OptimizationService for Optimization {
                 })
             })
             .await?;
-            let versions = scores.iter().map(|s| s.version.version).collect();
+            let versions = scores.iter().map(|s| (s.version.version, s.arm)).collect();
             let choices = scores
                 .iter()
                 .zip(&values)
