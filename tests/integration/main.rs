@@ -4,6 +4,7 @@
 mod cli;
 mod convergence;
 mod deploy;
+mod drift;
 mod feedback;
 mod inference;
 mod optimization;

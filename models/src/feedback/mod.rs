@@ -16,6 +16,7 @@
 //! batch into per version × arm [`Quality`] states, which merge, so the whole
 //! fleet reports one figure per version. docs/feedback.md has the details.
 
+pub mod drift;
 pub mod id;
 pub mod quality;
 pub mod store;
