@@ -146,6 +146,12 @@ pub struct Config {
     #[arg(long, env = "NURTURE_QUALITY_MIN_OUTCOMES", default_value_t = 30)]
     pub quality_min_outcomes: u64,
 
+    /// Confidence of concept-drift detection (ADWIN) on each version's error
+    /// stream: smaller means fewer false alarms and later detection
+    /// (docs/feedback.md has measured rates).
+    #[arg(long, env = "NURTURE_DRIFT_DELTA", default_value_t = 0.002)]
+    pub drift_delta: f64,
+
     /// How often this replica reads the outcome batches other replicas
     /// wrote, so its quality figures are the fleet's.
     #[arg(long, env = "NURTURE_FEEDBACK_REFRESH", default_value = "1s", value_parser = parse_duration)]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use chrono::Utc;
 use nurture_models::ModelKind;
+use nurture_models::feedback::drift::{Adwin, AdwinConfig};
 use nurture_models::feedback::{
     Arm, Fate, FeedbackStore, IdError, IdKey, Label, ModelQuality, OutcomeBatch, Prediction,
     PredictionId, Report, ScoredOutcome, forget_unlistable, outcome_key,
@@ -143,12 +144,84 @@ impl KeySource {
     }
 }
 
+/// Concept drift of one version × arm: ADWIN over its error stream (1 when
+/// the most probable answer was wrong, else 0), in the order this replica
+/// folds outcomes.
+#[derive(Debug, Clone)]
+pub struct Drift {
+    adwin: Adwin,
+    /// Drifts reported.
+    pub alarms: u64,
+    /// When the last one was reported.
+    pub last_alarm: Option<chrono::DateTime<Utc>>,
+}
+
+impl Drift {
+    /// Error rate over ADWIN's current window.
+    pub fn error_rate(&self) -> f64 {
+        self.adwin.mean()
+    }
+
+    /// Outcomes in ADWIN's current window.
+    pub fn window(&self) -> u64 {
+        self.adwin.width()
+    }
+}
+
 /// One model's quality as this replica has folded it.
 #[derive(Debug, Default)]
 struct Followed {
     quality: ModelQuality,
+    drift: BTreeMap<(u64, Arm), Drift>,
     newest: Option<i64>,
     applied: HashSet<String>,
+}
+
+impl Followed {
+    /// Folds a batch into the quality states and the drift detectors.
+    fn fold(&mut self, model: &str, batch: &OutcomeBatch, config: AdwinConfig) {
+        self.quality.fold(batch);
+        for outcome in &batch.outcomes {
+            let Some(error) = outcome.error() else {
+                continue;
+            };
+            let key = (outcome.version, outcome.arm);
+            let drift = self.drift.entry(key).or_insert_with(|| {
+                // Created at zero, so an increase() alert sees the first alarm.
+                drift_counter(model, key).increment(0);
+                Drift {
+                    adwin: Adwin::new(config),
+                    alarms: 0,
+                    last_alarm: None,
+                }
+            });
+            if drift.adwin.update(error) {
+                drift.alarms += 1;
+                drift.last_alarm = Some(Utc::now());
+                drift_counter(model, key).increment(1);
+                tracing::warn!(
+                    event = "concept drift",
+                    model,
+                    version = key.0,
+                    arm = key.1.as_str(),
+                    detector = "adwin",
+                    error_rate = drift.adwin.mean(),
+                    window = drift.adwin.width(),
+                    "concept drift"
+                );
+            }
+        }
+    }
+}
+
+fn drift_counter(model: &str, (version, arm): (u64, Arm)) -> metrics::Counter {
+    metrics::counter!(
+        "nurture_drift_alarms_total",
+        "model" => model.to_owned(),
+        "version" => version.to_string(),
+        "arm" => arm.as_str(),
+        "detector" => "adwin"
+    )
 }
 
 /// The fleet's quality per model × version × arm, folded from every
@@ -159,12 +232,20 @@ pub struct Fleet {
     models: RwLock<BTreeMap<String, Followed>>,
     /// Figures need at least this many outcomes.
     pub min_outcomes: u64,
+    /// Concept-drift detection on each version's error stream.
+    pub drift: AdwinConfig,
 }
 
 impl Fleet {
     /// Quality of `models`, read from `store`.
-    pub fn new(store: FeedbackStore, models: &[String], min_outcomes: u64) -> Self {
+    pub fn new(
+        store: FeedbackStore,
+        models: &[String],
+        min_outcomes: u64,
+        drift: AdwinConfig,
+    ) -> Self {
         Fleet {
+            drift,
             store,
             models: RwLock::new(
                 models
@@ -198,7 +279,7 @@ impl Fleet {
             let followed = models.entry(model.to_owned()).or_default();
             for (key, batch) in &batches {
                 if followed.applied.insert(key.clone()) {
-                    followed.quality.fold(batch);
+                    followed.fold(model, batch, self.drift);
                 }
             }
             followed.newest = newest.max(followed.newest);
@@ -225,10 +306,15 @@ impl Fleet {
             let mut models = self.models.write().expect("quality lock");
             let followed = models.entry(model.to_owned()).or_default();
             if followed.applied.insert(key) {
-                followed.quality.fold(batch);
+                followed.fold(model, batch, self.drift);
             }
         }
         self.export(model);
+    }
+
+    /// Drift of every version × arm of `model` seen so far.
+    pub fn drift(&self, model: &str) -> BTreeMap<(u64, Arm), Drift> {
+        self.read(model, |followed| followed.drift.clone())
     }
 
     /// The figures of every version × arm of `model`, newest version first.
@@ -274,6 +360,14 @@ impl Fleet {
                     metrics::gauge!(name, &labels).set(figure.value);
                 }
             }
+        }
+        for ((version, arm), drift) in self.drift(model) {
+            let labels = [
+                ("model", model.to_owned()),
+                ("version", version.to_string()),
+                ("arm", arm.as_str().to_owned()),
+            ];
+            metrics::gauge!("nurture_drift_window_error_rate", &labels).set(drift.error_rate());
         }
     }
 
@@ -562,6 +656,7 @@ impl FeedbackRpc {
                 "model {model:?} is not served here"
             )));
         }
+        let drift = self.fleet.drift(model);
         Ok(v1::GetQualityResponse {
             model: model.to_owned(),
             min_outcomes: self.fleet.min_outcomes,
@@ -569,7 +664,21 @@ impl FeedbackRpc {
                 .fleet
                 .reports(model)
                 .into_iter()
-                .map(|(version, arm, report)| version_quality(version, arm, &report))
+                .map(|(version, arm, report)| {
+                    let mut quality = version_quality(version, arm, &report);
+                    if let Some(drift) = drift.get(&(version, arm)) {
+                        quality.drift = Some(v1::DriftState {
+                            alarms: drift.alarms,
+                            last_alarm_at: drift
+                                .last_alarm
+                                .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                                .unwrap_or_default(),
+                            window_error_rate: drift.error_rate(),
+                            window: drift.window(),
+                        });
+                    }
+                    quality
+                })
                 .collect(),
         })
     }
@@ -611,6 +720,7 @@ pub fn version_quality(version: u64, arm: Arm, report: &Report) -> v1::VersionQu
         accuracy: interval(report.accuracy),
         macro_f1: interval(report.macro_f1),
         value_per_prediction: interval(report.value_per_prediction),
+        drift: None,
         reliability: report
             .reliability
             .iter()

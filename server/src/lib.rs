@@ -185,6 +185,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         config.experiment_refresh,
     ));
 
+    anyhow::ensure!(
+        config.drift_delta > 0.0 && config.drift_delta < 1.0,
+        "--drift-delta must be in (0, 1), got {}",
+        config.drift_delta
+    );
     let feedback_store = nurture_models::feedback::FeedbackStore::new(
         registry_for_experiments.store().clone(),
         registry_for_experiments.prefix().clone(),
@@ -205,6 +210,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         feedback_store,
         &slots.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
         config.quality_min_outcomes,
+        nurture_models::feedback::drift::AdwinConfig {
+            delta: config.drift_delta,
+            max_buckets: 32,
+            ..Default::default()
+        },
     ));
     let fleet_task = tokio::spawn(
         fleet

@@ -466,6 +466,48 @@ async fn live_quality_matches_scikit_learn_and_nothing_else_moves_it() {
     close(stages.macro_f1, &sklearn["macro_f1"], 0.005, "macro-F1");
     close(stages.log_loss, &sklearn["log_loss"], 1e-3, "log-loss");
     assert!(stages.auc.is_none() && stages.brier.is_none());
+
+    // Concept drift: the relationship flips (outcomes opposite to the
+    // data's labels); ADWIN on churn's error stream raises an alarm.
+    assert_eq!(
+        live(&quality(&channel, "churn").await)
+            .drift
+            .unwrap()
+            .alarms,
+        0
+    );
+    let flipped: Vec<Served> = predict_churn(&channel, &churn_leads[600..1200])
+        .await
+        .into_iter()
+        .map(|s| Served {
+            churned: !s.churned,
+            ..s
+        })
+        .collect();
+    for (chunk_index, chunk) in flipped.chunks(100).enumerate() {
+        let outcomes = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, s)| churn_outcome(s, &format!("d-{chunk_index}-{i}")))
+            .collect();
+        record(&mut feedback, outcomes).await.unwrap();
+    }
+    let drift = live(&quality(&channel, "churn").await).drift.unwrap();
+    assert!(drift.alarms >= 1, "{drift:?}");
+    assert!(drift.window_error_rate > 0.5, "{drift:?}");
+    assert!(
+        server
+            .metrics()
+            .lines()
+            .any(|line| line.starts_with("nurture_drift_alarms_total")
+                && line.contains(r#"version="1""#)
+                && !line.ends_with(" 0")),
+        "the alarm is a metric"
+    );
+    assert!(
+        server.log().contains("concept drift"),
+        "the alarm is logged"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,6 +63,27 @@ pub struct ScoredOutcome {
     pub prediction: Prediction,
 }
 
+impl ScoredOutcome {
+    /// Whether the prediction was wrong: 1 if the most probable class (for
+    /// a binary kind, p ≥ 0.5 for positive) is not the observed one, else 0;
+    /// `None` when the label does not fit the prediction. The stream drift
+    /// detection watches.
+    pub fn error(&self) -> Option<f64> {
+        let wrong = match (&self.prediction, self.label) {
+            (Prediction::Binary(p), Label::Binary(y)) => (*p >= 0.5) != y,
+            (Prediction::Classes(ps), Label::Class(truth)) => {
+                let best = ps
+                    .iter()
+                    .enumerate()
+                    .fold(0, |best, (i, p)| if *p > ps[best] { i } else { best });
+                best != truth as usize
+            }
+            _ => return None,
+        };
+        Some(f64::from(u8::from(wrong)))
+    }
+}
+
 /// The idempotency key of an outcome: hex sha256 of the model, the
 /// prediction id and the client's outcome id.
 pub fn outcome_key(model: &str, prediction_id: &str, outcome_id: &str) -> String {
