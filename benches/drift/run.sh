@@ -13,7 +13,7 @@ cd "$root"
 scripts/install-test-tools.sh
 cargo build --release --quiet -p nurture-benches --bin nurture-drift
 drift="$root/target/release/nurture-drift"
-river=(".tools/drift-venv/bin/python" "tests/feedback/adwin_river.py")
+river=(".tools/analysis-venv/bin/python" "tests/feedback/adwin_river.py")
 summarise=(python3 benches/drift/summarise.py)
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -51,7 +51,7 @@ run "stable 0.05, ${stable_streams} × 1,000,000" "$work/stable05.txt" 1000000 1
 
 echo "cost:" >&2
 cost="$("$drift" cost "${ours[@]}")"
-river_cost="$(.tools/drift-venv/bin/python - <<'PY'
+river_cost="$(.tools/analysis-venv/bin/python - <<'PY'
 import random, time
 from river import drift
 rng = random.Random(7)

@@ -152,6 +152,28 @@ pub struct Config {
     #[arg(long, env = "NURTURE_DRIFT_DELTA", default_value_t = 0.002)]
     pub drift_delta: f64,
 
+    /// Share of answers written to the prediction log (Parquet in the
+    /// store, docs/feedback.md), in [0, 1]; 0 turns the log off.
+    #[arg(long, env = "NURTURE_PREDICTION_LOG_SAMPLE", default_value_t = 1.0)]
+    pub prediction_log_sample: f64,
+
+    /// Records the prediction log buffers before it drops (and counts) new
+    /// ones; answers never wait for the log.
+    #[arg(long, env = "NURTURE_PREDICTION_LOG_BUFFER", default_value_t = 100_000)]
+    pub prediction_log_buffer: usize,
+
+    /// Longest a logged prediction waits before its file is written.
+    #[arg(long, env = "NURTURE_PREDICTION_LOG_FLUSH", default_value = "10s", value_parser = parse_duration)]
+    pub prediction_log_flush: Duration,
+
+    /// Most records per prediction-log file.
+    #[arg(
+        long,
+        env = "NURTURE_PREDICTION_LOG_FILE_RECORDS",
+        default_value_t = 50_000
+    )]
+    pub prediction_log_file_records: usize,
+
     /// How often this replica reads the outcome batches other replicas
     /// wrote, so its quality figures are the fleet's.
     #[arg(long, env = "NURTURE_FEEDBACK_REFRESH", default_value = "1s", value_parser = parse_duration)]

@@ -11,6 +11,7 @@ use arc_swap::ArcSwapOption;
 use chrono::Utc;
 use nurture_models::ModelKind;
 use nurture_models::feedback::drift::{Adwin, AdwinConfig};
+use nurture_models::feedback::log::PredictionRecord;
 use nurture_models::feedback::{
     Arm, Fate, FeedbackStore, IdError, IdKey, Label, ModelQuality, OutcomeBatch, Prediction,
     PredictionId, Report, ScoredOutcome, forget_unlistable, outcome_key,
@@ -768,5 +769,297 @@ impl v1::feedback_service_server::FeedbackService for FeedbackRpc {
             Ok((self.quality(&model)?, Vec::new()))
         })
         .await
+    }
+}
+
+/// What each answer item carries and leaves behind: its prediction id and,
+/// when sampled, a record in the prediction log.
+#[derive(Debug)]
+pub struct Served {
+    /// Id minting.
+    pub ids: Arc<PredictionIds>,
+    /// The prediction log.
+    pub log: PredictionLog,
+}
+
+/// An item's inputs, as the prediction log keeps them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Inputs<'a> {
+    /// The lead (tabular kinds).
+    pub lead: Option<&'a nurture_models::input::LeadValues>,
+    /// The kind's own features (slot, variant), in `extra_features()` order.
+    pub extra: &'a [f64],
+    /// The text (emotion).
+    pub text: Option<&'a str>,
+    /// The lead id when there is no `lead` (emotion).
+    pub lead_id: Option<&'a str>,
+}
+
+impl Served {
+    /// Mints the id of one answer item and logs it (if sampled).
+    #[allow(clippy::too_many_arguments)]
+    pub fn answer(
+        &self,
+        model: &str,
+        kind: ModelKind,
+        version: u64,
+        arm: Arm,
+        inputs: Inputs<'_>,
+        prediction: Prediction,
+        probabilities: &[f32],
+    ) -> String {
+        let id = self.ids.mint(model, version, arm, prediction);
+        if !id.is_empty() && self.log.sampled(&id) {
+            let lead_id = inputs
+                .lead
+                .map(|lead| lead.id.as_str())
+                .or(inputs.lead_id)
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned);
+            self.log.push(
+                model,
+                kind,
+                PredictionRecord {
+                    prediction_id: id.clone(),
+                    version,
+                    arm,
+                    served_at_ms: Utc::now().timestamp_millis(),
+                    lead_id,
+                    lead: inputs.lead.map(|l| l.values.to_vec()).unwrap_or_default(),
+                    extra: inputs.extra.to_vec(),
+                    text: inputs.text.map(str::to_owned),
+                    probabilities: probabilities.to_vec(),
+                },
+            );
+        }
+        id
+    }
+}
+
+/// One logged prediction on its way to the writer.
+#[derive(Debug)]
+struct Logged {
+    model: String,
+    kind: ModelKind,
+    record: PredictionRecord,
+}
+
+/// The prediction log's bounded buffer: answers push records without
+/// waiting; when the buffer is full, records are dropped and counted
+/// (`nurture_prediction_log_dropped_total`), never queued without limit.
+#[derive(Debug)]
+pub struct PredictionLog {
+    sender: Option<tokio::sync::mpsc::Sender<Logged>>,
+    /// Share of answers logged, in [0, 1].
+    sample: f64,
+}
+
+impl PredictionLog {
+    /// A log that keeps nothing.
+    pub fn off() -> Self {
+        PredictionLog {
+            sender: None,
+            sample: 0.0,
+        }
+    }
+
+    /// A log buffering up to `capacity` records, keeping `sample` of the
+    /// answers; the returned writer drains it into the store.
+    pub fn new(capacity: usize, sample: f64, writer: LogWriter) -> (Self, LogWriterTask) {
+        let (sender, receiver) = tokio::sync::mpsc::channel(capacity.max(1));
+        (
+            PredictionLog {
+                sender: Some(sender),
+                sample: sample.clamp(0.0, 1.0),
+            },
+            LogWriterTask { receiver, writer },
+        )
+    }
+
+    /// Whether the answer with this id is logged: a stable share of ids
+    /// (the same id always decides the same way).
+    pub fn sampled(&self, id: &str) -> bool {
+        if self.sample >= 1.0 {
+            return self.sender.is_some();
+        }
+        let draw = nurture_models::fnv1a64(id.as_bytes()) as f64 / u64::MAX as f64;
+        self.sender.is_some() && draw < self.sample
+    }
+
+    /// Buffers a record; `false` (and counted) when the buffer is full.
+    fn push(&self, model: &str, kind: ModelKind, record: PredictionRecord) -> bool {
+        let Some(sender) = &self.sender else {
+            return false;
+        };
+        let logged = Logged {
+            model: model.to_owned(),
+            kind,
+            record,
+        };
+        if sender.try_send(logged).is_err() {
+            metrics::counter!("nurture_prediction_log_dropped_total", "model" => model.to_owned())
+                .increment(1);
+            return false;
+        }
+        true
+    }
+}
+
+/// Where and how often the log is written.
+#[derive(Debug, Clone)]
+pub struct LogWriter {
+    /// The store.
+    pub store: FeedbackStore,
+    /// This replica's name (a column of the log).
+    pub replica: String,
+    /// Longest a record waits before its file is written.
+    pub flush_every: Duration,
+    /// Most records per file.
+    pub max_records: usize,
+}
+
+/// The task draining the buffer (see [`PredictionLog::new`]).
+#[derive(Debug)]
+pub struct LogWriterTask {
+    receiver: tokio::sync::mpsc::Receiver<Logged>,
+    writer: LogWriter,
+}
+
+impl LogWriterTask {
+    /// Writes a file per model and day every `flush_every` (or when
+    /// `max_records` wait), until `shutdown`; then writes what is left,
+    /// giving the store at most `last_flush` for it.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, last_flush: Duration) {
+        let mut pending: Vec<Logged> = Vec::new();
+        let mut ticks = tokio::time::interval(self.writer.flush_every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        enum Next {
+            Record(Logged),
+            Tick,
+            Stop,
+        }
+        loop {
+            let next = tokio::select! {
+                received = self.receiver.recv() => received.map_or(Next::Stop, Next::Record),
+                _ = ticks.tick() => Next::Tick,
+                _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => Next::Stop,
+            };
+            match next {
+                Next::Record(logged) => {
+                    pending.push(logged);
+                    if pending.len() >= self.writer.max_records {
+                        self.flush(&mut pending).await;
+                    }
+                }
+                Next::Tick => self.flush(&mut pending).await,
+                Next::Stop => break,
+            }
+        }
+        while let Ok(logged) = self.receiver.try_recv() {
+            pending.push(logged);
+        }
+        if tokio::time::timeout(last_flush, self.flush(&mut pending))
+            .await
+            .is_err()
+        {
+            tracing::warn!("the prediction log's last records were not written before shutdown");
+        }
+    }
+
+    async fn flush(&self, pending: &mut Vec<Logged>) {
+        if pending.is_empty() {
+            return;
+        }
+        let mut files: BTreeMap<(String, String), (ModelKind, Vec<PredictionRecord>)> =
+            BTreeMap::new();
+        for logged in pending.drain(..) {
+            let date = chrono::DateTime::from_timestamp_millis(logged.record.served_at_ms)
+                .unwrap_or_default()
+                .format("%Y-%m-%d")
+                .to_string();
+            files
+                .entry((logged.model, date))
+                .or_insert_with(|| (logged.kind, Vec::new()))
+                .1
+                .push(logged.record);
+        }
+        for ((model, date), (kind, records)) in files {
+            let count = records.len() as u64;
+            let replica = self.writer.replica.clone();
+            let name = model.clone();
+            let encoded = tokio::task::spawn_blocking(move || {
+                nurture_models::feedback::log::encode(&name, kind, &replica, &records)
+            })
+            .await;
+            let written = match encoded {
+                Ok(Ok(bytes)) => self
+                    .writer
+                    .store
+                    .write_predictions(&model, &date, bytes)
+                    .await
+                    .map(|_| ()),
+                Ok(Err(error)) => Err(error),
+                Err(error) => Err(nurture_models::Error::Store(error.to_string())),
+            };
+            let result = match written {
+                Ok(()) => "ok",
+                Err(error) => {
+                    tracing::warn!(model, %error, records = count, "cannot write the prediction log");
+                    "error"
+                }
+            };
+            metrics::counter!("nurture_prediction_log_records_total", "model" => model.clone(), "result" => result)
+                .increment(count);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer() -> LogWriter {
+        let registry = nurture_models::Registry::open("memory://").unwrap();
+        LogWriter {
+            store: FeedbackStore::new(registry.store().clone(), registry.prefix().clone(), "r"),
+            replica: "r".into(),
+            flush_every: Duration::from_secs(3600),
+            max_records: 10,
+        }
+    }
+
+    fn record(id: &str) -> PredictionRecord {
+        PredictionRecord {
+            prediction_id: id.into(),
+            version: 1,
+            arm: Arm::Live,
+            served_at_ms: 0,
+            lead_id: None,
+            lead: vec![],
+            extra: vec![],
+            text: None,
+            probabilities: vec![0.5, 0.5],
+        }
+    }
+
+    #[test]
+    fn a_full_buffer_drops_instead_of_waiting() {
+        let (log, _task) = PredictionLog::new(2, 1.0, writer());
+        assert!(log.push("churn", ModelKind::Churn, record("a")));
+        assert!(log.push("churn", ModelKind::Churn, record("b")));
+        assert!(!log.push("churn", ModelKind::Churn, record("c")));
+        assert!(!PredictionLog::off().push("churn", ModelKind::Churn, record("d")));
+    }
+
+    #[test]
+    fn sampling_keeps_a_stable_share_of_ids() {
+        let (log, _task) = PredictionLog::new(2, 0.25, writer());
+        let ids: Vec<String> = (0..20_000).map(|i| format!("id-{i}")).collect();
+        let kept = ids.iter().filter(|id| log.sampled(id)).count();
+        assert!((4_500..5_500).contains(&kept), "{kept}");
+        assert!(ids.iter().all(|id| log.sampled(id) == log.sampled(id)));
+        let (all, _task) = PredictionLog::new(2, 1.0, writer());
+        assert!(ids.iter().all(|id| all.sampled(id)));
+        assert!(!PredictionLog::off().sampled("x"));
     }
 }

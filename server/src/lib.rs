@@ -221,6 +221,26 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             .clone()
             .follow(config.feedback_refresh, shutdown.clone()),
     );
+    let (log, log_task) = if config.prediction_log_sample > 0.0 {
+        let (log, writer) = feedback::PredictionLog::new(
+            config.prediction_log_buffer,
+            config.prediction_log_sample,
+            feedback::LogWriter {
+                store: fleet.store().clone(),
+                replica: replica.clone(),
+                flush_every: config.prediction_log_flush,
+                max_records: config.prediction_log_file_records,
+            },
+        );
+        let task = tokio::spawn(writer.run(shutdown.clone(), std::time::Duration::from_secs(2)));
+        (log, Some(task))
+    } else {
+        (feedback::PredictionLog::off(), None)
+    };
+    let served = Arc::new(feedback::Served {
+        ids: ids.clone(),
+        log,
+    });
 
     let grpc_listener = TcpListener::bind(config.listen)
         .await
@@ -290,7 +310,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 services::emotion::Emotion {
                     slot,
                     limits,
-                    ids: ids.clone(),
+                    served: served.clone(),
                 },
                 auth.clone(),
             ),
@@ -302,7 +322,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 services::churn::Churn {
                     slot,
                     limits,
-                    ids: ids.clone(),
+                    served: served.clone(),
                 },
                 auth.clone(),
             ),
@@ -314,7 +334,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 services::journey::Journey {
                     slot,
                     limits,
-                    ids: ids.clone(),
+                    served: served.clone(),
                 },
                 auth.clone(),
             ),
@@ -327,7 +347,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                     slot,
                     experiments,
                     limits,
-                    ids: ids.clone(),
+                    served: served.clone(),
                 },
                 auth.clone(),
             ),
@@ -339,7 +359,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 services::channel_timing::ChannelTiming {
                     slot,
                     limits,
-                    ids: ids.clone(),
+                    served: served.clone(),
                 },
                 auth.clone(),
             ),
@@ -406,6 +426,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     }
     let _ = watcher_task.await;
     let _ = fleet_task.await;
+    if let Some(task) = log_task {
+        let _ = task.await;
+    }
     let _ = metrics_task.await;
     Ok(())
 }

@@ -68,7 +68,7 @@ fn ours(stream: &[f64], config: AdwinConfig) -> Vec<usize> {
 
 fn river(streams: &[Vec<f64>], config: AdwinConfig) -> Vec<Vec<usize>> {
     let root = nurture_tests::project_root();
-    let python = root.join(".tools/drift-venv/bin/python");
+    let python = root.join(".tools/analysis-venv/bin/python");
     assert!(
         python.is_file(),
         "River is missing: run scripts/install-test-tools.sh (make test does)"

@@ -660,6 +660,8 @@ async fn outcomes_sent_to_one_replica_show_in_every_replicas_quality() {
                     "200ms",
                     "--replica-id",
                     &format!("replica-{i}"),
+                    "--prediction-log-flush",
+                    "300ms",
                 ],
                 &env,
             )
@@ -686,6 +688,22 @@ async fn outcomes_sent_to_one_replica_show_in_every_replicas_quality() {
         .await;
     }
     let served = predict_churn(&channels[0], &leads[..1000]).await;
+    // A's prediction log, read by DuckDB straight from S3.
+    eventually("A's log is in S3", Duration::from_secs(30), async || {
+        duckdb_rows(&url, "churn", &env)["rows"]
+            .as_array()
+            .is_some_and(|rows| rows.len() > 1000)
+    })
+    .await;
+    let log = duckdb_rows(&url, "churn", &env);
+    let ids: std::collections::HashSet<&str> = log["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["replica"] == "replica-0")
+        .map(|row| row["prediction_id"].as_str().unwrap())
+        .collect();
+    assert!(served.iter().all(|s| ids.contains(s.id.as_str())));
 
     // C is watched every 50 ms, until it counts all 1,000 (at most 120 s),
     // while B takes outcomes in batches of 10.
@@ -756,4 +774,85 @@ async fn outcomes_sent_to_one_replica_show_in_every_replicas_quality() {
         assert_eq!(other.outcomes, figures[0].outcomes);
         assert_eq!(other.auc, figures[0].auc);
     }
+}
+
+/// DuckDB's view of `model`'s prediction log under `root` (a directory or an
+/// s3:// URL), read where it lies.
+fn duckdb_rows(root: &str, model: &str, env: &[(&str, &str)]) -> serde_json::Value {
+    let python = nurture_tests::project_root().join(".tools/analysis-venv/bin/python");
+    assert!(
+        python.is_file(),
+        "DuckDB is missing: run scripts/install-test-tools.sh (make test does)"
+    );
+    let output = Command::new(python)
+        .arg(nurture_tests::project_root().join("tests/feedback/duckdb_log.py"))
+        .args([root, model])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prediction_log_is_parquet_that_duckdb_reads_where_it_lies() {
+    let fixture = Loop::new();
+    let server = fixture.server(&["--prediction-log-flush", "200ms"]);
+    let channel = server.channel().await;
+    let leads = labelled_leads(&fixture.data().join("churn.csv"), "churned");
+    eventually("churn is live", Duration::from_secs(60), async || {
+        ChurnServiceClient::new(channel.clone())
+            .predict_churn(v1::PredictChurnRequest {
+                leads: vec![leads[0].0.clone()],
+                version: 0,
+                max_factors: 0,
+            })
+            .await
+            .is_ok_and(|r| !r.into_inner().predictions[0].prediction_id.is_empty())
+    })
+    .await;
+    let served = predict_churn(&channel, &leads[..300]).await;
+    let root = fixture.dir.path().join("registry");
+    let root = root.to_str().unwrap();
+    let mut log = serde_json::Value::Null;
+    eventually(
+        "the log holds every answer",
+        Duration::from_secs(30),
+        async || {
+            log = duckdb_rows(root, "churn", &[]);
+            log["rows"]
+                .as_array()
+                .is_some_and(|rows| rows.len() > served.len())
+        },
+    )
+    .await;
+    let rows = log["rows"].as_array().unwrap();
+    let by_id: std::collections::HashMap<&str, &serde_json::Value> = rows
+        .iter()
+        .map(|row| (row["prediction_id"].as_str().unwrap(), row))
+        .collect();
+    for (answer, (lead, _)) in served.iter().zip(&leads[..300]) {
+        let row = by_id[answer.id.as_str()];
+        assert_eq!(row["model"], "churn");
+        assert_eq!(row["version"], 1);
+        assert_eq!(row["arm"], "live");
+        assert_eq!(row["lead_id"], lead.lead_id.as_str());
+        assert_eq!(row["email_open_rate"].as_f64(), lead.email_open_rate);
+        assert_eq!(row["budget_k_usd"].as_f64(), lead.budget_k_usd);
+        assert!((row["score"].as_f64().unwrap() - answer.probability).abs() < 1e-6);
+        assert_eq!(row["probabilities"].as_array().unwrap().len(), 2);
+    }
+    let columns = log["columns"].as_array().unwrap();
+    assert!(
+        columns.iter().any(|c| c == "date"),
+        "Hive partitions read: {columns:?}"
+    );
+    println!(
+        "DuckDB read {} churn predictions from the file registry",
+        rows.len()
+    );
 }

@@ -18,6 +18,7 @@
 
 pub mod drift;
 pub mod id;
+pub mod log;
 pub mod quality;
 pub mod store;
 

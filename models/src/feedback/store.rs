@@ -235,6 +235,32 @@ impl FeedbackStore {
         Ok(Recorded { fates, batches })
     }
 
+    /// Writes one Parquet file of `model`'s prediction log, served on `date`
+    /// (YYYY-MM-DD, UTC), under Hive-style partitions
+    /// `feedback/predictions/model={model}/date={date}/`; returns its path.
+    pub async fn write_predictions(
+        &self,
+        model: &str,
+        date: &str,
+        parquet: Vec<u8>,
+    ) -> Result<String> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let location = self
+            .root()
+            .join("predictions")
+            .join(format!("model={model}"))
+            .join(format!("date={date}"))
+            .join(format!(
+                "{:016}-{}-{n:010}.parquet",
+                Utc::now().timestamp_millis(),
+                self.replica
+            ));
+        self.store
+            .put_opts(&location, PutPayload::from(parquet), create())
+            .await?;
+        Ok(location.to_string())
+    }
+
     fn next_batch_key(&self, millis: i64) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         format!("{millis:016}-{}-{n:010}.json", self.replica)

@@ -18,8 +18,7 @@ use crate::batcher::Rows;
 use crate::deployment::Slot;
 use crate::edge;
 use crate::error::ServeError;
-use crate::feedback::PredictionIds;
-use nurture_models::feedback::Prediction;
+use crate::feedback::{Inputs, Served};
 
 /// Slots returned when the request asks for none.
 pub const DEFAULT_TOP_K: usize = 5;
@@ -33,8 +32,8 @@ pub struct ChannelTiming {
     pub slot: Arc<Slot>,
     /// Limits.
     pub limits: Limits,
-    /// Prediction ids.
-    pub ids: Arc<PredictionIds>,
+    /// Prediction ids and the prediction log.
+    pub served: Arc<Served>,
 }
 
 /// A candidate slot: channel 0..4 (email, sms, call, video), weekday 0..7
@@ -252,11 +251,11 @@ impl ChannelTimingService for ChannelTiming {
                 .iter()
                 .zip(&plans)
                 .map(|(score, plan)| {
-                    let mut ranked: Vec<(f64, Candidate)> = plan
+                    let mut ranked: Vec<(f64, Candidate, usize)> = plan
                         .candidates
                         .iter()
                         .enumerate()
-                        .map(|(row, candidate)| (f64::from(score.row(row)[1]), *candidate))
+                        .map(|(row, candidate)| (f64::from(score.row(row)[1]), *candidate, row))
                         .collect();
                     ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
                     ranked.truncate(plan.top_k);
@@ -265,16 +264,21 @@ impl ChannelTimingService for ChannelTiming {
                         lead_id: plan.lead.id.clone(),
                         slots: ranked
                             .into_iter()
-                            .map(|(probability, c)| v1::TimeSlot {
+                            .map(|(probability, c, row)| v1::TimeSlot {
                                 channel: c.channel as i32 + 1,
                                 weekday: c.weekday as i32 + 1,
                                 hour: c.hour as u32,
                                 response_probability: probability,
                                 starts_at: starts_at(plan.zone, c.weekday, c.hour, as_of)
                                     .map(timestamp),
-                                prediction_id: score.prediction_id(
-                                    &self.ids,
-                                    Prediction::Binary(probability as f32),
+                                prediction_id: score.answer(
+                                    &self.served,
+                                    Inputs {
+                                        lead: Some(&plan.lead),
+                                        extra: &c.features(),
+                                        ..Inputs::default()
+                                    },
+                                    score.row(row),
                                 ),
                             })
                             .collect(),

@@ -17,9 +17,8 @@ use crate::batcher::Rows;
 use crate::deployment::Slot;
 use crate::edge;
 use crate::error::ServeError;
-use crate::feedback::PredictionIds;
+use crate::feedback::{Inputs, Served};
 use crate::model::LoadedVersion;
-use nurture_models::feedback::Prediction;
 
 /// Factors returned when the request asks for none.
 pub const DEFAULT_FACTORS: usize = 3;
@@ -33,8 +32,8 @@ pub struct Churn {
     pub slot: Arc<Slot>,
     /// Limits.
     pub limits: Limits,
-    /// Prediction ids.
-    pub ids: Arc<PredictionIds>,
+    /// Prediction ids and the prediction log.
+    pub served: Arc<Served>,
 }
 
 /// Risk level (1 very_low .. 5 critical) of a probability under ascending
@@ -239,8 +238,14 @@ impl ChurnService for Churn {
                         risk_level: level as i32,
                         interventions: interventions(level, &factors),
                         factors,
-                        prediction_id: score
-                            .prediction_id(&self.ids, Prediction::Binary(score.row(0)[1])),
+                        prediction_id: score.answer(
+                            &self.served,
+                            Inputs {
+                                lead: Some(lead),
+                                ..Inputs::default()
+                            },
+                            score.row(0),
+                        ),
                     }
                 })
                 .collect();

@@ -11,8 +11,7 @@ use crate::batcher::Rows;
 use crate::deployment::Slot;
 use crate::edge;
 use crate::error::ServeError;
-use crate::feedback::PredictionIds;
-use nurture_models::feedback::Prediction;
+use crate::feedback::{Inputs, Served};
 
 /// States counted as positive in the sentiment score.
 const POSITIVE: [usize; 4] = [0, 3, 4, 7]; // excited, confident, hopeful, satisfied
@@ -26,8 +25,8 @@ pub struct Emotion {
     pub slot: Arc<Slot>,
     /// Limits.
     pub limits: Limits,
-    /// Prediction ids.
-    pub ids: Arc<PredictionIds>,
+    /// Prediction ids and the prediction log.
+    pub served: Arc<Served>,
 }
 
 /// Sentiment in [-1, 1]: positive mass minus negative mass.
@@ -80,7 +79,8 @@ impl EmotionService for Emotion {
             let versions = scores.iter().map(|s| (s.version.version, s.arm)).collect();
             let results = scores
                 .iter()
-                .map(|score| {
+                .zip(&inputs)
+                .map(|(score, input)| {
                     let row = score.row(0);
                     let dominant = row
                         .iter()
@@ -98,8 +98,15 @@ impl EmotionService for Emotion {
                             .collect(),
                         dominant: dominant as i32 + 1,
                         sentiment: sentiment(row),
-                        prediction_id: score
-                            .prediction_id(&self.ids, Prediction::Classes(row.to_vec())),
+                        prediction_id: score.answer(
+                            &self.served,
+                            Inputs {
+                                text: Some(&input.text),
+                                lead_id: Some(&input.lead_id),
+                                ..Inputs::default()
+                            },
+                            row,
+                        ),
                     }
                 })
                 .collect();

@@ -9,8 +9,7 @@ use super::{Limits, instrumented, score_items};
 use crate::batcher::Rows;
 use crate::deployment::Slot;
 use crate::edge;
-use crate::feedback::PredictionIds;
-use nurture_models::feedback::Prediction;
+use crate::feedback::{Inputs, Served};
 
 /// The journey service.
 #[derive(Debug, Clone)]
@@ -19,8 +18,8 @@ pub struct Journey {
     pub slot: Arc<Slot>,
     /// Limits.
     pub limits: Limits,
-    /// Prediction ids.
-    pub ids: Arc<PredictionIds>,
+    /// Prediction ids and the prediction log.
+    pub served: Arc<Served>,
 }
 
 #[tonic::async_trait]
@@ -66,8 +65,14 @@ impl JourneyService for Journey {
                                 probability: f64::from(*p),
                             })
                             .collect(),
-                        prediction_id: score
-                            .prediction_id(&self.ids, Prediction::Classes(row.to_vec())),
+                        prediction_id: score.answer(
+                            &self.served,
+                            Inputs {
+                                lead: Some(lead),
+                                ..Inputs::default()
+                            },
+                            row,
+                        ),
                     }
                 })
                 .collect();

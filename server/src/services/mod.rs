@@ -16,10 +16,19 @@ use nurture_proto::v1;
 
 use nurture_models::feedback::{Arm, Prediction};
 
+/// What a prediction id carries for a row of class probabilities: the
+/// positive class's probability of a binary kind, else every class.
+pub fn prediction_of(row: &[f32]) -> Prediction {
+    match row {
+        [_, positive] => Prediction::Binary(*positive),
+        _ => Prediction::Classes(row.to_vec()),
+    }
+}
+
 use crate::batcher::Rows;
 use crate::deployment::Slot;
 use crate::error::ServeError;
-use crate::feedback::PredictionIds;
+use crate::feedback::{Inputs, Served};
 use crate::model::LoadedVersion;
 
 /// Request limits.
@@ -53,13 +62,17 @@ impl ItemScore {
         }
     }
 
-    /// A prediction id for this item's answer, carrying `prediction`.
-    pub fn prediction_id(&self, ids: &PredictionIds, prediction: Prediction) -> String {
-        ids.mint(
+    /// The prediction id of an answer made of `row` (this item's class
+    /// probabilities, or one of its rows), logging it with `inputs`.
+    pub fn answer(&self, served: &Served, inputs: Inputs<'_>, row: &[f32]) -> String {
+        served.answer(
             &self.version.name,
+            self.version.kind(),
             self.version.version,
             self.arm,
-            prediction,
+            inputs,
+            prediction_of(row),
+            row,
         )
     }
 

@@ -14,8 +14,7 @@ use crate::deployment::Slot;
 use crate::edge;
 use crate::error::ServeError;
 use crate::experiments::{Experiments, Known};
-use crate::feedback::PredictionIds;
-use nurture_models::feedback::Prediction;
+use crate::feedback::{Inputs, Served};
 
 /// Longest outcome id, in bytes.
 pub const MAX_OUTCOME_ID_BYTES: usize = 128;
@@ -29,8 +28,8 @@ pub struct Optimization {
     pub experiments: Arc<Experiments>,
     /// Limits.
     pub limits: Limits,
-    /// Prediction ids.
-    pub ids: Arc<PredictionIds>,
+    /// Prediction ids and the prediction log.
+    pub served: Arc<Served>,
 }
 
 fn invalid(field: String, reason: impl std::fmt::Display) -> ServeError {
@@ -253,9 +252,14 @@ impl OptimizationService for Optimization {
                         model_score: model_scores[choice.variant],
                         posterior_mean: choice.posterior_mean,
                         explored: choice.explored,
-                        prediction_id: score.prediction_id(
-                            &self.ids,
-                            Prediction::Binary(score.row(choice.variant)[1]),
+                        prediction_id: score.answer(
+                            &self.served,
+                            Inputs {
+                                lead: Some(lead),
+                                extra: &variant.features(),
+                                ..Inputs::default()
+                            },
+                            score.row(choice.variant),
                         ),
                     }
                 })

@@ -1,0 +1,48 @@
+"""Reads Nurture's prediction log with DuckDB, straight from the store.
+
+    duckdb_log.py ROOT MODEL
+
+ROOT is the registry's location: a directory (file backend) or
+s3://bucket/prefix (S3 backend; endpoint and keys from AWS_ENDPOINT,
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, read through s3fs). Prints one
+JSON object: the rows of MODEL's log as DuckDB sees them.
+"""
+
+import json
+import os
+import sys
+
+import duckdb
+
+
+def main():
+    root, model = sys.argv[1], sys.argv[2]
+    connection = duckdb.connect()
+    if root.startswith("s3://"):
+        import s3fs
+
+        connection.register_filesystem(
+            s3fs.S3FileSystem(
+                key=os.environ["AWS_ACCESS_KEY_ID"],
+                secret=os.environ["AWS_SECRET_ACCESS_KEY"],
+                client_kwargs={"endpoint_url": os.environ["AWS_ENDPOINT"]},
+            )
+        )
+    pattern = f"{root}/feedback/predictions/model={model}/*/*.parquet"
+    try:
+        relation = connection.sql(
+            "SELECT * REPLACE (CAST(served_at AS VARCHAR) AS served_at, CAST(date AS VARCHAR) AS date) "
+            f"FROM read_parquet('{pattern}', hive_partitioning = true) ORDER BY served_at"
+        )
+    except duckdb.IOException as error:
+        if "No files found" not in str(error):
+            raise
+        print(json.dumps({"columns": [], "rows": []}))
+        return
+    columns = relation.columns
+    rows = [dict(zip(columns, row)) for row in relation.fetchall()]
+    print(json.dumps({"columns": columns, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
