@@ -567,6 +567,7 @@ impl FeedbackRpc {
             model: slot.name.clone(),
             outcome: ScoredOutcome {
                 key: outcome_key(&slot.name, prediction_id, outcome_id),
+                prediction_id: prediction_id.clone(),
                 version: id.version,
                 arm: id.arm,
                 served_at_ms: id.served_at_ms,

@@ -1,6 +1,7 @@
 """Reads Nurture's prediction log with DuckDB, straight from the store.
 
-    duckdb_log.py ROOT MODEL
+    duckdb_log.py ROOT MODEL          # the log's rows
+    duckdb_log.py ROOT MODEL join     # answers joined with their outcomes (the query of docs/feedback.md)
 
 ROOT is the registry's location: a directory (file backend) or
 s3://bucket/prefix (S3 backend; endpoint and keys from AWS_ENDPOINT,
@@ -29,6 +30,21 @@ def main():
             )
         )
     pattern = f"{root}/feedback/predictions/model={model}/*/*.parquet"
+    if sys.argv[3:] == ["join"]:
+        batches = f"{root}/feedback/{model}/batches/*.json"
+        relation = connection.sql(
+            f"""
+            WITH outcomes AS (
+              SELECT unnest(outcomes) AS o FROM read_json('{batches}')
+            )
+            SELECT p.lead_id, p.version, p.score, o.label, o.value
+            FROM read_parquet('{pattern}', hive_partitioning = true) p
+            JOIN outcomes ON o.prediction_id = p.prediction_id
+            """
+        )
+        rows = relation.fetchall()
+        print(json.dumps({"columns": relation.columns, "rows": [list(map(str, r)) for r in rows]}))
+        return
     try:
         relation = connection.sql(
             "SELECT * REPLACE (CAST(served_at AS VARCHAR) AS served_at, CAST(date AS VARCHAR) AS date) "

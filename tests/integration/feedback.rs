@@ -79,6 +79,8 @@ impl Loop {
 
     fn server(&self, extra: &[&str]) -> ServerProcess {
         let mut args = vec![
+            "--prediction-log-flush",
+            "200ms",
             "--models",
             "churn,journey",
             "--feedback-refresh",
@@ -508,6 +510,21 @@ async fn live_quality_matches_scikit_learn_and_nothing_else_moves_it() {
         server.log().contains("concept drift"),
         "the alarm is logged"
     );
+
+    // The log joins with the outcomes in DuckDB, by prediction id, as
+    // docs/feedback.md shows.
+    let root = fixture.dir.path().join("registry");
+    let root = root.to_str().unwrap();
+    eventually(
+        "every scored answer joins its outcome",
+        Duration::from_secs(30),
+        async || {
+            duckdb(&[root, "churn", "join"], &[])["rows"]
+                .as_array()
+                .is_some_and(|rows| rows.len() == 1200)
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -779,6 +796,10 @@ async fn outcomes_sent_to_one_replica_show_in_every_replicas_quality() {
 /// DuckDB's view of `model`'s prediction log under `root` (a directory or an
 /// s3:// URL), read where it lies.
 fn duckdb_rows(root: &str, model: &str, env: &[(&str, &str)]) -> serde_json::Value {
+    duckdb(&[root, model], env)
+}
+
+fn duckdb(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
     let python = nurture_tests::project_root().join(".tools/analysis-venv/bin/python");
     assert!(
         python.is_file(),
@@ -786,7 +807,7 @@ fn duckdb_rows(root: &str, model: &str, env: &[(&str, &str)]) -> serde_json::Val
     );
     let output = Command::new(python)
         .arg(nurture_tests::project_root().join("tests/feedback/duckdb_log.py"))
-        .args([root, model])
+        .args(args)
         .envs(env.iter().copied())
         .output()
         .unwrap();
@@ -801,7 +822,7 @@ fn duckdb_rows(root: &str, model: &str, env: &[(&str, &str)]) -> serde_json::Val
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_prediction_log_is_parquet_that_duckdb_reads_where_it_lies() {
     let fixture = Loop::new();
-    let server = fixture.server(&["--prediction-log-flush", "200ms"]);
+    let server = fixture.server(&[]);
     let channel = server.channel().await;
     let leads = labelled_leads(&fixture.data().join("churn.csv"), "churned");
     eventually("churn is live", Duration::from_secs(60), async || {

@@ -48,6 +48,8 @@ pub enum Label {
 pub struct ScoredOutcome {
     /// Hash of (model, prediction id, outcome id): the idempotency key.
     pub key: String,
+    /// The prediction id the outcome is about (joins the prediction log).
+    pub prediction_id: String,
     /// Version that made the prediction.
     pub version: u64,
     /// Arm that made it.

@@ -409,6 +409,7 @@ mod tests {
     fn outcome(id: &str, p: f32, y: bool) -> ScoredOutcome {
         ScoredOutcome {
             key: outcome_key("churn", "pid", id),
+            prediction_id: "pid".into(),
             version: 1,
             arm: Arm::Live,
             served_at_ms: 1,
