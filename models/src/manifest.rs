@@ -84,6 +84,10 @@ pub struct ManifestDraft {
     /// Free text for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Training distribution of every feature and of the score, for
+    /// label-free drift (`feedback::reference`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<crate::feedback::reference::Reference>,
 }
 
 /// The stored, immutable description of one model version.
@@ -133,6 +137,10 @@ pub struct Manifest {
     /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Training distribution of every feature and of the score, for
+    /// label-free drift (`feedback::reference`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<crate::feedback::reference::Reference>,
     /// Publication time.
     pub created_at: DateTime<Utc>,
     /// Who published it.
@@ -171,8 +179,55 @@ impl Manifest {
             data_hash: self.data_hash.clone(),
             trainer_version: self.trainer_version.clone(),
             description: self.description.clone(),
+            reference: self.reference.clone(),
         }
     }
+}
+
+fn check_reference(
+    reference: &crate::feedback::reference::Reference,
+    features: &[String],
+) -> Result<()> {
+    let named = reference.features.iter().map(|(name, bins)| {
+        (
+            format!("manifest.reference.features.{name}"),
+            Some(name),
+            bins,
+        )
+    });
+    let score = reference
+        .score
+        .iter()
+        .map(|bins| ("manifest.reference.score".to_owned(), None, bins));
+    for (field, name, bins) in named.chain(score) {
+        if let Some(name) = name
+            && !features.contains(name)
+        {
+            return Err(Error::invalid(
+                field,
+                "names a feature missing from manifest.features",
+            ));
+        }
+        let ascending = bins.edges.windows(2).all(|w| w[0] < w[1]);
+        let finite = bins
+            .edges
+            .iter()
+            .chain(&bins.expected)
+            .all(|v| v.is_finite());
+        let total: f64 = bins.expected.iter().sum();
+        if !ascending
+            || !finite
+            || bins.expected.len() != bins.edges.len() + 1
+            || bins.expected.iter().any(|share| *share < 0.0)
+            || (total - 1.0).abs() > 1e-6
+        {
+            return Err(Error::invalid(
+                field,
+                "needs ascending finite edges and one share per bin, the shares adding up to 1",
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl ManifestDraft {
@@ -273,6 +328,9 @@ impl ManifestDraft {
                     "must be a finite number",
                 ));
             }
+        }
+        if let Some(reference) = &self.reference {
+            check_reference(reference, &features)?;
         }
         for (field, map) in [
             ("feature_means", &self.feature_means),

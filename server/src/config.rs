@@ -174,6 +174,22 @@ pub struct Config {
     )]
     pub prediction_log_file_records: usize,
 
+    /// How often label-free drift is checked: the PSI of each input feature
+    /// and of the score of every served version against its manifest's
+    /// training reference (from the logged predictions, so it follows
+    /// --prediction-log-sample).
+    #[arg(long, env = "NURTURE_INPUT_DRIFT_CHECK", default_value = "60s", value_parser = parse_duration)]
+    pub input_drift_check: Duration,
+
+    /// Fewest logged predictions a version's window needs before it is
+    /// judged; the window grows until then.
+    #[arg(long, env = "NURTURE_INPUT_DRIFT_MIN_VALUES", default_value_t = 500)]
+    pub input_drift_min_values: u64,
+
+    /// PSI above which a variable's drift is an alarm.
+    #[arg(long, env = "NURTURE_INPUT_DRIFT_PSI", default_value_t = 0.25)]
+    pub input_drift_psi: f64,
+
     /// How often this replica reads the outcome batches other replicas
     /// wrote, so its quality figures are the fleet's.
     #[arg(long, env = "NURTURE_FEEDBACK_REFRESH", default_value = "1s", value_parser = parse_duration)]

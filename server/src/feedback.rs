@@ -10,8 +10,10 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use chrono::Utc;
 use nurture_models::ModelKind;
+use nurture_models::features::LEAD_FEATURES;
 use nurture_models::feedback::drift::{Adwin, AdwinConfig};
 use nurture_models::feedback::log::PredictionRecord;
+use nurture_models::feedback::reference::{Monitor, Reference, SCORE};
 use nurture_models::feedback::{
     Arm, Fate, FeedbackStore, IdError, IdKey, Label, ModelQuality, OutcomeBatch, Prediction,
     PredictionId, Report, ScoredOutcome, forget_unlistable, outcome_key,
@@ -797,18 +799,16 @@ pub struct Inputs<'a> {
 }
 
 impl Served {
-    /// Mints the id of one answer item and logs it (if sampled).
-    #[allow(clippy::too_many_arguments)]
+    /// Mints the id of one answer item of `loaded` and logs it (if sampled).
     pub fn answer(
         &self,
-        model: &str,
-        kind: ModelKind,
-        version: u64,
+        loaded: &crate::model::LoadedVersion,
         arm: Arm,
         inputs: Inputs<'_>,
         prediction: Prediction,
         probabilities: &[f32],
     ) -> String {
+        let (model, version) = (loaded.name.as_str(), loaded.version);
         let id = self.ids.mint(model, version, arm, prediction);
         if !id.is_empty() && self.log.sampled(&id) {
             let lead_id = inputs
@@ -819,7 +819,8 @@ impl Served {
                 .map(str::to_owned);
             self.log.push(
                 model,
-                kind,
+                loaded.kind(),
+                loaded.reference.clone(),
                 PredictionRecord {
                     prediction_id: id.clone(),
                     version,
@@ -842,6 +843,7 @@ impl Served {
 struct Logged {
     model: String,
     kind: ModelKind,
+    reference: Option<Arc<Reference>>,
     record: PredictionRecord,
 }
 
@@ -888,13 +890,20 @@ impl PredictionLog {
     }
 
     /// Buffers a record; `false` (and counted) when the buffer is full.
-    fn push(&self, model: &str, kind: ModelKind, record: PredictionRecord) -> bool {
+    fn push(
+        &self,
+        model: &str,
+        kind: ModelKind,
+        reference: Option<Arc<Reference>>,
+        record: PredictionRecord,
+    ) -> bool {
         let Some(sender) = &self.sender else {
             return false;
         };
         let logged = Logged {
             model: model.to_owned(),
             kind,
+            reference,
             record,
         };
         if sender.try_send(logged).is_err() {
@@ -917,6 +926,22 @@ pub struct LogWriter {
     pub flush_every: Duration,
     /// Most records per file.
     pub max_records: usize,
+    /// Label-free drift checks of the logged predictions.
+    pub input_drift: InputDrift,
+}
+
+/// Label-free drift: every `every`, each version whose window holds at
+/// least `min_values` logged predictions has the PSI of each input feature
+/// and of its score computed against its manifest's reference; above `psi`
+/// is an alarm.
+#[derive(Debug, Clone, Copy)]
+pub struct InputDrift {
+    /// How often windows are checked.
+    pub every: Duration,
+    /// Fewest values a window needs to be judged (it grows until then).
+    pub min_values: u64,
+    /// PSI alarm level.
+    pub psi: f64,
 }
 
 /// The task draining the buffer (see [`PredictionLog::new`]).
@@ -932,27 +957,34 @@ impl LogWriterTask {
     /// giving the store at most `last_flush` for it.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, last_flush: Duration) {
         let mut pending: Vec<Logged> = Vec::new();
+        let mut monitors = Monitors::default();
         let mut ticks = tokio::time::interval(self.writer.flush_every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut checks = tokio::time::interval(self.writer.input_drift.every);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         enum Next {
             Record(Logged),
             Tick,
+            Check,
             Stop,
         }
         loop {
             let next = tokio::select! {
                 received = self.receiver.recv() => received.map_or(Next::Stop, Next::Record),
                 _ = ticks.tick() => Next::Tick,
+                _ = checks.tick() => Next::Check,
                 _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => Next::Stop,
             };
             match next {
                 Next::Record(logged) => {
+                    monitors.observe(&logged);
                     pending.push(logged);
                     if pending.len() >= self.writer.max_records {
                         self.flush(&mut pending).await;
                     }
                 }
                 Next::Tick => self.flush(&mut pending).await,
+                Next::Check => monitors.check(self.writer.input_drift),
                 Next::Stop => break,
             }
         }
@@ -1026,6 +1058,11 @@ mod tests {
             replica: "r".into(),
             flush_every: Duration::from_secs(3600),
             max_records: 10,
+            input_drift: InputDrift {
+                every: Duration::from_secs(60),
+                min_values: 500,
+                psi: 0.25,
+            },
         }
     }
 
@@ -1046,10 +1083,10 @@ mod tests {
     #[test]
     fn a_full_buffer_drops_instead_of_waiting() {
         let (log, _task) = PredictionLog::new(2, 1.0, writer());
-        assert!(log.push("churn", ModelKind::Churn, record("a")));
-        assert!(log.push("churn", ModelKind::Churn, record("b")));
-        assert!(!log.push("churn", ModelKind::Churn, record("c")));
-        assert!(!PredictionLog::off().push("churn", ModelKind::Churn, record("d")));
+        assert!(log.push("churn", ModelKind::Churn, None, record("a")));
+        assert!(log.push("churn", ModelKind::Churn, None, record("b")));
+        assert!(!log.push("churn", ModelKind::Churn, None, record("c")));
+        assert!(!PredictionLog::off().push("churn", ModelKind::Churn, None, record("d")));
     }
 
     #[test]
@@ -1063,4 +1100,81 @@ mod tests {
         assert!(ids.iter().all(|id| all.sampled(id)));
         assert!(!PredictionLog::off().sampled("x"));
     }
+}
+
+/// One [`Monitor`] per model version that has a reference.
+#[derive(Debug, Default)]
+struct Monitors {
+    by_version: BTreeMap<(String, u64), Monitor>,
+}
+
+impl Monitors {
+    fn observe(&mut self, logged: &Logged) {
+        let Some(reference) = &logged.reference else {
+            return;
+        };
+        let key = (logged.model.clone(), logged.record.version);
+        let monitor = self.by_version.entry(key).or_insert_with(|| {
+            // Created at zero, so an increase() alert sees the first alarm.
+            for variable in reference
+                .features
+                .keys()
+                .map(String::as_str)
+                .chain(reference.score.as_ref().map(|_| SCORE))
+            {
+                input_drift_counter(&logged.model, logged.record.version, variable).increment(0);
+            }
+            Monitor::new(reference.clone())
+        });
+        let record = &logged.record;
+        let lead = LEAD_FEATURES
+            .iter()
+            .zip(&record.lead)
+            .map(|(feature, value)| (feature.name, *value));
+        let extra = logged
+            .kind
+            .extra_features()
+            .iter()
+            .zip(&record.extra)
+            .map(|(feature, value)| (feature.name, Some(*value)));
+        monitor.observe(lead.chain(extra), record.score());
+    }
+
+    fn check(&mut self, settings: InputDrift) {
+        for ((model, version), monitor) in &mut self.by_version {
+            let Some(results) = monitor.check(settings.min_values) else {
+                continue;
+            };
+            for (variable, psi) in results {
+                metrics::gauge!(
+                    "nurture_input_psi",
+                    "model" => model.clone(),
+                    "version" => version.to_string(),
+                    "variable" => variable.clone()
+                )
+                .set(psi);
+                if psi > settings.psi {
+                    input_drift_counter(model, *version, &variable).increment(1);
+                    tracing::warn!(
+                        event = "input drift",
+                        model,
+                        version,
+                        variable,
+                        psi,
+                        threshold = settings.psi,
+                        "input drift"
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn input_drift_counter(model: &str, version: u64, variable: &str) -> metrics::Counter {
+    metrics::counter!(
+        "nurture_input_drift_alarms_total",
+        "model" => model.to_owned(),
+        "version" => version.to_string(),
+        "variable" => variable.to_owned()
+    )
 }

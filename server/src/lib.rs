@@ -230,6 +230,11 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 replica: replica.clone(),
                 flush_every: config.prediction_log_flush,
                 max_records: config.prediction_log_file_records,
+                input_drift: feedback::InputDrift {
+                    every: config.input_drift_check,
+                    min_values: config.input_drift_min_values,
+                    psi: config.input_drift_psi,
+                },
             },
         );
         let task = tokio::spawn(writer.run(shutdown.clone(), std::time::Duration::from_secs(2)));

@@ -50,6 +50,9 @@ pub struct LoadedVersion {
     pub batcher: Batcher,
     /// How long loading took.
     pub load_time: Duration,
+    /// The manifest's drift reference, shared with the prediction log's
+    /// monitor.
+    pub reference: Option<std::sync::Arc<nurture_models::feedback::reference::Reference>>,
 }
 
 impl LoadedVersion {
@@ -172,6 +175,7 @@ impl Loader {
         Ok(LoadedVersion {
             name: name.to_owned(),
             version,
+            reference: manifest.reference.clone().map(std::sync::Arc::new),
             manifest,
             layout,
             batcher,

@@ -877,3 +877,92 @@ async fn the_prediction_log_is_parquet_that_duckdb_reads_where_it_lies() {
         rows.len()
     );
 }
+
+/// Sum of `nurture_input_drift_alarms_total` per variable.
+fn input_drift_alarms(server: &ServerProcess) -> std::collections::BTreeMap<String, f64> {
+    let mut alarms = std::collections::BTreeMap::new();
+    for line in server
+        .metrics()
+        .lines()
+        .filter(|line| line.starts_with("nurture_input_drift_alarms_total{"))
+    {
+        let variable = line
+            .split("variable=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default()
+            .to_owned();
+        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        *alarms.entry(variable).or_insert(0.0) += value;
+    }
+    alarms
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shifted_input_feature_raises_a_label_free_alarm() {
+    let fixture = Loop::new();
+    let server = fixture.server(&[
+        "--input-drift-check",
+        "500ms",
+        "--input-drift-min-values",
+        "200",
+    ]);
+    let channel = server.channel().await;
+    let leads = labelled_leads(&fixture.data().join("churn.csv"), "churned");
+    eventually("churn is live", Duration::from_secs(60), async || {
+        ChurnServiceClient::new(channel.clone())
+            .predict_churn(v1::PredictChurnRequest {
+                leads: vec![leads[0].0.clone()],
+                version: 0,
+                max_factors: 0,
+            })
+            .await
+            .is_ok_and(|r| !r.into_inner().predictions[0].prediction_id.is_empty())
+    })
+    .await;
+    // Traffic like the training data: judged, and nothing is flagged.
+    predict_churn(&channel, &leads[..300]).await;
+    eventually("PSI is reported", Duration::from_secs(30), async || {
+        server.metrics().contains(
+            "nurture_input_psi{model=\"churn\",version=\"1\",variable=\"email_open_rate\"}",
+        )
+    })
+    .await;
+    let before = input_drift_alarms(&server);
+    assert!(
+        before.len() > 20,
+        "every variable's counter exists: {before:?}"
+    );
+    assert!(before.values().all(|v| *v == 0.0), "{before:?}");
+    // Then every lead's email open rate jumps to 0.95.
+    let shifted: Vec<(v1::LeadProfile, String)> = leads[300..600]
+        .iter()
+        .map(|(lead, label)| {
+            (
+                v1::LeadProfile {
+                    email_open_rate: Some(0.95),
+                    ..lead.clone()
+                },
+                label.clone(),
+            )
+        })
+        .collect();
+    predict_churn(&channel, &shifted).await;
+    eventually(
+        "the shifted feature is flagged",
+        Duration::from_secs(30),
+        async || {
+            input_drift_alarms(&server)
+                .get("email_open_rate")
+                .is_some_and(|v| *v >= 1.0)
+        },
+    )
+    .await;
+    let after = input_drift_alarms(&server);
+    for (variable, alarms) in &after {
+        if variable != "email_open_rate" && variable != "prediction_score" {
+            assert_eq!(*alarms, 0.0, "{variable} did not move: {after:?}");
+        }
+    }
+    assert!(server.log().contains("input drift"));
+}

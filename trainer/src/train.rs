@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use indicatif::ProgressBar;
+use nurture_models::feedback::reference::{Bins, Reference};
 use nurture_models::manifest::{GoldenExample, ManifestDraft};
 use nurture_models::registry::{PublishRequest, sha256_hex};
 use nurture_models::{ModelKind, ModelName, Registry, runtime};
@@ -186,6 +187,9 @@ pub fn score_onnx(session: &mut Session, data: &Dataset) -> Result<Vec<Vec<f64>>
     Ok(out)
 }
 
+/// Bins per variable in the drift reference (deciles).
+const REFERENCE_BINS: usize = 10;
+
 fn feature_means(data: &Dataset) -> BTreeMap<String, f64> {
     let Inputs::Features { names, .. } = &data.inputs else {
         return BTreeMap::new();
@@ -200,6 +204,35 @@ fn feature_means(data: &Dataset) -> BTreeMap<String, f64> {
             (name.clone(), sum / data.len() as f64)
         })
         .collect()
+}
+
+/// Bins of every training feature and of the holdout score: what the server
+/// compares served inputs and predictions with (label-free drift).
+fn reference(train: &Dataset, served: &[Vec<f64>]) -> Reference {
+    let features = match &train.inputs {
+        Inputs::Features { names, .. } => names
+            .iter()
+            .enumerate()
+            .filter_map(|(column, name)| {
+                let values: Vec<f64> = (0..train.len())
+                    .map(|row| f64::from(train.row(row)[column]))
+                    .collect();
+                Some((name.clone(), Bins::from_sample(&values, REFERENCE_BINS)?))
+            })
+            .collect(),
+        Inputs::Texts(_) => BTreeMap::new(),
+    };
+    let scores: Vec<f64> = served
+        .iter()
+        .map(|row| match row.as_slice() {
+            [_, positive] => *positive,
+            row => row.iter().copied().fold(0.0, f64::max),
+        })
+        .collect();
+    Reference {
+        features,
+        score: Bins::from_sample(&scores, REFERENCE_BINS),
+    }
 }
 
 fn risk_thresholds(probabilities: &[Vec<f64>]) -> [f64; 4] {
@@ -379,6 +412,7 @@ pub async fn train(
         risk_thresholds: (kind == ModelKind::Churn).then(|| risk_thresholds(&served)),
         metrics: holdout_metrics.clone(),
         feature_means: feature_means(&train),
+        reference: Some(reference(&train, &served)),
         feature_importances: importances,
         golden,
         data_hash: Some(sha256_hex(&data_bytes)),

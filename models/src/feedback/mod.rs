@@ -20,6 +20,7 @@ pub mod drift;
 pub mod id;
 pub mod log;
 pub mod quality;
+pub mod reference;
 pub mod store;
 
 use std::collections::BTreeMap;

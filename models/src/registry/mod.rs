@@ -463,6 +463,7 @@ impl Registry {
             data_hash: draft.data_hash,
             trainer_version: draft.trainer_version,
             description: draft.description,
+            reference: draft.reference,
             created_at: Utc::now(),
             created_by: actor.clone(),
         };

@@ -65,15 +65,7 @@ impl ItemScore {
     /// The prediction id of an answer made of `row` (this item's class
     /// probabilities, or one of its rows), logging it with `inputs`.
     pub fn answer(&self, served: &Served, inputs: Inputs<'_>, row: &[f32]) -> String {
-        served.answer(
-            &self.version.name,
-            self.version.kind(),
-            self.version.version,
-            self.arm,
-            inputs,
-            prediction_of(row),
-            row,
-        )
+        served.answer(&self.version, self.arm, inputs, prediction_of(row), row)
     }
 
     /// Row `row` of the probabilities.
