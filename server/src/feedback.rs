@@ -963,14 +963,14 @@ impl LogWriterTask {
         let mut checks = tokio::time::interval(self.writer.input_drift.every);
         checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         enum Next {
-            Record(Logged),
+            Record(Box<Logged>),
             Tick,
             Check,
             Stop,
         }
         loop {
             let next = tokio::select! {
-                received = self.receiver.recv() => received.map_or(Next::Stop, Next::Record),
+                received = self.receiver.recv() => received.map_or(Next::Stop, |l| Next::Record(Box::new(l))),
                 _ = ticks.tick() => Next::Tick,
                 _ = checks.tick() => Next::Check,
                 _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => Next::Stop,
@@ -978,7 +978,7 @@ impl LogWriterTask {
             match next {
                 Next::Record(logged) => {
                     monitors.observe(&logged);
-                    pending.push(logged);
+                    pending.push(*logged);
                     if pending.len() >= self.writer.max_records {
                         self.flush(&mut pending).await;
                     }
