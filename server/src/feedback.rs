@@ -660,32 +660,36 @@ impl FeedbackRpc {
                 "model {model:?} is not served here"
             )));
         }
-        let drift = self.fleet.drift(model);
         Ok(v1::GetQualityResponse {
             model: model.to_owned(),
             min_outcomes: self.fleet.min_outcomes,
-            versions: self
-                .fleet
-                .reports(model)
-                .into_iter()
-                .map(|(version, arm, report)| {
-                    let mut quality = version_quality(version, arm, &report);
-                    if let Some(drift) = drift.get(&(version, arm)) {
-                        quality.drift = Some(v1::DriftState {
-                            alarms: drift.alarms,
-                            last_alarm_at: drift
-                                .last_alarm
-                                .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-                                .unwrap_or_default(),
-                            window_error_rate: drift.error_rate(),
-                            window: drift.window(),
-                        });
-                    }
-                    quality
-                })
-                .collect(),
+            versions: quality_of(&self.fleet, model),
         })
     }
+}
+
+/// Every version × arm of `model`: quality figures and concept drift.
+pub fn quality_of(fleet: &Fleet, model: &str) -> Vec<v1::VersionQuality> {
+    let drift = fleet.drift(model);
+    fleet
+        .reports(model)
+        .into_iter()
+        .map(|(version, arm, report)| {
+            let mut quality = version_quality(version, arm, &report);
+            if let Some(drift) = drift.get(&(version, arm)) {
+                quality.drift = Some(v1::DriftState {
+                    alarms: drift.alarms,
+                    last_alarm_at: drift
+                        .last_alarm
+                        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+                        .unwrap_or_default(),
+                    window_error_rate: drift.error_rate(),
+                    window: drift.window(),
+                });
+            }
+            quality
+        })
+        .collect()
 }
 
 fn count(model: &str, result: v1::OutcomeResult) {
@@ -928,6 +932,8 @@ pub struct LogWriter {
     pub max_records: usize,
     /// Label-free drift checks of the logged predictions.
     pub input_drift: InputDrift,
+    /// Where their results are kept for the status RPC.
+    pub input_drift_view: InputDriftView,
 }
 
 /// Label-free drift: every `every`, each version whose window holds at
@@ -957,7 +963,10 @@ impl LogWriterTask {
     /// giving the store at most `last_flush` for it.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, last_flush: Duration) {
         let mut pending: Vec<Logged> = Vec::new();
-        let mut monitors = Monitors::default();
+        let mut monitors = Monitors {
+            view: self.writer.input_drift_view.clone(),
+            ..Monitors::default()
+        };
         let mut ticks = tokio::time::interval(self.writer.flush_every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut checks = tokio::time::interval(self.writer.input_drift.every);
@@ -1063,6 +1072,7 @@ mod tests {
                 min_values: 500,
                 psi: 0.25,
             },
+            input_drift_view: InputDriftView::default(),
         }
     }
 
@@ -1102,10 +1112,28 @@ mod tests {
     }
 }
 
+/// The last label-free drift check of one variable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VariableDrift {
+    /// PSI at the last check.
+    pub psi: f64,
+    /// Checks above the alarm level.
+    pub alarms: u64,
+    /// When it was last checked.
+    pub checked_at: chrono::DateTime<Utc>,
+    /// When it last alarmed.
+    pub last_alarm_at: Option<chrono::DateTime<Utc>>,
+}
+
+/// The label-free drift state, by (model, version), then variable: written
+/// by the prediction log's writer at each check, read by the status RPC.
+pub type InputDriftView = Arc<RwLock<BTreeMap<(String, u64), BTreeMap<String, VariableDrift>>>>;
+
 /// One [`Monitor`] per model version that has a reference.
 #[derive(Debug, Default)]
 struct Monitors {
     by_version: BTreeMap<(String, u64), Monitor>,
+    view: InputDriftView,
 }
 
 impl Monitors {
@@ -1145,7 +1173,23 @@ impl Monitors {
             let Some(results) = monitor.check(settings.min_values) else {
                 continue;
             };
+            let now = Utc::now();
+            let mut view = self.view.write().expect("input drift lock");
+            let states = view.entry((model.clone(), *version)).or_default();
             for (variable, psi) in results {
+                let alarm = psi > settings.psi;
+                let state = states.entry(variable.clone()).or_insert(VariableDrift {
+                    psi,
+                    alarms: 0,
+                    checked_at: now,
+                    last_alarm_at: None,
+                });
+                state.psi = psi;
+                state.checked_at = now;
+                if alarm {
+                    state.alarms += 1;
+                    state.last_alarm_at = Some(now);
+                }
                 metrics::gauge!(
                     "nurture_input_psi",
                     "model" => model.clone(),
@@ -1153,7 +1197,7 @@ impl Monitors {
                     "variable" => variable.clone()
                 )
                 .set(psi);
-                if psi > settings.psi {
+                if alarm {
                     input_drift_counter(model, *version, &variable).increment(1);
                     tracing::warn!(
                         event = "input drift",

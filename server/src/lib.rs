@@ -221,6 +221,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             .clone()
             .follow(config.feedback_refresh, shutdown.clone()),
     );
+    let input_drift_view = feedback::InputDriftView::default();
     let (log, log_task) = if config.prediction_log_sample > 0.0 {
         let (log, writer) = feedback::PredictionLog::new(
             config.prediction_log_buffer,
@@ -235,6 +236,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                     min_values: config.input_drift_min_values,
                     psi: config.input_drift_psi,
                 },
+                input_drift_view: input_drift_view.clone(),
             },
         );
         let task = tokio::spawn(writer.run(shutdown.clone(), std::time::Duration::from_secs(2)));
@@ -286,6 +288,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 services::status::StatusRpc {
                     slots: slots.clone(),
                     generic: generic.clone(),
+                    fleet: Some(fleet.clone()),
+                    input_drift: input_drift_view.clone(),
                 },
                 auth.clone(),
             ),

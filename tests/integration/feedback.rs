@@ -414,6 +414,11 @@ async fn live_quality_matches_scikit_learn_and_nothing_else_moves_it() {
     }
     let after = live(&quality(&channel, "churn").await);
     assert_eq!(after, before, "nothing but new outcomes moves a figure");
+    assert_eq!(
+        live(&status_of(&channel, "churn").await.quality),
+        before,
+        "status shows it too"
+    );
     // nurturectl reads the same figures from the store, without a server.
     let shown: serde_json::Value =
         serde_json::from_str(&fixture.run("nurturectl", &["--json", "quality", "churn"])).unwrap();
@@ -780,17 +785,19 @@ async fn outcomes_sent_to_one_replica_show_in_every_replicas_quality() {
         delays.last().unwrap()
     );
     assert!(p(0.99) <= Duration::from_secs(5), "p99 {:?}", p(0.99));
-    // Every replica reports the same figures.
-    let figures: Vec<v1::VersionQuality> =
-        futures::future::join_all(channels.iter().map(|c| quality(c, "churn")))
-            .await
+    // Every replica reports the same figures (each at its next refresh).
+    eventually("all replicas agree", Duration::from_secs(10), async || {
+        let figures: Vec<v1::VersionQuality> =
+            futures::future::join_all(channels.iter().map(|c| quality(c, "churn")))
+                .await
+                .iter()
+                .map(|versions| live(versions))
+                .collect();
+        figures
             .iter()
-            .map(|versions| live(versions))
-            .collect();
-    for other in &figures[1..] {
-        assert_eq!(other.outcomes, figures[0].outcomes);
-        assert_eq!(other.auc, figures[0].auc);
-    }
+            .all(|f| f.outcomes == 1000 && f.auc == figures[0].auc)
+    })
+    .await;
 }
 
 /// DuckDB's view of `model`'s prediction log under `root` (a directory or an
@@ -965,4 +972,25 @@ async fn a_shifted_input_feature_raises_a_label_free_alarm() {
         }
     }
     assert!(server.log().contains("input drift"));
+    // Status shows it, per variable.
+    let status = status_of(&channel, "churn").await;
+    let flagged = status
+        .input_drift
+        .iter()
+        .find(|d| d.variable == "email_open_rate")
+        .expect("email_open_rate in status");
+    assert!(flagged.alarms >= 1 && flagged.psi > 0.25, "{flagged:?}");
+    assert_eq!(flagged.version, 1);
+}
+
+async fn status_of(channel: &Channel, model: &str) -> v1::ModelStatus {
+    nurture_proto::v1::status_service_client::StatusServiceClient::new(channel.clone())
+        .get_status(v1::GetStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .models
+        .into_iter()
+        .find(|m| m.name == model)
+        .unwrap()
 }

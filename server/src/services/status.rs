@@ -15,6 +15,10 @@ pub struct StatusRpc {
     pub slots: Vec<Arc<Slot>>,
     /// Generic models found in the registry.
     pub generic: super::inference::GenericSlots,
+    /// Live quality and concept drift from outcomes.
+    pub fleet: Option<Arc<crate::feedback::Fleet>>,
+    /// Label-free drift of served versions.
+    pub input_drift: crate::feedback::InputDriftView,
 }
 
 impl StatusRpc {
@@ -56,6 +60,32 @@ impl StatusRpc {
                         .last_poll_at
                         .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
                         .unwrap_or_default(),
+                    quality: self
+                        .fleet
+                        .as_ref()
+                        .map(|fleet| crate::feedback::quality_of(fleet, &slot.name))
+                        .unwrap_or_default(),
+                    input_drift: self
+                        .input_drift
+                        .read()
+                        .expect("input drift lock")
+                        .range((slot.name.clone(), 0)..=(slot.name.clone(), u64::MAX))
+                        .flat_map(|((_, version), variables)| {
+                            variables.iter().map(|(variable, drift)| v1::InputDrift {
+                                version: *version,
+                                variable: variable.clone(),
+                                psi: drift.psi,
+                                alarms: drift.alarms,
+                                checked_at: drift
+                                    .checked_at
+                                    .to_rfc3339_opts(SecondsFormat::Secs, true),
+                                last_alarm_at: drift
+                                    .last_alarm_at
+                                    .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+                                    .unwrap_or_default(),
+                            })
+                        })
+                        .collect(),
                 }
             })
             .collect();
