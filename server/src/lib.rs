@@ -294,16 +294,17 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 auth.clone(),
             ),
         );
+    let feedback_rpc = feedback::FeedbackRpc {
+        slots: slots.clone(),
+        ids: ids.clone(),
+        fleet,
+        limits,
+        horizon: config.outcome_horizon,
+        adopt_after: config.outcome_adopt_after,
+    };
     router = router.add_service(
         v1::feedback_service_server::FeedbackServiceServer::with_interceptor(
-            feedback::FeedbackRpc {
-                slots: slots.clone(),
-                ids: ids.clone(),
-                fleet,
-                limits,
-                horizon: config.outcome_horizon,
-                adopt_after: config.outcome_adopt_after,
-            },
+            feedback_rpc.clone(),
             auth.clone(),
         ),
     );
@@ -357,6 +358,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                     experiments,
                     limits,
                     served: served.clone(),
+                    feedback: Some(feedback_rpc.clone()),
                 },
                 auth.clone(),
             ),

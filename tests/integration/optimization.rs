@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use nurture_proto::v1;
+use nurture_proto::v1::feedback_service_client::FeedbackServiceClient;
 use nurture_proto::v1::optimization_service_client::OptimizationServiceClient;
 use nurture_tests::server::ServerProcess;
 use nurture_tests::{assert_invalid_argument, run_tool};
@@ -192,13 +193,16 @@ async fn the_bandit_sends_most_traffic_to_the_best_variant() {
             variant_id: choice.variant_id.clone(),
             converted,
             value: if converted { 1.0 } else { 0.0 },
+            prediction_id: choice.prediction_id.clone(),
         };
-        client
+        let answer = client
             .record_outcome(v1::RecordOutcomeRequest {
                 outcomes: vec![outcome],
             })
             .await
-            .unwrap();
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.feedback, [v1::OutcomeResult::Recorded as i32]);
     }
     let uniform_regret = leads as f64 * (best - (0.05 + 0.07 + 0.10) / 3.0);
     eprintln!("traffic {counts:?}, regret {regret:.1} (uniform split: {uniform_regret:.1})");
@@ -234,6 +238,24 @@ async fn the_bandit_sends_most_traffic_to_the_best_variant() {
             .metrics()
             .contains("nurture_experiment_leader{experiment=\"spring\",variant=\"bold\"} 1")
     );
+    // The same conversions count in the optimization model's live quality.
+    let quality = FeedbackServiceClient::new(server.channel().await)
+        .get_quality(v1::GetQualityRequest {
+            model: "optimization".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let live = quality
+        .versions
+        .iter()
+        .find(|v| v.arm == "live")
+        .expect("the live version's quality");
+    assert_eq!(live.outcomes, leads as u64);
+    assert!(
+        live.auc.is_some() && live.value_per_prediction.is_some(),
+        "{live:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,6 +277,7 @@ async fn acknowledged_outcomes_survive_sigkill_and_count_once() {
         variant_id: ["control", "friendly", "bold"][i % 3].into(),
         converted: i.is_multiple_of(4),
         value: 1.0,
+        prediction_id: String::new(),
     };
     // A stream of outcomes from a separate task; the server dies mid-stream.
     let mut sender = client.clone();
@@ -395,6 +418,7 @@ async fn unknown_malformed_and_stopped_are_refused_with_the_right_codes() {
         variant_id: "ghost".into(),
         converted: true,
         value: 1.0,
+        prediction_id: String::new(),
     };
     let status = client
         .record_outcome(v1::RecordOutcomeRequest {

@@ -30,6 +30,8 @@ pub struct Optimization {
     pub limits: Limits,
     /// Prediction ids and the prediction log.
     pub served: Arc<Served>,
+    /// Outcomes that name a prediction id also go to the feedback store.
+    pub feedback: Option<crate::feedback::FeedbackRpc>,
 }
 
 fn invalid(field: String, reason: impl std::fmt::Display) -> ServeError {
@@ -279,6 +281,7 @@ impl OptimizationService for Optimization {
             edge::check_batch(outcomes.len(), self.limits.max_items, "outcomes")?;
             // Validate everything before persisting anything.
             let mut by_experiment: Vec<(String, Vec<OutcomeRecord>)> = Vec::new();
+            let mut reports = Vec::new();
             for (index, outcome) in outcomes.into_iter().enumerate() {
                 let v1::Outcome {
                     outcome_id,
@@ -287,6 +290,7 @@ impl OptimizationService for Optimization {
                     variant_id,
                     converted,
                     value,
+                    prediction_id,
                 } = outcome;
                 let field = |name: &str| format!("outcomes[{index}].{name}");
                 if outcome_id.is_empty() || outcome_id.len() > MAX_OUTCOME_ID_BYTES {
@@ -309,6 +313,16 @@ impl OptimizationService for Optimization {
                         field("variant_id")
                     )));
                 }
+                if !prediction_id.is_empty() {
+                    reports.push(v1::OutcomeReport {
+                        prediction_id,
+                        // Scoped to the experiment, like the experiment's own ids.
+                        outcome_id: format!("{experiment}/{outcome_id}"),
+                        label: Some(v1::outcome_report::Label::Converted(converted)),
+                        value: Some(value),
+                        observed_at: None,
+                    });
+                }
                 let record = OutcomeRecord {
                     outcome_id,
                     lead_id,
@@ -324,6 +338,17 @@ impl OptimizationService for Optimization {
                     None => by_experiment.push((experiment, vec![record])),
                 }
             }
+            // NOTE: both stores are idempotent, so a retry after a failure
+            // between the two writes adds nothing twice.
+            let feedback = match (&self.feedback, reports.is_empty()) {
+                (_, true) => Vec::new(),
+                (Some(feedback), false) => feedback.record(&reports).await?.results,
+                (None, false) => {
+                    return Err(ServeError::Unavailable(
+                        "outcome feedback is not set up on this replica".to_owned(),
+                    ));
+                }
+            };
             let (mut recorded, mut duplicates) = (0, 0);
             for (experiment, records) in by_experiment {
                 for record in &records {
@@ -343,6 +368,7 @@ impl OptimizationService for Optimization {
                 v1::RecordOutcomeResponse {
                     recorded,
                     duplicates,
+                    feedback,
                 },
                 Vec::new(),
             ))
