@@ -197,6 +197,19 @@ start_server --max-delay 2ms
 scenario e-linger-2ms --rpc infer-churn --rows 1 --concurrency 64
 scenario e-linger-emotion-2ms --rpc emotion --rows 1 --concurrency 64
 
+# (k) The feedback loop's cost on the typed path: prediction ids, the
+# prediction log and its label-free drift monitor (all on by default)
+# against the log off (ids are still minted), alternating to share drift.
+for pass in 1 2; do
+    start_server
+    scenario k-typed-log --rpc churn --rows 1 --concurrency 64
+    start_server --prediction-log-sample 0
+    scenario k-typed-nolog --rpc churn --rows 1 --concurrency 64
+done
+"$bin/nurture-drift" cost --max-buckets 32 \
+    | python3 -c 'import json,sys; d=json.load(sys.stdin); d["scenario"]="k-adwin-update"; print(json.dumps(d))' \
+    >> "$work/results.jsonl"
+
 # Two async-runtime threads (every core of a 2-core machine) instead of the default.
 start_server --io-threads 2
 scenario a64-io2 --rpc infer-churn --rows 1 --concurrency 64
