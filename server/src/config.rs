@@ -159,7 +159,7 @@ pub struct Config {
 
     /// Records the prediction log buffers before it drops (and counts) new
     /// ones; answers never wait for the log.
-    #[arg(long, env = "NURTURE_PREDICTION_LOG_BUFFER", default_value_t = 100_000)]
+    #[arg(long, env = "NURTURE_PREDICTION_LOG_BUFFER", default_value_t = 16_384)]
     pub prediction_log_buffer: usize,
 
     /// Longest a logged prediction waits before its file is written.

@@ -6,12 +6,13 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use nurture_models::experiments::{
-    Choice, ExperimentSpec, ExperimentStore, OutcomeRecord, Stats, Tally, choose,
+    Choice, ExperimentSpec, ExperimentStore, OutcomeBatch, OutcomeRecord, Stats, Tally, choose,
+    store::ExperimentState,
     forget_unlistable, stats,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::Mutex;
+use std::sync::Mutex;
 
 use crate::error::ServeError;
 
@@ -27,6 +28,38 @@ pub struct Known {
     newest: Option<i64>,
     applied: HashSet<String>,
     refreshed: Instant,
+    refreshing: bool,
+}
+
+/// An experiment's refresh in progress; dropping it clears the mark.
+struct Refreshing<'a> {
+    known: &'a Mutex<HashMap<String, Known>>,
+    name: &'a str,
+}
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut known) = self.known.lock()
+            && let Some(entry) = known.get_mut(self.name)
+        {
+            entry.refreshing = false;
+        }
+    }
+}
+
+/// What a request sees of an entry. NOTE: a view, not a clone of the entry:
+/// the ids and batch keys grow with every outcome and every request reads
+/// this.
+fn view(entry: &Known) -> Known {
+    Known {
+        spec: entry.spec.clone(),
+        stopped: entry.stopped.clone(),
+        tally: entry.tally.counts(),
+        newest: entry.newest,
+        applied: HashSet::new(),
+        refreshed: entry.refreshed,
+        refreshing: false,
+    }
 }
 
 /// All experiments this replica has touched.
@@ -77,51 +110,74 @@ impl Experiments {
     }
 
     /// An experiment, refreshed from the store when stale (or when `force`).
+    ///
+    /// NOTE: no lock is held while the store is read. A stale entry is
+    /// marked as refreshing; other requests meanwhile get the stale view at
+    /// once instead of queueing behind the store (unless they force a
+    /// refresh or the experiment is not known yet, when they read too).
     pub async fn get(&self, name: &str, force: bool) -> Result<Known, ServeError> {
-        let mut known = self.known.lock().await;
-        let stale = known
-            .get(name)
-            .is_none_or(|k| force || k.refreshed.elapsed() >= self.refresh_every);
-        if stale {
-            let state = self.store.get(name).await?;
-            let entry = known.entry(name.to_owned()).or_insert_with(|| Known {
-                tally: Tally::new(state.spec.variants.len()),
-                spec: state.spec.clone(),
-                stopped: None,
-                newest: None,
-                applied: HashSet::new(),
-                refreshed: Instant::now(),
-            });
-            entry.stopped = state.stopped;
-            let (batches, newest) = self
-                .store
-                .read_outcomes(name, entry.newest, &entry.applied)
-                .await?;
-            for (key, batch) in batches {
+        let since = {
+            let mut known = self.known.lock().expect("experiments lock");
+            match known.get_mut(name) {
+                Some(entry) if !force && entry.refreshed.elapsed() < self.refresh_every => {
+                    return Ok(view(entry));
+                }
+                Some(entry) if !force && entry.refreshing => return Ok(view(entry)),
+                Some(entry) => {
+                    entry.refreshing = true;
+                    Some((entry.newest, entry.applied.clone()))
+                }
+                None => None,
+            }
+        };
+        // Clears the mark however this ends, a dropped request included.
+        let mark = Refreshing {
+            known: &self.known,
+            name,
+        };
+        let read = self.read(name, since).await;
+        drop(mark);
+        let (state, batches, newest) = read?;
+        let mut known = self.known.lock().expect("experiments lock");
+        let entry = known.entry(name.to_owned()).or_insert_with(|| Known {
+            tally: Tally::new(state.spec.variants.len()),
+            spec: state.spec.clone(),
+            stopped: None,
+            newest: None,
+            applied: HashSet::new(),
+            refreshed: Instant::now(),
+            refreshing: false,
+        });
+        entry.stopped = state.stopped;
+        for (key, batch) in batches {
+            // Another refresh may have folded it meanwhile.
+            if entry.applied.insert(key) {
                 for outcome in &batch.outcomes {
                     entry.tally.add(&entry.spec, outcome);
                 }
-                entry.applied.insert(key);
             }
-            entry.newest = newest.or(entry.newest);
-            // Keys the next read can no longer list need not be remembered,
-            // so the set stays bounded by the relist window.
-            if let Some(since) = entry.newest {
-                forget_unlistable(&mut entry.applied, since);
-            }
-            entry.refreshed = Instant::now();
         }
-        // NOTE: a view, not a clone of the entry: the ids and batch keys grow
-        // with every outcome and every request reads this.
-        let entry = known.get(name).expect("inserted above");
-        Ok(Known {
-            spec: entry.spec.clone(),
-            stopped: entry.stopped.clone(),
-            tally: entry.tally.counts(),
-            newest: entry.newest,
-            applied: HashSet::new(),
-            refreshed: entry.refreshed,
-        })
+        entry.newest = newest.max(entry.newest);
+        // Keys the next read can no longer list need not be remembered, so
+        // the set stays bounded by the relist window.
+        if let Some(since) = entry.newest {
+            forget_unlistable(&mut entry.applied, since);
+        }
+        entry.refreshed = Instant::now();
+        Ok(view(entry))
+    }
+
+    /// The experiment's log and its outcome batches since `since` (none
+    /// known: all of them).
+    async fn read(
+        &self,
+        name: &str,
+        since: Option<(Option<i64>, HashSet<String>)>,
+    ) -> Result<(ExperimentState, Vec<(String, OutcomeBatch)>, Option<i64>), ServeError> {
+        let state = self.store.get(name).await?;
+        let (newest, skip) = since.unwrap_or_default();
+        let (batches, newest) = self.store.read_outcomes(name, newest, &skip).await?;
+        Ok((state, batches, newest))
     }
 
     /// Persists outcomes of one experiment, then counts them. Returns
@@ -133,7 +189,7 @@ impl Experiments {
     ) -> Result<(u64, u64), ServeError> {
         self.get(name, false).await?;
         let key = self.store.append_outcomes(name, outcomes.clone()).await?;
-        let mut known = self.known.lock().await;
+        let mut known = self.known.lock().expect("experiments lock");
         let entry = known.get_mut(name).expect("fetched above");
         entry.applied.insert(key);
         let mut recorded = 0;

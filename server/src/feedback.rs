@@ -5,15 +5,15 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use chrono::Utc;
 use nurture_models::ModelKind;
 use nurture_models::features::LEAD_FEATURES;
 use nurture_models::feedback::drift::{Adwin, AdwinConfig};
-use nurture_models::feedback::log::PredictionRecord;
-use nurture_models::feedback::reference::{Monitor, Reference, SCORE};
+use nurture_models::feedback::log::{Inline, PredictionRecord};
+use nurture_models::feedback::reference::{Monitor, Reference};
 use nurture_models::feedback::{
     Arm, Fate, FeedbackStore, IdError, IdKey, Label, ModelQuality, OutcomeBatch, Prediction,
     PredictionId, Report, ScoredOutcome, forget_unlistable, outcome_key,
@@ -822,7 +822,7 @@ impl Served {
                 .filter(|id| !id.is_empty())
                 .map(str::to_owned);
             self.log.push(
-                model,
+                &loaded.shared_name,
                 loaded.kind(),
                 loaded.reference.clone(),
                 PredictionRecord {
@@ -831,10 +831,12 @@ impl Served {
                     arm,
                     served_at_ms: Utc::now().timestamp_millis(),
                     lead_id,
-                    lead: inputs.lead.map(|l| l.values.to_vec()).unwrap_or_default(),
-                    extra: inputs.extra.to_vec(),
+                    lead: inputs
+                        .lead
+                        .map_or([None; LEAD_FEATURES.len()], |l| l.values),
+                    extra: Inline::new(inputs.extra),
                     text: inputs.text.map(str::to_owned),
-                    probabilities: probabilities.to_vec(),
+                    probabilities: Inline::new(probabilities),
                 },
             );
         }
@@ -845,7 +847,7 @@ impl Served {
 /// One logged prediction on its way to the writer.
 #[derive(Debug)]
 struct Logged {
-    model: String,
+    model: Arc<str>,
     kind: ModelKind,
     reference: Option<Arc<Reference>>,
     record: PredictionRecord,
@@ -856,7 +858,9 @@ struct Logged {
 /// (`nurture_prediction_log_dropped_total`), never queued without limit.
 #[derive(Debug)]
 pub struct PredictionLog {
-    sender: Option<tokio::sync::mpsc::Sender<Logged>>,
+    // NOTE: a plain (not async) channel: pushing a record wakes no task;
+    // the writer drains the buffer on its own cadence.
+    sender: Option<crossbeam_channel::Sender<Logged>>,
     /// Share of answers logged, in [0, 1].
     sample: f64,
 }
@@ -873,7 +877,7 @@ impl PredictionLog {
     /// A log buffering up to `capacity` records, keeping `sample` of the
     /// answers; the returned writer drains it into the store.
     pub fn new(capacity: usize, sample: f64, writer: LogWriter) -> (Self, LogWriterTask) {
-        let (sender, receiver) = tokio::sync::mpsc::channel(capacity.max(1));
+        let (sender, receiver) = crossbeam_channel::bounded(capacity.max(1));
         (
             PredictionLog {
                 sender: Some(sender),
@@ -896,7 +900,7 @@ impl PredictionLog {
     /// Buffers a record; `false` (and counted) when the buffer is full.
     fn push(
         &self,
-        model: &str,
+        model: &Arc<str>,
         kind: ModelKind,
         reference: Option<Arc<Reference>>,
         record: PredictionRecord,
@@ -905,13 +909,13 @@ impl PredictionLog {
             return false;
         };
         let logged = Logged {
-            model: model.to_owned(),
+            model: model.clone(),
             kind,
             reference,
             record,
         };
         if sender.try_send(logged).is_err() {
-            metrics::counter!("nurture_prediction_log_dropped_total", "model" => model.to_owned())
+            metrics::counter!("nurture_prediction_log_dropped_total", "model" => model.to_string())
                 .increment(1);
             return false;
         }
@@ -953,52 +957,50 @@ pub struct InputDrift {
 /// The task draining the buffer (see [`PredictionLog::new`]).
 #[derive(Debug)]
 pub struct LogWriterTask {
-    receiver: tokio::sync::mpsc::Receiver<Logged>,
+    receiver: crossbeam_channel::Receiver<Logged>,
     writer: LogWriter,
 }
+
+/// How often the writer drains the buffer.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 impl LogWriterTask {
     /// Writes a file per model and day every `flush_every` (or when
     /// `max_records` wait), until `shutdown`; then writes what is left,
     /// giving the store at most `last_flush` for it.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, last_flush: Duration) {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>, last_flush: Duration) {
         let mut pending: Vec<Logged> = Vec::new();
         let mut monitors = Monitors {
             view: self.writer.input_drift_view.clone(),
             ..Monitors::default()
         };
-        let mut ticks = tokio::time::interval(self.writer.flush_every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut checks = tokio::time::interval(self.writer.input_drift.every);
-        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        enum Next {
-            Record(Box<Logged>),
-            Tick,
-            Check,
-            Stop,
-        }
+        let mut drain = tokio::time::interval(DRAIN_EVERY);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut flushed, mut checked) = (Instant::now(), Instant::now());
         loop {
-            let next = tokio::select! {
-                received = self.receiver.recv() => received.map_or(Next::Stop, |l| Next::Record(Box::new(l))),
-                _ = ticks.tick() => Next::Tick,
-                _ = checks.tick() => Next::Check,
-                _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => Next::Stop,
+            let stop = tokio::select! {
+                _ = drain.tick() => false,
+                _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => true,
             };
-            match next {
-                Next::Record(logged) => {
-                    monitors.observe(&logged);
-                    pending.push(*logged);
-                    if pending.len() >= self.writer.max_records {
-                        self.flush(&mut pending).await;
-                    }
+            for logged in self.receiver.try_iter() {
+                monitors.observe(&logged);
+                pending.push(logged);
+                if pending.len() >= self.writer.max_records {
+                    self.flush(&mut pending).await;
+                    flushed = Instant::now();
                 }
-                Next::Tick => self.flush(&mut pending).await,
-                Next::Check => monitors.check(self.writer.input_drift),
-                Next::Stop => break,
             }
-        }
-        while let Ok(logged) = self.receiver.try_recv() {
-            pending.push(logged);
+            if stop {
+                break;
+            }
+            if flushed.elapsed() >= self.writer.flush_every {
+                self.flush(&mut pending).await;
+                flushed = Instant::now();
+            }
+            if checked.elapsed() >= self.writer.input_drift.every {
+                monitors.check(self.writer.input_drift);
+                checked = Instant::now();
+            }
         }
         if tokio::time::timeout(last_flush, self.flush(&mut pending))
             .await
@@ -1012,20 +1014,23 @@ impl LogWriterTask {
         if pending.is_empty() {
             return;
         }
-        let mut files: BTreeMap<(String, String), (ModelKind, Vec<PredictionRecord>)> =
+        const DAY_MS: i64 = 86_400_000;
+        let mut files: BTreeMap<(Arc<str>, i64), (ModelKind, Vec<PredictionRecord>)> =
             BTreeMap::new();
         for logged in pending.drain(..) {
-            let date = chrono::DateTime::from_timestamp_millis(logged.record.served_at_ms)
-                .unwrap_or_default()
-                .format("%Y-%m-%d")
-                .to_string();
+            let day = logged.record.served_at_ms.div_euclid(DAY_MS);
             files
-                .entry((logged.model, date))
+                .entry((logged.model, day))
                 .or_insert_with(|| (logged.kind, Vec::new()))
                 .1
                 .push(logged.record);
         }
-        for ((model, date), (kind, records)) in files {
+        for ((model, day), (kind, records)) in files {
+            let date = chrono::DateTime::from_timestamp_millis(day * DAY_MS)
+                .unwrap_or_default()
+                .format("%Y-%m-%d")
+                .to_string();
+            let model = model.to_string();
             let count = records.len() as u64;
             let replica = self.writer.replica.clone();
             let name = model.clone();
@@ -1083,20 +1088,20 @@ mod tests {
             arm: Arm::Live,
             served_at_ms: 0,
             lead_id: None,
-            lead: vec![],
-            extra: vec![],
+            lead: [None; LEAD_FEATURES.len()],
+            extra: Inline::default(),
             text: None,
-            probabilities: vec![0.5, 0.5],
+            probabilities: Inline::new(&[0.5, 0.5]),
         }
     }
 
     #[test]
     fn a_full_buffer_drops_instead_of_waiting() {
         let (log, _task) = PredictionLog::new(2, 1.0, writer());
-        assert!(log.push("churn", ModelKind::Churn, None, record("a")));
-        assert!(log.push("churn", ModelKind::Churn, None, record("b")));
-        assert!(!log.push("churn", ModelKind::Churn, None, record("c")));
-        assert!(!PredictionLog::off().push("churn", ModelKind::Churn, None, record("d")));
+        assert!(log.push(&Arc::from("churn"), ModelKind::Churn, None, record("a")));
+        assert!(log.push(&Arc::from("churn"), ModelKind::Churn, None, record("b")));
+        assert!(!log.push(&Arc::from("churn"), ModelKind::Churn, None, record("c")));
+        assert!(!PredictionLog::off().push(&Arc::from("churn"), ModelKind::Churn, None, record("d")));
     }
 
     #[test]
@@ -1132,7 +1137,7 @@ pub type InputDriftView = Arc<RwLock<BTreeMap<(String, u64), BTreeMap<String, Va
 /// One [`Monitor`] per model version that has a reference.
 #[derive(Debug, Default)]
 struct Monitors {
-    by_version: BTreeMap<(String, u64), Monitor>,
+    by_version: BTreeMap<(Arc<str>, u64), Monitor>,
     view: InputDriftView,
 }
 
@@ -1143,29 +1148,25 @@ impl Monitors {
         };
         let key = (logged.model.clone(), logged.record.version);
         let monitor = self.by_version.entry(key).or_insert_with(|| {
+            let inputs: Vec<&str> = LEAD_FEATURES
+                .iter()
+                .chain(logged.kind.extra_features())
+                .map(|feature| feature.name)
+                .collect();
+            let monitor = Monitor::new(reference, &inputs);
             // Created at zero, so an increase() alert sees the first alarm.
-            for variable in reference
-                .features
-                .keys()
-                .map(String::as_str)
-                .chain(reference.score.as_ref().map(|_| SCORE))
-            {
+            for variable in monitor.variables() {
                 input_drift_counter(&logged.model, logged.record.version, variable).increment(0);
             }
-            Monitor::new(reference.clone())
+            monitor
         });
         let record = &logged.record;
-        let lead = LEAD_FEATURES
+        let values = record
+            .lead
             .iter()
-            .zip(&record.lead)
-            .map(|(feature, value)| (feature.name, *value));
-        let extra = logged
-            .kind
-            .extra_features()
-            .iter()
-            .zip(&record.extra)
-            .map(|(feature, value)| (feature.name, Some(*value)));
-        monitor.observe(lead.chain(extra), record.score());
+            .copied()
+            .chain(record.extra.as_slice().iter().map(|v| Some(*v)));
+        monitor.observe(values, record.score());
     }
 
     fn check(&mut self, settings: InputDrift) {
@@ -1175,7 +1176,7 @@ impl Monitors {
             };
             let now = Utc::now();
             let mut view = self.view.write().expect("input drift lock");
-            let states = view.entry((model.clone(), *version)).or_default();
+            let states = view.entry((model.to_string(), *version)).or_default();
             for (variable, psi) in results {
                 let alarm = psi > settings.psi;
                 let state = states.entry(variable.clone()).or_insert(VariableDrift {
@@ -1201,7 +1202,7 @@ impl Monitors {
                     input_drift_counter(model, *version, &variable).increment(1);
                     tracing::warn!(
                         event = "input drift",
-                        model,
+                        model = &**model,
                         version,
                         variable,
                         psi,

@@ -15,6 +15,7 @@ pub mod error;
 pub mod experiments;
 pub mod feedback;
 pub mod metrics;
+pub mod planner;
 pub mod model;
 pub mod security;
 pub mod services;

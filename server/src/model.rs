@@ -40,6 +40,8 @@ impl LoadError {
 pub struct LoadedVersion {
     /// Model name.
     pub name: String,
+    /// The same, shared (the prediction log keeps it per record).
+    pub shared_name: std::sync::Arc<str>,
     /// Version number.
     pub version: u64,
     /// Its manifest.
@@ -174,6 +176,7 @@ impl Loader {
         }
         Ok(LoadedVersion {
             name: name.to_owned(),
+            shared_name: std::sync::Arc::from(name),
             version,
             reference: manifest.reference.clone().map(std::sync::Arc::new),
             manifest,

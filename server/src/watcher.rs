@@ -12,6 +12,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::cache::DiskCache;
+use crate::planner;
 use crate::deployment::{Deployment, Slot};
 use crate::model::{LoadedVersion, VersionSource};
 
@@ -220,32 +221,56 @@ impl Watcher {
                 .copied()
                 .find(|v| *v != live && state.is_servable(*v))
         });
-
-        let live = match state.live {
-            Some(version) => self.obtain(slot, &current, version).await,
-            None => None,
+        // The decisions are the planner's (pure, unit-tested); this only
+        // carries them out.
+        let desired = planner::Desired {
+            live: state.live,
+            canary: state.canary.map(|c| (c.version, c.percent)),
+            previous: previous_good,
+            revoked,
         };
-        // A failed load keeps the current live version, unless the log has
-        // revoked it: a revoked version is never served.
-        let live = live.or_else(|| {
-            current
-                .live
-                .clone()
-                .filter(|v| !revoked.contains(&v.version))
-        });
-        let canary = match state.canary {
-            Some(canary) if Some(canary.version) != live.as_ref().map(|l| l.version) => self
-                .obtain(slot, &current, canary.version)
-                .await
-                .map(|loaded| (loaded, canary.percent)),
-            _ => None,
-        };
-        let previous = match previous_good {
-            Some(version) if Some(version) != live.as_ref().map(|l| l.version) => {
-                self.obtain(slot, &current, version).await
+        let held = {
+            let status = slot.status.lock().expect("status lock");
+            planner::Held {
+                live: current.live.as_ref().map(|v| v.version),
+                canary: current.canary.as_ref().map(|(v, p)| (v.version, *p)),
+                previous: current.previous.as_ref().map(|v| v.version),
+                pinned: slot.pinned_versions().into_iter().collect(),
+                refused: status
+                    .load_errors
+                    .iter()
+                    .filter(|e| !e.is_transient())
+                    .map(|e| e.version)
+                    .collect(),
             }
-            _ => None,
         };
+        let mut loaded: Vec<Arc<LoadedVersion>> = Vec::new();
+        for version in planner::loads(&desired, &held) {
+            match self.source.load(&slot.name, slot.kind, version).await {
+                Ok(version) => loaded.push(Arc::new(version)),
+                Err(error) => slot.record_load_error(error),
+            }
+        }
+        let find = |version: u64| {
+            loaded
+                .iter()
+                .find(|v| v.version == version)
+                .cloned()
+                .or_else(|| slot.loaded_version(&current, version))
+        };
+        let available: std::collections::BTreeSet<u64> = [held.live, held.previous]
+            .into_iter()
+            .flatten()
+            .chain(held.canary.map(|(v, _)| v))
+            .chain(held.pinned.iter().copied())
+            .chain(loaded.iter().map(|v| v.version))
+            .collect();
+        let target = planner::target(&desired, &held, &available);
+        let live = target.live.and_then(find);
+        let canary = target
+            .canary
+            .and_then(|(version, percent)| find(version).map(|v| (v, percent)));
+        let previous = target.previous.and_then(find);
 
         let same = |a: &Option<Arc<LoadedVersion>>, b: &Option<Arc<LoadedVersion>>| {
             a.as_ref().map(|v| v.version) == b.as_ref().map(|v| v.version)
@@ -282,39 +307,6 @@ impl Watcher {
             }
             if canary_changed {
                 metrics::counter!("nurture_model_swaps_total", "model" => slot.name.clone(), "change" => "canary").increment(1);
-            }
-        }
-    }
-
-    /// The loaded version `version`: already loaded, or fetched (cache
-    /// first) and loaded now. `None` after a failure, which is recorded.
-    async fn obtain(
-        &self,
-        slot: &Slot,
-        current: &Deployment,
-        version: u64,
-    ) -> Option<Arc<LoadedVersion>> {
-        // Served already, or loaded earlier for a pinned request (the same
-        // checks passed).
-        if let Some(loaded) = slot.loaded_version(current, version) {
-            return Some(loaded);
-        }
-        // A version refused for what it is (not for an unreachable store) is
-        // not retried at every poll.
-        if slot
-            .status
-            .lock()
-            .expect("status lock")
-            .refused(version)
-            .is_some()
-        {
-            return None;
-        }
-        match self.source.load(&slot.name, slot.kind, version).await {
-            Ok(loaded) => Some(Arc::new(loaded)),
-            Err(error) => {
-                slot.record_load_error(error);
-                None
             }
         }
     }

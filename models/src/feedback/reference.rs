@@ -106,46 +106,57 @@ pub const SCORE: &str = "prediction_score";
 /// by window.
 #[derive(Debug, Clone)]
 pub struct Monitor {
-    reference: std::sync::Arc<Reference>,
-    /// Counts per variable (features by name, then [`SCORE`]).
-    counts: BTreeMap<String, Vec<u64>>,
+    /// Variables with a reference: name, bins, counts in this window.
+    variables: Vec<(String, Bins, Vec<u64>)>,
+    /// For each input position callers feed, the variable it counts into.
+    slots: Vec<Option<usize>>,
+    /// The score's variable.
+    score: Option<usize>,
     /// Values counted in the current window.
     pub window: u64,
 }
 
 impl Monitor {
-    /// An empty window over `reference`.
-    pub fn new(reference: std::sync::Arc<Reference>) -> Monitor {
-        let mut counts: BTreeMap<String, Vec<u64>> = reference
-            .features
+    /// An empty window over `reference`, fed values in the order of
+    /// `inputs` (names; those without a reference are ignored).
+    pub fn new(reference: &Reference, inputs: &[&str]) -> Monitor {
+        let mut variables = Vec::new();
+        let slots = inputs
             .iter()
-            .map(|(name, bins)| (name.clone(), vec![0; bins.expected.len()]))
+            .map(|name| {
+                let bins = reference.features.get(*name)?;
+                variables.push(((*name).to_owned(), bins.clone(), vec![0; bins.expected.len()]));
+                Some(variables.len() - 1)
+            })
             .collect();
-        if let Some(bins) = &reference.score {
-            counts.insert(SCORE.to_owned(), vec![0; bins.expected.len()]);
-        }
+        let score = reference.score.as_ref().map(|bins| {
+            variables.push((SCORE.to_owned(), bins.clone(), vec![0; bins.expected.len()]));
+            variables.len() - 1
+        });
         Monitor {
-            reference,
-            counts,
+            variables,
+            slots,
+            score,
             window: 0,
         }
     }
 
-    /// Counts one served prediction: its named feature values (absent ones
-    /// are skipped) and its score.
-    pub fn observe<'a>(
-        &mut self,
-        features: impl Iterator<Item = (&'a str, Option<f64>)>,
-        score: f64,
-    ) {
-        for (name, value) in features {
-            if let (Some(value), Some(bins)) = (value, self.reference.features.get(name))
-                && let Some(counts) = self.counts.get_mut(name)
-            {
+    /// The variables watched (features with a reference, then the score).
+    pub fn variables(&self) -> impl Iterator<Item = &str> {
+        self.variables.iter().map(|(name, _, _)| name.as_str())
+    }
+
+    /// Counts one served prediction: its input values in the order given
+    /// to [`Monitor::new`] (absent ones are skipped) and its score.
+    pub fn observe(&mut self, values: impl Iterator<Item = Option<f64>>, score: f64) {
+        for (slot, value) in self.slots.iter().zip(values) {
+            if let (Some(index), Some(value)) = (slot, value) {
+                let (_, bins, counts) = &mut self.variables[*index];
                 counts[bins.bin(value)] += 1;
             }
         }
-        if let (Some(bins), Some(counts)) = (&self.reference.score, self.counts.get_mut(SCORE)) {
+        if let Some(index) = self.score {
+            let (_, bins, counts) = &mut self.variables[index];
             counts[bins.bin(score)] += 1;
         }
         self.window += 1;
@@ -159,17 +170,12 @@ impl Monitor {
             return None;
         }
         let psi = self
-            .counts
+            .variables
             .iter_mut()
-            .filter_map(|(name, counts)| {
-                let bins = if name == SCORE {
-                    self.reference.score.as_ref()?
-                } else {
-                    self.reference.features.get(name)?
-                };
+            .map(|(name, bins, counts)| {
                 let value = bins.psi(counts);
                 counts.iter_mut().for_each(|c| *c = 0);
-                Some((name.clone(), value))
+                (name.clone(), value)
             })
             .collect();
         self.window = 0;
@@ -249,15 +255,7 @@ mod tests {
     }
 
     fn feed(monitor: &mut Monitor, row: [f64; 3]) {
-        monitor.observe(
-            [
-                ("days", Some(row[0])),
-                ("visits", Some(row[1])),
-                ("open_rate", Some(row[2])),
-            ]
-            .into_iter(),
-            row[2],
-        );
+        monitor.observe(row.into_iter().map(Some), row[2]);
     }
 
     /// Seven simulated days of stationary traffic, checked every minute
@@ -267,7 +265,7 @@ mod tests {
     fn a_stationary_week_raises_no_alarm() {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
         let (reference, synthetic) = reference(&mut rng);
-        let mut monitor = Monitor::new(reference);
+        let mut monitor = Monitor::new(&reference, &["days", "visits", "open_rate"]);
         let mut worst: f64 = 0.0;
         for _minute in 0..7 * 24 * 60 {
             for _ in 0..500 {
@@ -285,7 +283,7 @@ mod tests {
     fn a_shifted_feature_is_flagged_at_the_first_full_window() {
         let mut rng = ChaCha8Rng::seed_from_u64(8);
         let (reference, synthetic) = reference(&mut rng);
-        let mut monitor = Monitor::new(reference);
+        let mut monitor = Monitor::new(&reference, &["days", "visits", "open_rate"]);
         for _ in 0..300 {
             let row = synthetic.draw(&mut rng);
             feed(&mut monitor, row);

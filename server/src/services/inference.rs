@@ -549,9 +549,9 @@ impl GrpcInferenceService for Inference {
         instrumented("ModelInfer", &slot.name.clone(), deadline, async move {
             let pin = parse_version(&model_version)?;
             slot.prepare_pin(pin).await?;
-            let deployment = slot.deployment.load();
-            // The request id doubles as the sticky canary key.
-            let (version, arm) = slot.route(&deployment, &id, pin)?;
+            // The request id doubles as the sticky canary key. The guard is
+            // dropped at once: nothing holds it across an `.await`.
+            let (version, arm) = slot.route(&slot.deployment.load(), &id, pin)?;
             let (declared_inputs, declared_outputs) = signature(&version);
             let raw = !raw_input_contents.is_empty();
             if raw && raw_input_contents.len() != inputs.len() {

@@ -117,21 +117,25 @@ pub async fn score_items(
     build: impl Fn(&LoadedVersion, usize) -> Result<Rows, ServeError>,
 ) -> Result<Vec<ItemScore>, ServeError> {
     slot.prepare_pin(pin).await?;
-    // One load of the slot for the whole request.
-    let deployment = slot.deployment.load();
+    // One load of the slot for the whole request. NOTE: the guard is
+    // dropped before any `.await` (arc-swap's guards are not meant to be
+    // held across one); each group holds its version's `Arc` instead.
     let mut groups: BTreeMap<u64, Group> = BTreeMap::new();
-    for (item, lead_id) in lead_ids.iter().enumerate() {
-        let (version, arm) = slot.route(&deployment, lead_id, pin)?;
-        let rows = build(&version, item)?;
-        let count = rows.len();
-        let group = groups.entry(version.version).or_insert_with(|| Group {
-            version: version.clone(),
-            arm,
-            items: Vec::new(),
-            rows: None,
-        });
-        group.items.push((item, count));
-        append(&mut group.rows, rows)?;
+    {
+        let deployment = slot.deployment.load();
+        for (item, lead_id) in lead_ids.iter().enumerate() {
+            let (version, arm) = slot.route(&deployment, lead_id, pin)?;
+            let rows = build(&version, item)?;
+            let count = rows.len();
+            let group = groups.entry(version.version).or_insert_with(|| Group {
+                version: version.clone(),
+                arm,
+                items: Vec::new(),
+                rows: None,
+            });
+            group.items.push((item, count));
+            append(&mut group.rows, rows)?;
+        }
     }
     let mut pending = Vec::new();
     for Group {
