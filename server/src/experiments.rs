@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use nurture_models::experiments::{
     Choice, ExperimentSpec, ExperimentStore, OutcomeBatch, OutcomeRecord, Stats, Tally, choose,
-    store::ExperimentState,
-    forget_unlistable, stats,
+    forget_unlistable, stats, store::ExperimentState,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

@@ -12,7 +12,7 @@ use chrono::Utc;
 use nurture_models::ModelKind;
 use nurture_models::features::LEAD_FEATURES;
 use nurture_models::feedback::drift::{Adwin, AdwinConfig};
-use nurture_models::feedback::log::{Inline, PredictionRecord};
+use nurture_models::feedback::log::{Inline, InlineStr, PredictionRecord};
 use nurture_models::feedback::reference::{Monitor, Reference};
 use nurture_models::feedback::{
     Arm, Fate, FeedbackStore, IdError, IdKey, Label, ModelQuality, OutcomeBatch, Prediction,
@@ -819,21 +819,20 @@ impl Served {
                 .lead
                 .map(|lead| lead.id.as_str())
                 .or(inputs.lead_id)
-                .filter(|id| !id.is_empty())
-                .map(str::to_owned);
+                .unwrap_or_default();
             self.log.push(
                 &loaded.shared_name,
                 loaded.kind(),
                 loaded.reference.clone(),
                 PredictionRecord {
-                    prediction_id: id.clone(),
+                    prediction_id: InlineStr::new(&id),
                     version,
                     arm,
                     served_at_ms: Utc::now().timestamp_millis(),
-                    lead_id,
-                    lead: inputs
-                        .lead
-                        .map_or([None; LEAD_FEATURES.len()], |l| l.values),
+                    lead_id: InlineStr::new(lead_id),
+                    lead: inputs.lead.map_or([f64::NAN; LEAD_FEATURES.len()], |l| {
+                        l.values.map(|v| v.unwrap_or(f64::NAN))
+                    }),
                     extra: Inline::new(inputs.extra),
                     text: inputs.text.map(str::to_owned),
                     probabilities: Inline::new(probabilities),
@@ -964,12 +963,34 @@ pub struct LogWriterTask {
 /// How often the writer drains the buffer.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
+/// Milliseconds in a day: files are cut per UTC day.
+const DAY_MS: i64 = 86_400_000;
+
+/// Records waiting for their file, grouped as they arrive (one copy each).
+#[derive(Debug, Default)]
+struct Pending {
+    files: BTreeMap<(Arc<str>, i64), (ModelKind, Vec<PredictionRecord>)>,
+    records: usize,
+}
+
+impl Pending {
+    fn add(&mut self, logged: Logged) {
+        let day = logged.record.served_at_ms.div_euclid(DAY_MS);
+        self.files
+            .entry((logged.model, day))
+            .or_insert_with(|| (logged.kind, Vec::new()))
+            .1
+            .push(logged.record);
+        self.records += 1;
+    }
+}
+
 impl LogWriterTask {
     /// Writes a file per model and day every `flush_every` (or when
     /// `max_records` wait), until `shutdown`; then writes what is left,
     /// giving the store at most `last_flush` for it.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>, last_flush: Duration) {
-        let mut pending: Vec<Logged> = Vec::new();
+        let mut pending = Pending::default();
         let mut monitors = Monitors {
             view: self.writer.input_drift_view.clone(),
             ..Monitors::default()
@@ -984,8 +1005,8 @@ impl LogWriterTask {
             };
             for logged in self.receiver.try_iter() {
                 monitors.observe(&logged);
-                pending.push(logged);
-                if pending.len() >= self.writer.max_records {
+                pending.add(logged);
+                if pending.records >= self.writer.max_records {
                     self.flush(&mut pending).await;
                     flushed = Instant::now();
                 }
@@ -1010,21 +1031,9 @@ impl LogWriterTask {
         }
     }
 
-    async fn flush(&self, pending: &mut Vec<Logged>) {
-        if pending.is_empty() {
-            return;
-        }
-        const DAY_MS: i64 = 86_400_000;
-        let mut files: BTreeMap<(Arc<str>, i64), (ModelKind, Vec<PredictionRecord>)> =
-            BTreeMap::new();
-        for logged in pending.drain(..) {
-            let day = logged.record.served_at_ms.div_euclid(DAY_MS);
-            files
-                .entry((logged.model, day))
-                .or_insert_with(|| (logged.kind, Vec::new()))
-                .1
-                .push(logged.record);
-        }
+    async fn flush(&self, pending: &mut Pending) {
+        let files = std::mem::take(&mut pending.files);
+        pending.records = 0;
         for ((model, day), (kind, records)) in files {
             let date = chrono::DateTime::from_timestamp_millis(day * DAY_MS)
                 .unwrap_or_default()
@@ -1083,12 +1092,12 @@ mod tests {
 
     fn record(id: &str) -> PredictionRecord {
         PredictionRecord {
-            prediction_id: id.into(),
+            prediction_id: InlineStr::new(id),
             version: 1,
             arm: Arm::Live,
             served_at_ms: 0,
-            lead_id: None,
-            lead: [None; LEAD_FEATURES.len()],
+            lead_id: InlineStr::new(""),
+            lead: [f64::NAN; LEAD_FEATURES.len()],
             extra: Inline::default(),
             text: None,
             probabilities: Inline::new(&[0.5, 0.5]),
@@ -1101,7 +1110,12 @@ mod tests {
         assert!(log.push(&Arc::from("churn"), ModelKind::Churn, None, record("a")));
         assert!(log.push(&Arc::from("churn"), ModelKind::Churn, None, record("b")));
         assert!(!log.push(&Arc::from("churn"), ModelKind::Churn, None, record("c")));
-        assert!(!PredictionLog::off().push(&Arc::from("churn"), ModelKind::Churn, None, record("d")));
+        assert!(!PredictionLog::off().push(
+            &Arc::from("churn"),
+            ModelKind::Churn,
+            None,
+            record("d")
+        ));
     }
 
     #[test]
@@ -1164,7 +1178,7 @@ impl Monitors {
         let values = record
             .lead
             .iter()
-            .copied()
+            .map(|v| Some(*v).filter(|v| !v.is_nan()))
             .chain(record.extra.as_slice().iter().map(|v| Some(*v)));
         monitor.observe(values, record.score());
     }

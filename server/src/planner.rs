@@ -60,7 +60,10 @@ pub fn loads(desired: &Desired, held: &Held) -> Vec<u64> {
     let mut wanted = Vec::new();
     for version in [
         desired.live,
-        desired.canary.map(|(v, _)| v).filter(|v| Some(*v) != desired.live),
+        desired
+            .canary
+            .map(|(v, _)| v)
+            .filter(|v| Some(*v) != desired.live),
         desired.previous.filter(|v| Some(*v) != desired.live),
     ]
     .into_iter()
@@ -229,7 +232,11 @@ mod tests {
             ..desired(1)
         };
         assert_eq!(loads(&other, &held), [2]);
-        assert_eq!(target(&other, &held, &set(&[1])).canary, None, "load failed");
+        assert_eq!(
+            target(&other, &held, &set(&[1])).canary,
+            None,
+            "load failed"
+        );
         assert_eq!(target(&other, &held, &set(&[1, 2])).canary, Some((2, 20)));
     }
 }

@@ -12,9 +12,9 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::cache::DiskCache;
-use crate::planner;
 use crate::deployment::{Deployment, Slot};
 use crate::model::{LoadedVersion, VersionSource};
+use crate::planner;
 
 /// A slot and the gRPC service whose health follows it.
 #[derive(Debug, Clone)]

@@ -37,7 +37,7 @@ use crate::kind::ModelKind;
 #[derive(Debug, Clone, PartialEq)]
 pub struct PredictionRecord {
     /// Its id.
-    pub prediction_id: String,
+    pub prediction_id: InlineStr<192>,
     /// Version that answered.
     pub version: u64,
     /// Arm that answered.
@@ -45,15 +45,50 @@ pub struct PredictionRecord {
     /// When (ms since the Unix epoch).
     pub served_at_ms: i64,
     /// The lead, if the request named one.
-    pub lead_id: Option<String>,
-    /// Lead features by `LEAD_FEATURES` index (all `None` for text kinds).
-    pub lead: [Option<f64>; LEAD_FEATURES.len()],
+    pub lead_id: InlineStr<128>,
+    /// Lead features by `LEAD_FEATURES` index, NaN where absent (all NaN
+    /// for text kinds).
+    pub lead: [f64; LEAD_FEATURES.len()],
     /// The kind's own features (slot, variant) in `extra_features()` order.
     pub extra: Inline<f64, 16>,
     /// The text (emotion).
     pub text: Option<String>,
     /// Every class probability, in label order.
     pub probabilities: Inline<f32, 16>,
+}
+
+/// Text of up to `N` bytes kept inline (longer text is cut at a character
+/// boundary; an empty one reads as absent where a column is optional).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InlineStr<const N: usize> {
+    bytes: [u8; N],
+    len: u16,
+}
+
+impl<const N: usize> InlineStr<N> {
+    /// `text`, cut to at most `N` bytes.
+    pub fn new(text: &str) -> Self {
+        let mut len = text.len().min(N);
+        while !text.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut bytes = [0u8; N];
+        bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
+        InlineStr {
+            bytes,
+            len: len as u16,
+        }
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+
+    /// The text, or `None` when empty.
+    pub fn non_empty(&self) -> Option<&str> {
+        (self.len > 0).then(|| self.as_str())
+    }
 }
 
 /// Up to `N` values kept inline. NOTE: a record is built on the request
@@ -205,16 +240,26 @@ enum Column {
     List(Vec<f64>, Vec<i16>, Vec<i16>),
 }
 
-fn optional_strings<'a>(values: impl Iterator<Item = Option<&'a str>>) -> Column {
-    let mut present = Vec::new();
+/// A string column whose values all live in one buffer (one allocation
+/// for the column, not one per value); `optional` adds definition levels.
+fn strings<'a>(values: impl Iterator<Item = Option<&'a str>> + Clone, optional: bool) -> Column {
+    let total: usize = values.clone().flatten().map(str::len).sum();
+    let mut buffer = Vec::with_capacity(total);
+    let mut ranges = Vec::new();
     let mut levels = Vec::new();
     for value in values {
         levels.push(i16::from(value.is_some()));
         if let Some(value) = value {
-            present.push(ByteArray::from(value));
+            ranges.push(buffer.len()..buffer.len() + value.len());
+            buffer.extend_from_slice(value.as_bytes());
         }
     }
-    Column::Strings(present, Some(levels))
+    let buffer = bytes::Bytes::from(buffer);
+    let present = ranges
+        .into_iter()
+        .map(|range| ByteArray::from(buffer.slice(range)))
+        .collect();
+    Column::Strings(present, optional.then_some(levels))
 }
 
 fn optional_doubles(values: impl Iterator<Item = Option<f64>>) -> Column {
@@ -246,34 +291,35 @@ pub fn encode(
         .collect();
     let arm_of = |arm: Arm| arms[Arm::ALL.iter().position(|a| *a == arm).unwrap_or(0)].clone();
     let mut columns = vec![
-        Column::Strings(
-            records
-                .iter()
-                .map(|r| ByteArray::from(r.prediction_id.as_str()))
-                .collect(),
-            None,
+        strings(
+            records.iter().map(|r| Some(r.prediction_id.as_str())),
+            false,
         ),
         constant(model),
         Column::Int64(records.iter().map(|r| r.version as i64).collect()),
         Column::Strings(records.iter().map(|r| arm_of(r.arm)).collect(), None),
         Column::Int64(records.iter().map(|r| r.served_at_ms).collect()),
         constant(replica),
-        optional_strings(records.iter().map(|r| r.lead_id.as_deref())),
+        strings(records.iter().map(|r| r.lead_id.non_empty()), true),
     ];
     if kind.input() == crate::kind::InputContract::Features {
         for index in 0..LEAD_FEATURES.len() {
             columns.push(optional_doubles(
-                records.iter().map(|r| r.lead[index]),
+                records
+                    .iter()
+                    .map(|r| Some(r.lead[index]).filter(|v| !v.is_nan())),
             ));
         }
         for index in 0..kind.extra_features().len() {
             columns.push(optional_doubles(
-                records.iter().map(|r| r.extra.as_slice().get(index).copied()),
+                records
+                    .iter()
+                    .map(|r| r.extra.as_slice().get(index).copied()),
             ));
         }
     }
     if kind.input() == crate::kind::InputContract::Text {
-        columns.push(optional_strings(records.iter().map(|r| r.text.as_deref())));
+        columns.push(strings(records.iter().map(|r| r.text.as_deref()), true));
     }
     columns.push(Column::Int32(
         records.iter().map(|r| r.predicted() as i32).collect(),
@@ -306,10 +352,8 @@ pub fn encode(
         .set_dictionary_enabled(false)
         .set_created_by("nurture-server".to_owned());
     for column in ["model", "arm", "replica", "lead_id", "version"] {
-        properties = properties.set_column_dictionary_enabled(
-            parquet::schema::types::ColumnPath::from(column),
-            true,
-        );
+        properties = properties
+            .set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from(column), true);
     }
     let properties = properties.build();
     let mut writer =
@@ -366,16 +410,16 @@ mod tests {
     use parquet::record::Field;
 
     fn record(id: &str, lead: Vec<Option<f64>>, probabilities: Vec<f32>) -> PredictionRecord {
-        let mut features = [None; LEAD_FEATURES.len()];
+        let mut features = [f64::NAN; LEAD_FEATURES.len()];
         for (slot, value) in features.iter_mut().zip(lead) {
-            *slot = value;
+            *slot = value.unwrap_or(f64::NAN);
         }
         PredictionRecord {
-            prediction_id: id.into(),
+            prediction_id: InlineStr::new(id),
             version: 3,
             arm: Arm::Canary,
             served_at_ms: 1_764_000_000_000,
-            lead_id: Some(format!("lead-{id}")),
+            lead_id: InlineStr::new(&format!("lead-{id}")),
             lead: features,
             extra: Inline::default(),
             text: None,
@@ -455,12 +499,12 @@ mod speed {
     fn encode_speed() {
         let records: Vec<PredictionRecord> = (0..20_000)
             .map(|i| PredictionRecord {
-                prediction_id: format!("{i:080}"),
+                prediction_id: InlineStr::new(&format!("{i:080}")),
                 version: 1,
                 arm: Arm::Live,
                 served_at_ms: 1_764_000_000_000 + i,
-                lead_id: Some(format!("lead-{i}")),
-                lead: [Some(1.5); LEAD_FEATURES.len()],
+                lead_id: InlineStr::new(&format!("lead-{i}")),
+                lead: [1.5; LEAD_FEATURES.len()],
                 extra: Inline::default(),
                 text: None,
                 probabilities: Inline::new(&[0.3, 0.7]),

@@ -125,7 +125,11 @@ impl Monitor {
             .iter()
             .map(|name| {
                 let bins = reference.features.get(*name)?;
-                variables.push(((*name).to_owned(), bins.clone(), vec![0; bins.expected.len()]));
+                variables.push((
+                    (*name).to_owned(),
+                    bins.clone(),
+                    vec![0; bins.expected.len()],
+                ));
                 Some(variables.len() - 1)
             })
             .collect();
