@@ -166,7 +166,9 @@ pub struct Config {
     #[arg(long, env = "NURTURE_PREDICTION_LOG_FLUSH", default_value = "10s", value_parser = parse_duration)]
     pub prediction_log_flush: Duration,
 
-    /// Most records per prediction-log file.
+    /// Most records per prediction-log file (one row group). Records wait
+    /// in memory until their file is written (about 750 bytes each), so this
+    /// bounds the log's memory.
     #[arg(
         long,
         env = "NURTURE_PREDICTION_LOG_FILE_RECORDS",
