@@ -172,7 +172,7 @@ pub struct Config {
     #[arg(
         long,
         env = "NURTURE_PREDICTION_LOG_FILE_RECORDS",
-        default_value_t = 50_000
+        default_value_t = 10_000
     )]
     pub prediction_log_file_records: usize,
 
