@@ -99,6 +99,26 @@ impl Loop {
     }
 }
 
+/// Waits (at most 60 s) until churn answers on `channel` with prediction
+/// ids (the model is live and the fleet's key is known).
+async fn answers_with_ids(channel: &Channel, lead: &v1::LeadProfile) {
+    eventually(
+        "churn answers with ids",
+        Duration::from_secs(60),
+        async || {
+            ChurnServiceClient::new(channel.clone())
+                .predict_churn(v1::PredictChurnRequest {
+                    leads: vec![lead.clone()],
+                    version: 0,
+                    max_factors: 0,
+                })
+                .await
+                .is_ok_and(|r| !r.into_inner().predictions[0].prediction_id.is_empty())
+        },
+    )
+    .await;
+}
+
 /// One churn answer: its id and the probability served.
 struct Served {
     id: String,
@@ -228,17 +248,7 @@ async fn live_quality_matches_scikit_learn_and_nothing_else_moves_it() {
     let server = fixture.server(&["--max-items", "100"]);
     let channel = server.channel().await;
     let churn_leads = labelled_leads(&fixture.data().join("churn.csv"), "churned");
-    eventually("churn is live", Duration::from_secs(60), async || {
-        ChurnServiceClient::new(channel.clone())
-            .predict_churn(v1::PredictChurnRequest {
-                leads: vec![churn_leads[0].0.clone()],
-                version: 0,
-                max_factors: 0,
-            })
-            .await
-            .is_ok_and(|r| !r.into_inner().predictions[0].prediction_id.is_empty())
-    })
-    .await;
+    answers_with_ids(&channel, &churn_leads[0].0).await;
 
     // Churn: 600 answers, then their true outcomes.
     let served = predict_churn(&channel, &churn_leads[..600]).await;
@@ -307,9 +317,12 @@ async fn live_quality_matches_scikit_learn_and_nothing_else_moves_it() {
         nonce: 7,
         prediction: Prediction::Binary(0.99),
     });
-    let mut altered = served[0].id.clone();
-    let last = altered.pop().unwrap();
-    altered.push(if last == 'A' { 'B' } else { 'A' });
+    // One character of the signature changed (ten from the end: a whole
+    // base64 group inside the 16-byte tag, so the id still decodes).
+    let mut altered: Vec<char> = served[0].id.chars().collect();
+    let at = altered.len() - 10;
+    altered[at] = if altered[at] == 'A' { 'B' } else { 'A' };
+    let altered: String = altered.into_iter().collect();
     let late = v1::OutcomeReport {
         observed_at: Some(prost_types::Timestamp {
             seconds: chrono::Utc::now().timestamp() + 200 * 86_400,
@@ -539,17 +552,7 @@ async fn acknowledged_outcomes_survive_sigkill_and_replays_add_nothing() {
     let mut server = fixture.server(&flags);
     let channel = server.channel().await;
     let leads = labelled_leads(&fixture.data().join("churn.csv"), "churned");
-    eventually("churn is live", Duration::from_secs(60), async || {
-        ChurnServiceClient::new(channel.clone())
-            .predict_churn(v1::PredictChurnRequest {
-                leads: vec![leads[0].0.clone()],
-                version: 0,
-                max_factors: 0,
-            })
-            .await
-            .is_ok_and(|r| !r.into_inner().predictions[0].prediction_id.is_empty())
-    })
-    .await;
+    answers_with_ids(&channel, &leads[0].0).await;
     let served = predict_churn(&channel, &leads[..800]).await;
     let stream: Vec<Vec<v1::OutcomeReport>> = served
         .chunks(10)
@@ -693,21 +696,7 @@ async fn outcomes_sent_to_one_replica_show_in_every_replicas_quality() {
         futures::future::join_all(replicas.iter().map(ServerProcess::channel)).await;
     let leads = labelled_leads(&data.join("churn.csv"), "churned");
     for channel in &channels {
-        eventually(
-            "churn is live with ids",
-            Duration::from_secs(60),
-            async || {
-                ChurnServiceClient::new(channel.clone())
-                    .predict_churn(v1::PredictChurnRequest {
-                        leads: vec![leads[0].0.clone()],
-                        version: 0,
-                        max_factors: 0,
-                    })
-                    .await
-                    .is_ok_and(|r| !r.into_inner().predictions[0].prediction_id.is_empty())
-            },
-        )
-        .await;
+        answers_with_ids(channel, &leads[0].0).await;
     }
     let served = predict_churn(&channels[0], &leads[..1000]).await;
     // A's prediction log, read by DuckDB straight from S3.
@@ -832,17 +821,7 @@ async fn the_prediction_log_is_parquet_that_duckdb_reads_where_it_lies() {
     let server = fixture.server(&[]);
     let channel = server.channel().await;
     let leads = labelled_leads(&fixture.data().join("churn.csv"), "churned");
-    eventually("churn is live", Duration::from_secs(60), async || {
-        ChurnServiceClient::new(channel.clone())
-            .predict_churn(v1::PredictChurnRequest {
-                leads: vec![leads[0].0.clone()],
-                version: 0,
-                max_factors: 0,
-            })
-            .await
-            .is_ok_and(|r| !r.into_inner().predictions[0].prediction_id.is_empty())
-    })
-    .await;
+    answers_with_ids(&channel, &leads[0].0).await;
     let served = predict_churn(&channel, &leads[..300]).await;
     let root = fixture.dir.path().join("registry");
     let root = root.to_str().unwrap();
@@ -916,17 +895,7 @@ async fn a_shifted_input_feature_raises_a_label_free_alarm() {
     ]);
     let channel = server.channel().await;
     let leads = labelled_leads(&fixture.data().join("churn.csv"), "churned");
-    eventually("churn is live", Duration::from_secs(60), async || {
-        ChurnServiceClient::new(channel.clone())
-            .predict_churn(v1::PredictChurnRequest {
-                leads: vec![leads[0].0.clone()],
-                version: 0,
-                max_factors: 0,
-            })
-            .await
-            .is_ok_and(|r| !r.into_inner().predictions[0].prediction_id.is_empty())
-    })
-    .await;
+    answers_with_ids(&channel, &leads[0].0).await;
     // Traffic like the training data: judged, and nothing is flagged.
     predict_churn(&channel, &leads[..300]).await;
     eventually("PSI is reported", Duration::from_secs(30), async || {
