@@ -391,7 +391,12 @@ impl Fleet {
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
             for model in &models {
-                if let Err(error) = self.refresh(model).await {
+                // A read stuck on an unreachable store does not hold up shutdown.
+                let read = tokio::select! {
+                    read = self.refresh(model) => read,
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                };
+                if let Err(error) = read {
                     metrics::counter!("nurture_feedback_read_errors_total", "model" => model.clone())
                         .increment(1);
                     tracing::warn!(model, %error, "cannot read outcome batches");

@@ -61,8 +61,14 @@ impl Watcher {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = ticks.tick() => self.poll_once().await,
-                _ = shutdown.changed() => return,
+                _ = ticks.tick() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            // NOTE: a pass can be stuck on an unreachable store for minutes
+            // (its client retries); shutdown does not wait for it.
+            tokio::select! {
+                _ = self.poll_once() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
             }
         }
     }

@@ -218,7 +218,7 @@ async fn a_call_stuck_on_the_store_is_abandoned_at_its_deadline_and_counted() {
             ],
         );
     }
-    let replica = cluster.replica(0);
+    let mut replica = cluster.replica(0);
     converge(&[&replica], (1, 0), "initial").await;
     // Version 2 is in the log but not loaded: pinning it fetches it from
     // the store, which is now cut off, so the call outlives its deadline.
@@ -248,5 +248,14 @@ async fn a_call_stuck_on_the_store_is_abandoned_at_its_deadline_and_counted() {
         async || counted(),
     )
     .await;
+    // With the store still unreachable and nothing in flight, SIGTERM ends
+    // the replica at once: no poll or refresh stuck in store retries holds
+    // shutdown up.
+    let started = Instant::now();
+    let exited = replica.terminate(Duration::from_secs(30));
+    let took = started.elapsed();
+    println!("SIGTERM with the store down: exited in {took:?}");
+    assert!(exited.is_some(), "the replica did not exit");
+    assert!(took <= Duration::from_secs(2), "shutdown took {took:?}");
     cluster.proxy.restore();
 }
