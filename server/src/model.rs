@@ -234,6 +234,26 @@ impl VersionSource {
         result
     }
 
+    /// Loads `version` from the disk cache only (never the store): what a
+    /// replica serves while the store is unreachable. `None` when it is not
+    /// cached or fails its checks.
+    pub async fn load_cached(
+        &self,
+        model: &str,
+        kind: ModelKind,
+        version: u64,
+    ) -> Option<LoadedVersion> {
+        let fetched = self.cache.load_version(model, version).await?;
+        let loader = self.loader;
+        let name = model.to_owned();
+        let loaded = tokio::task::spawn_blocking(move || loader.load(&name, kind, fetched))
+            .await
+            .ok()?
+            .ok()?;
+        tracing::info!(model, version, "version loaded from the cache");
+        Some(loaded)
+    }
+
     async fn fetch_and_load(
         &self,
         model: &str,

@@ -16,6 +16,10 @@ use crate::deployment::{Deployment, Slot};
 use crate::model::{LoadedVersion, VersionSource};
 use crate::planner;
 
+/// How long the first pass waits for the store before serving the cached
+/// release state.
+const CACHE_GRACE: Duration = Duration::from_millis(300);
+
 /// A slot and the gRPC service whose health follows it.
 #[derive(Debug, Clone)]
 pub struct Watched {
@@ -59,6 +63,21 @@ impl Watcher {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut ticks = tokio::time::interval(self.poll_interval.max(Duration::from_millis(1)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        // The first pass reads the store; if a model is not live shortly
+        // after, the cached release state serves meanwhile (the store may be
+        // unreachable, and its client retries for a long time). The store's
+        // answer, when it comes, replaces it.
+        let first = async {
+            tokio::join!(self.poll_once(), async {
+                tokio::time::sleep(CACHE_GRACE).await;
+                self.serve_cached().await;
+            })
+        };
+        tokio::select! {
+            _ = first => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
@@ -122,6 +141,27 @@ impl Watcher {
         }
     }
 
+    /// Serves the cached release state of every model that is not live yet,
+    /// with versions from the disk cache only.
+    async fn serve_cached(&self) {
+        let mut served = false;
+        for watched in &self.watched {
+            let slot = &watched.slot;
+            if slot.deployment.load().live.is_some() {
+                continue;
+            }
+            let Some(state) = self.cache.load_state(&slot.name).await else {
+                continue;
+            };
+            tracing::info!(model = %slot.name, "the store has not answered yet: serving the cached release state");
+            self.apply(slot, state, SystemTime::now(), true).await;
+            served = true;
+        }
+        if served {
+            self.update_health().await;
+        }
+    }
+
     /// One pass over every model.
     pub async fn poll_once(&self) {
         let pass_started = SystemTime::now();
@@ -138,6 +178,13 @@ impl Watcher {
         }
         for watched in &self.watched {
             self.sync(&watched.slot, pass_started).await;
+        }
+        self.update_health().await;
+    }
+
+    /// Health follows what each slot serves now.
+    async fn update_health(&self) {
+        for watched in &self.watched {
             let live = watched.slot.deployment.load().live.is_some();
             if let Some(service) = watched.service {
                 let status = if live {
@@ -202,6 +249,19 @@ impl Watcher {
         let Some(state) = self.read_state(slot).await else {
             return;
         };
+        self.apply(slot, state, pass_started, false).await;
+    }
+
+    /// Brings `slot` in line with `state`. With `cached_only`, versions come
+    /// from the disk cache alone, failures are not recorded, and nothing is
+    /// installed once another pass has made a version live.
+    async fn apply(
+        &self,
+        slot: &Slot,
+        state: ModelState,
+        pass_started: SystemTime,
+        cached_only: bool,
+    ) {
         if state.versions.is_empty() {
             return;
         }
@@ -252,6 +312,16 @@ impl Watcher {
         };
         let mut loaded: Vec<Arc<LoadedVersion>> = Vec::new();
         for version in planner::loads(&desired, &held) {
+            if cached_only {
+                if let Some(version) = self
+                    .source
+                    .load_cached(&slot.name, slot.kind, version)
+                    .await
+                {
+                    loaded.push(Arc::new(version));
+                }
+                continue;
+            }
             match self.source.load(&slot.name, slot.kind, version).await {
                 Ok(version) => loaded.push(Arc::new(version)),
                 Err(error) => slot.record_load_error(error),
@@ -284,6 +354,11 @@ impl Watcher {
         let live_changed = !same(&current.live, &live);
         let canary_changed = current.canary.as_ref().map(|(v, p)| (v.version, *p))
             != canary.as_ref().map(|(v, p)| (v.version, *p));
+        // NOTE: no `.await` between this check and the store below, so the
+        // store's answer cannot be overwritten by the cached state.
+        if cached_only && slot.deployment.load().live.is_some() {
+            return;
+        }
         if live_changed || canary_changed || !same(&current.previous, &previous) {
             let version_of = |v: &Option<Arc<LoadedVersion>>| v.as_ref().map_or(0, |v| v.version);
             let (from_version, to_version) = (version_of(&current.live), version_of(&live));
