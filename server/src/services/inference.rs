@@ -424,8 +424,42 @@ fn encode(tensor: &NamedTensor, raw: bool) -> (InferOutputTensor, Option<Vec<u8>
     (output, bytes)
 }
 
-/// Rows for a typed model from its single decoded input.
-fn typed_rows(kind: ModelKind, tensor: NamedTensor) -> Result<Rows, ServeError> {
+/// Checks every value of a typed model's feature tensor against its
+/// column's range, as the typed RPCs check `LeadProfile` fields; the error
+/// names the row and the column.
+fn check_feature_ranges(
+    kind: ModelKind,
+    columns: &[String],
+    values: &[f32],
+) -> Result<(), ServeError> {
+    if columns.is_empty() {
+        return Ok(());
+    }
+    for (index, value) in values.iter().enumerate() {
+        let (row, column) = (index / columns.len(), index % columns.len());
+        let name = &columns[column];
+        let Some(feature) = kind.feature(name) else {
+            continue;
+        };
+        if !feature.unit.accepts(f64::from(*value)) {
+            let (low, high) = feature.unit.range();
+            let range = if high == f64::MAX {
+                format!(">= {low}")
+            } else {
+                format!("in [{low}, {high}]")
+            };
+            return Err(invalid(
+                format!("input {FEATURES_INPUT:?} row {row} column {name:?}"),
+                format!("must be a finite number {range}, got {value}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Rows for a typed model (`version`) from its single decoded input.
+fn typed_rows(version: &LoadedVersion, tensor: NamedTensor) -> Result<Rows, ServeError> {
+    let kind = version.kind();
     match (kind.input(), tensor.data) {
         (InputContract::Features, TensorData::F32(values)) => {
             if values.iter().any(|v| !v.is_finite()) {
@@ -433,6 +467,9 @@ fn typed_rows(kind: ModelKind, tensor: NamedTensor) -> Result<Rows, ServeError> 
                     format!("input {FEATURES_INPUT:?}"),
                     "values must be finite",
                 ));
+            }
+            if let Some(layout) = &version.layout {
+                check_feature_ranges(kind, layout.names(), &values)?;
             }
             Ok(Rows::Features {
                 width: tensor.shape.get(1).copied().unwrap_or(1),
@@ -622,7 +659,9 @@ impl GrpcInferenceService for Inference {
                     .into_iter()
                     .next()
                     .ok_or_else(|| invalid("inputs", "missing input"))?;
-                let scored = version.score(typed_rows(kind, input)?, deadline).await?;
+                let scored = version
+                    .score(typed_rows(&version, input)?, deadline)
+                    .await?;
                 let classes = version.manifest.labels.len();
                 prediction_ids = scored
                     .probabilities
@@ -778,5 +817,35 @@ mod tests {
             error.contains("inputs[0].contents") && error.contains("element 0"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn typed_feature_tensors_get_the_typed_range_checks() {
+        let columns: Vec<String> = ["email_open_rate", "complaints_90d", "slot_hour"]
+            .iter()
+            .map(|c| (*c).to_owned())
+            .collect();
+        let good = [0.5, 2.0, 23.0, 1.0, 0.0, 0.0];
+        assert!(check_feature_ranges(ModelKind::ChannelTiming, &columns, &good).is_ok());
+        for (values, named) in [
+            (
+                [0.5, 2.0, 23.0, 1.5, 0.0, 0.0],
+                "row 1 column \"email_open_rate\"",
+            ),
+            (
+                [0.5, -1.0, 23.0, 1.0, 0.0, 0.0],
+                "row 0 column \"complaints_90d\"",
+            ),
+            (
+                [0.5, 2.0, 24.0, 1.0, 0.0, 0.0],
+                "row 0 column \"slot_hour\"",
+            ),
+        ] {
+            let error = check_feature_ranges(ModelKind::ChannelTiming, &columns, &values)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(named), "{named}: {error}");
+            assert!(error.starts_with("invalid input"), "{error}");
+        }
     }
 }
