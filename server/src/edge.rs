@@ -250,3 +250,85 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Arbitrary lead profiles never panic the edge, and every refusal is
+    //! INVALID_ARGUMENT naming a `leads[i]` field.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        proptest::collection::vec(any::<char>(), 0..200).prop_map(String::from_iter)
+    }
+
+    fn real() -> impl Strategy<Value = Option<f64>> {
+        proptest::option::of(prop_oneof![
+            any::<f64>(),
+            -2.0..1000.0f64,
+            Just(f64::NAN),
+            Just(f64::INFINITY),
+        ])
+    }
+
+    fn count() -> impl Strategy<Value = Option<i32>> {
+        proptest::option::of(any::<i32>())
+    }
+
+    prop_compose! {
+        fn profile()(
+            lead_id in text(),
+            reals in proptest::collection::vec(real(), 10),
+            counts in proptest::collection::vec(count(), 9),
+            pre_approved in proptest::option::of(any::<bool>()),
+            time_zone in text(),
+        ) -> v1::LeadProfile {
+            v1::LeadProfile {
+                lead_id,
+                days_since_first_contact: reals[0],
+                days_since_last_contact: reals[1],
+                days_since_last_reply: reals[2],
+                email_open_rate: reals[3],
+                email_click_rate: reals[4],
+                sms_reply_rate: reals[5],
+                call_answer_rate: reals[6],
+                video_join_rate: reals[7],
+                messages_sent_30d: counts[0],
+                messages_received_30d: counts[1],
+                avg_response_hours: reals[8],
+                sentiment_score: reals[9],
+                complaints_90d: counts[2],
+                website_visits_30d: counts[3],
+                listings_viewed_30d: counts[4],
+                saved_searches: counts[5],
+                showings_attended: counts[6],
+                pre_approved,
+                mortgage_calculator_uses_30d: counts[7],
+                budget_k_usd: reals[0].map(|v| v * 3.0),
+                time_zone,
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn arbitrary_leads_are_converted_or_named(profiles in proptest::collection::vec(profile(), 0..12)) {
+            match leads(&profiles, 8) {
+                Ok(values) => {
+                    prop_assert_eq!(values.len(), profiles.len());
+                    for value in &values {
+                        prop_assert!(value.values.iter().flatten().all(|v| v.is_finite()));
+                    }
+                }
+                Err(error) => {
+                    prop_assert_eq!(error.error_type(), "invalid_argument");
+                    let message = error.to_string();
+                    prop_assert!(message.contains("leads"), "{}", message);
+                }
+            }
+        }
+    }
+}

@@ -366,3 +366,41 @@ mod tests {
         assert_eq!(format!("{:?}", key(3)), "IdKey(<redacted>)");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Any text is refused or verified, never a panic; any bytes that
+        /// decode as base64 likewise.
+        #[test]
+        fn arbitrary_ids_never_panic(chars in proptest::collection::vec(any::<char>(), 0..300),
+                                     bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let key = IdKey::new(vec![3; 32]).unwrap();
+            let text: String = chars.into_iter().collect();
+            let _ = key.verify(&text);
+            let encoded = URL_SAFE_NO_PAD.encode(&bytes);
+            prop_assert!(key.verify(&encoded).is_err(), "random bytes never carry our signature");
+        }
+
+        /// Every prediction survives signing and verification.
+        #[test]
+        fn signed_ids_round_trip(version in 1u64.., served in any::<i64>(), nonce in any::<u64>(),
+                                 p in 0.0f32..=1.0, arm in 0usize..4) {
+            let key = IdKey::new(vec![5; 32]).unwrap();
+            let id = PredictionId {
+                model: "churn".into(),
+                version,
+                arm: Arm::ALL[arm],
+                served_at_ms: served,
+                nonce,
+                prediction: Prediction::Binary(p),
+            };
+            prop_assert_eq!(key.verify(&key.sign(&id)), Ok(id));
+        }
+    }
+}

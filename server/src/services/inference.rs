@@ -848,4 +848,50 @@ mod tests {
             assert!(error.starts_with("invalid input"), "{error}");
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn datatype() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("FP32".to_owned()),
+                Just("FP64".to_owned()),
+                Just("INT32".to_owned()),
+                Just("INT64".to_owned()),
+                Just("BOOL".to_owned()),
+                Just("BYTES".to_owned()),
+                Just("FP16".to_owned()),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            /// Arbitrary tensors (shapes, datatypes, typed or raw contents)
+            /// are decoded or refused as INVALID_ARGUMENT, never a panic.
+            #[test]
+            fn arbitrary_tensors_are_decoded_or_refused(
+                shape in proptest::collection::vec(any::<i64>().prop_map(|v| v % 6), 0..4),
+                declared in proptest::collection::vec(prop_oneof![Just(-1i64), 0i64..5], 1..3),
+                datatype in datatype(),
+                raw in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+                floats in proptest::collection::vec(any::<f32>(), 0..16),
+                strings in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..8), 0..6),
+                spec_type in 0usize..6,
+            ) {
+                let dtypes = [DType::Float32, DType::Float64, DType::Int32, DType::Int64, DType::Bool, DType::String];
+                let spec = TensorSpec { name: "x".into(), dtype: dtypes[spec_type], shape: declared };
+                let mut tensor = input(&datatype, &shape);
+                tensor.contents = Some(InferTensorContents {
+                    fp32_contents: floats,
+                    bytes_contents: strings,
+                    ..Default::default()
+                });
+                if let Err(error) = decode(0, &tensor, raw.as_deref(), &spec) {
+                    prop_assert_eq!(error.error_type(), "invalid_argument");
+                }
+            }
+        }
+    }
 }
