@@ -186,69 +186,22 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         config.experiment_refresh,
     ));
 
-    anyhow::ensure!(
-        config.drift_delta > 0.0 && config.drift_delta < 1.0,
-        "--drift-delta must be in (0, 1), got {}",
-        config.drift_delta
-    );
-    let feedback_store = nurture_models::feedback::FeedbackStore::new(
-        registry_for_experiments.store().clone(),
-        registry_for_experiments.prefix().clone(),
+    let Feedback {
+        ids,
+        fleet,
+        served,
+        input_drift_view,
+        fleet_task,
+        log_task,
+    } = start_feedback(
+        &config,
+        &registry_for_experiments,
         &replica,
-    );
-    let ids = Arc::new(feedback::PredictionIds::new(
-        None,
-        nurture_models::fnv1a64(replica.as_bytes()) ^ nanos,
-    ));
-    feedback::KeySource {
-        file: config.prediction_key_file.clone(),
-        store: feedback_store.clone(),
-        cache: DiskCache::new(config.cache_dir.clone()),
-    }
-    .install(ids.clone(), config.poll_interval, shutdown.clone())
+        nanos,
+        &slots,
+        &shutdown,
+    )
     .await?;
-    let fleet = Arc::new(feedback::Fleet::new(
-        feedback_store,
-        &slots.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-        config.quality_min_outcomes,
-        nurture_models::feedback::drift::AdwinConfig {
-            delta: config.drift_delta,
-            max_buckets: 32,
-            ..Default::default()
-        },
-    ));
-    let fleet_task = tokio::spawn(
-        fleet
-            .clone()
-            .follow(config.feedback_refresh, shutdown.clone()),
-    );
-    let input_drift_view = feedback::InputDriftView::default();
-    let (log, log_task) = if config.prediction_log_sample > 0.0 {
-        let (log, writer) = feedback::PredictionLog::new(
-            config.prediction_log_buffer,
-            config.prediction_log_sample,
-            feedback::LogWriter {
-                store: fleet.store().clone(),
-                replica: replica.clone(),
-                flush_every: config.prediction_log_flush,
-                max_records: config.prediction_log_file_records,
-                input_drift: feedback::InputDrift {
-                    every: config.input_drift_check,
-                    min_values: config.input_drift_min_values,
-                    psi: config.input_drift_psi,
-                },
-                input_drift_view: input_drift_view.clone(),
-            },
-        );
-        let task = tokio::spawn(writer.run(shutdown.clone(), std::time::Duration::from_secs(2)));
-        (log, Some(task))
-    } else {
-        (feedback::PredictionLog::off(), None)
-    };
-    let served = Arc::new(feedback::Served {
-        ids: ids.clone(),
-        log,
-    });
 
     let grpc_listener = TcpListener::bind(config.listen)
         .await
@@ -443,4 +396,98 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     }
     let _ = metrics_task.await;
     Ok(())
+}
+
+/// The feedback loop's parts, started: id minting with the fleet's key,
+/// live quality followed from the store, and the prediction log's writer.
+struct Feedback {
+    ids: Arc<feedback::PredictionIds>,
+    fleet: Arc<feedback::Fleet>,
+    served: Arc<feedback::Served>,
+    input_drift_view: feedback::InputDriftView,
+    fleet_task: tokio::task::JoinHandle<()>,
+    log_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts the feedback loop on the registry's store (see docs/feedback.md).
+async fn start_feedback(
+    config: &Config,
+    registry: &Registry,
+    replica: &str,
+    nanos: u64,
+    slots: &[Arc<Slot>],
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Feedback> {
+    anyhow::ensure!(
+        config.drift_delta > 0.0 && config.drift_delta < 1.0,
+        "--drift-delta must be in (0, 1), got {}",
+        config.drift_delta
+    );
+    let feedback_store = nurture_models::feedback::FeedbackStore::new(
+        registry.store().clone(),
+        registry.prefix().clone(),
+        replica,
+    );
+    let ids = Arc::new(feedback::PredictionIds::new(
+        None,
+        nurture_models::fnv1a64(replica.as_bytes()) ^ nanos,
+    ));
+    feedback::KeySource {
+        file: config.prediction_key_file.clone(),
+        store: feedback_store.clone(),
+        cache: DiskCache::new(config.cache_dir.clone()),
+    }
+    .install(ids.clone(), config.poll_interval, shutdown.clone())
+    .await?;
+    let fleet = Arc::new(feedback::Fleet::new(
+        feedback_store,
+        &slots.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        config.quality_min_outcomes,
+        nurture_models::feedback::drift::AdwinConfig {
+            delta: config.drift_delta,
+            max_buckets: 32,
+            ..Default::default()
+        },
+    ));
+    let fleet_task = tokio::spawn(
+        fleet
+            .clone()
+            .follow(config.feedback_refresh, shutdown.clone()),
+    );
+    let input_drift_view = feedback::InputDriftView::default();
+    let (log, log_task) = if config.prediction_log_sample > 0.0 {
+        let (log, writer) = feedback::PredictionLog::new(
+            config.prediction_log_buffer,
+            config.prediction_log_sample,
+            feedback::LogWriter {
+                store: fleet.store().clone(),
+                replica: replica.to_owned(),
+                flush_every: config.prediction_log_flush,
+                max_records: config.prediction_log_file_records,
+                input_drift: feedback::InputDrift {
+                    every: config.input_drift_check,
+                    min_values: config.input_drift_min_values,
+                    psi: config.input_drift_psi,
+                },
+                input_drift_view: input_drift_view.clone(),
+            },
+        );
+        let task = tokio::spawn(writer.run(shutdown.clone(), std::time::Duration::from_secs(2)));
+        (log, Some(task))
+    } else {
+        (feedback::PredictionLog::off(), None)
+    };
+    let served = Arc::new(feedback::Served {
+        ids: ids.clone(),
+        log,
+    });
+
+    Ok(Feedback {
+        ids,
+        fleet,
+        served,
+        input_drift_view,
+        fleet_task,
+        log_task,
+    })
 }
