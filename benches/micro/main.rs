@@ -164,9 +164,56 @@ fn text(c: &mut Criterion) {
     });
 }
 
+/// The prediction log's background costs per answer: Parquet encoding of
+/// a file of churn records, and counting one record into the label-free
+/// drift monitor.
+fn prediction_log(c: &mut Criterion) {
+    use nurture_models::features::LEAD_FEATURES;
+    use nurture_models::feedback::Arm;
+    use nurture_models::feedback::log::{Inline, InlineStr, PredictionRecord, encode};
+    use nurture_models::feedback::reference::{Bins, Monitor, Reference};
+    let records: Vec<PredictionRecord> = (0..10_000i64)
+        .map(|i| PredictionRecord {
+            prediction_id: InlineStr::new(&format!("{i:080}")),
+            version: 1,
+            arm: Arm::Live,
+            served_at_ms: 1_764_000_000_000 + i,
+            lead_id: InlineStr::new(&format!("lead-{i}")),
+            lead: [1.5; LEAD_FEATURES.len()],
+            extra: Inline::default(),
+            text: None,
+            probabilities: Inline::new(&[0.3, 0.7]),
+        })
+        .collect();
+    c.bench_function("prediction_log_encode/10000_records", |b| {
+        b.iter(|| {
+            encode(
+                "churn",
+                ModelKind::Churn,
+                "r",
+                std::hint::black_box(&records),
+            )
+            .unwrap()
+        })
+    });
+    let sample: Vec<f64> = (0..1000).map(f64::from).collect();
+    let reference = Reference {
+        features: LEAD_FEATURES
+            .iter()
+            .map(|f| (f.name.to_owned(), Bins::from_sample(&sample, 10).unwrap()))
+            .collect(),
+        score: Bins::from_sample(&sample, 10),
+    };
+    let names: Vec<&str> = LEAD_FEATURES.iter().map(|f| f.name).collect();
+    let mut monitor = Monitor::new(&reference, &names);
+    c.bench_function("input_drift_observe/1_record", |b| {
+        b.iter(|| monitor.observe(records[7].lead.iter().map(|v| Some(*v)), 0.7))
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = mapping, fold, batcher, text
+    targets = mapping, fold, batcher, text, prediction_log
 }
 criterion_main!(benches);

@@ -489,34 +489,3 @@ mod tests {
         assert_eq!(predicted, Some(Field::Int(4)));
     }
 }
-
-#[cfg(test)]
-mod speed {
-    use super::*;
-
-    #[test]
-    #[ignore]
-    fn encode_speed() {
-        let records: Vec<PredictionRecord> = (0..20_000)
-            .map(|i| PredictionRecord {
-                prediction_id: InlineStr::new(&format!("{i:080}")),
-                version: 1,
-                arm: Arm::Live,
-                served_at_ms: 1_764_000_000_000 + i,
-                lead_id: InlineStr::new(&format!("lead-{i}")),
-                lead: [1.5; LEAD_FEATURES.len()],
-                extra: Inline::default(),
-                text: None,
-                probabilities: Inline::new(&[0.3, 0.7]),
-            })
-            .collect();
-        let started = std::time::Instant::now();
-        let bytes = encode("churn", ModelKind::Churn, "r", &records).unwrap();
-        let elapsed = started.elapsed();
-        println!(
-            "encode: {:.2} us per record, {} bytes per record",
-            elapsed.as_secs_f64() * 1e6 / records.len() as f64,
-            bytes.len() / records.len()
-        );
-    }
-}
