@@ -303,16 +303,15 @@ impl Fleet {
     }
 
     /// Folds a batch this replica has just written, so its own figures move
-    /// at once; the next refresh skips it by key.
+    /// at once; the next refresh skips it by key. NOTE: the Prometheus
+    /// gauges are left to that refresh: computing every figure (a bootstrap
+    /// for macro-F1 among them) does not belong on the RecordOutcomes path.
     pub fn apply_own(&self, model: &str, key: String, batch: &OutcomeBatch) {
-        {
-            let mut models = self.models.write().expect("quality lock");
-            let followed = models.entry(model.to_owned()).or_default();
-            if followed.applied.insert(key) {
-                followed.fold(model, batch, self.drift);
-            }
+        let mut models = self.models.write().expect("quality lock");
+        let followed = models.entry(model.to_owned()).or_default();
+        if followed.applied.insert(key) {
+            followed.fold(model, batch, self.drift);
         }
-        self.export(model);
     }
 
     /// Drift of every version × arm of `model` seen so far.
@@ -555,8 +554,7 @@ impl FeedbackRpc {
             ));
         }
         // The label must fit the prediction it scores.
-        nurture_models::feedback::Quality::default()
-            .add(&id.prediction, label, None)
+        nurture_models::feedback::quality::fits(&id.prediction, label)
             .map_err(|mismatch| invalid(format!("outcomes[{index}]"), mismatch.0))?;
         let skew = SKEW.as_millis() as i64;
         if observed_at_ms < id.served_at_ms - skew {
