@@ -119,6 +119,25 @@ pub struct Report {
     pub value_per_prediction: Option<Estimate>,
 }
 
+/// Whether `label` can score `prediction`: the same kind of answer, and a
+/// class the prediction has.
+pub fn fits(prediction: &Prediction, label: Label) -> Result<(), Mismatch> {
+    match (prediction, label) {
+        (Prediction::Binary(_), Label::Binary(_)) => Ok(()),
+        (Prediction::Classes(ps), Label::Class(truth)) if (truth as usize) < ps.len() => Ok(()),
+        (Prediction::Classes(ps), Label::Class(truth)) => Err(Mismatch(format!(
+            "class {truth} is outside the {} classes of the prediction",
+            ps.len()
+        ))),
+        (Prediction::Binary(_), Label::Class(_)) => {
+            Err(Mismatch("a class label for a binary prediction".to_owned()))
+        }
+        (Prediction::Classes(_), Label::Binary(_)) => Err(Mismatch(
+            "a yes/no label for a multiclass prediction".to_owned(),
+        )),
+    }
+}
+
 fn mean_and_se(sum: f64, sq: f64, n: u64) -> (f64, f64) {
     let n = n as f64;
     let mean = sum / n;
@@ -138,6 +157,7 @@ impl Quality {
         label: Label,
         value: Option<f64>,
     ) -> Result<(), Mismatch> {
+        fits(prediction, label)?;
         match (prediction, label) {
             (Prediction::Binary(p), Label::Binary(positive)) => {
                 let p = f64::from(*p).clamp(0.0, 1.0);
@@ -159,11 +179,6 @@ impl Quality {
             (Prediction::Classes(ps), Label::Class(truth)) => {
                 let k = ps.len();
                 let truth = truth as usize;
-                if truth >= k {
-                    return Err(Mismatch(format!(
-                        "class {truth} is outside the {k} classes of the prediction"
-                    )));
-                }
                 let classes = self.classes.get_or_insert_with(|| Classes {
                     classes: k,
                     confusion: vec![0; k * k],
@@ -184,13 +199,10 @@ impl Quality {
                 let q = f64::from(ps[truth]) / total.max(EPS);
                 self.add_loss(-q.clamp(EPS, 1.0 - EPS).ln());
             }
-            (Prediction::Binary(_), Label::Class(_)) => {
-                return Err(Mismatch("a class label for a binary prediction".to_owned()));
-            }
-            (Prediction::Classes(_), Label::Binary(_)) => {
-                return Err(Mismatch(
-                    "a yes/no label for a multiclass prediction".to_owned(),
-                ));
+            // Refused by `fits` above.
+            (Prediction::Binary(_), Label::Class(_))
+            | (Prediction::Classes(_), Label::Binary(_)) => {
+                return fits(prediction, label);
             }
         }
         let value = value.unwrap_or(0.0);
