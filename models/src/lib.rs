@@ -4,6 +4,7 @@
 //! Nothing here knows about gRPC or protobuf; the server maps between these
 //! types and `nurture-proto` at its edge.
 
+pub mod batches;
 pub mod error;
 pub mod experiments;
 pub mod features;

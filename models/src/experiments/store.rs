@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -32,13 +32,7 @@ pub const RELIST_WINDOW_MS: i64 = 120_000;
 /// written more than [`RELIST_WINDOW_MS`] before it. What is left is what a
 /// reader must keep to skip batches it has already counted.
 pub fn forget_unlistable(applied: &mut std::collections::HashSet<String>, since_millis: i64) {
-    let horizon = since_millis - RELIST_WINDOW_MS;
-    applied.retain(|key| {
-        key.split('-')
-            .next()
-            .and_then(|millis| millis.parse::<i64>().ok())
-            .is_none_or(|millis| millis >= horizon)
-    });
+    crate::batches::forget_unlistable(applied, since_millis, RELIST_WINDOW_MS);
 }
 
 /// One `RecordOutcome` call's outcomes for one experiment.
@@ -256,45 +250,13 @@ impl ExperimentStore {
         skip: &std::collections::HashSet<String>,
     ) -> Result<(Vec<(String, OutcomeBatch)>, Option<i64>)> {
         let dir = self.dir(name).join("outcomes");
-        let metas: Vec<_> = match since_millis {
-            Some(since) => {
-                let offset = dir
-                    .clone()
-                    .join(format!("{:016}", (since - RELIST_WINDOW_MS).max(0)));
-                self.store
-                    .list_with_offset(Some(&dir), &offset)
-                    .try_collect()
-                    .await?
-            }
-            None => self.store.list(Some(&dir)).try_collect().await?,
-        };
-        let mut locations: Vec<Path> = metas.into_iter().map(|meta| meta.location).collect();
-        locations.sort();
-        let newest = locations
-            .last()
-            .and_then(|l| l.filename())
-            .and_then(|f| f.split('-').next())
-            .and_then(|m| m.parse::<i64>().ok());
-        let fresh: Vec<(String, Path)> = locations
+        let (listed, newest) =
+            crate::batches::list(&self.store, &dir, since_millis, RELIST_WINDOW_MS).await?;
+        let fresh = listed
             .into_iter()
-            .filter_map(|location| {
-                let key = location.filename()?.to_owned();
-                (!skip.contains(&key)).then_some((key, location))
-            })
+            .filter(|(key, _)| !skip.contains(key))
             .collect();
-        let store = &self.store;
-        let batches: Vec<(String, OutcomeBatch)> = futures::stream::iter(fresh)
-            .map(|(key, location)| async move {
-                let bytes = store.get(&location).await?.bytes().await?;
-                let batch = serde_json::from_slice(&bytes).map_err(|error| Error::Corrupt {
-                    object: location.to_string(),
-                    reason: error.to_string(),
-                })?;
-                Ok::<_, Error>((key, batch))
-            })
-            .buffered(16)
-            .try_collect()
-            .await?;
+        let batches = crate::batches::fetch(&self.store, fresh).await?;
         Ok((batches, newest))
     }
 }

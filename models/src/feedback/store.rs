@@ -293,7 +293,7 @@ impl FeedbackStore {
             Err(object_store::Error::NotFound { .. }) => {}
             Err(error) => return Err(error.into()),
         }
-        let age = Utc::now().timestamp_millis() - batch_millis(&claim.batch).unwrap_or(0);
+        let age = Utc::now().timestamp_millis() - crate::batches::millis(&claim.batch).unwrap_or(0);
         if age < adopt_after_ms {
             return Ok((Fate::Pending, None));
         }
@@ -333,29 +333,7 @@ impl FeedbackStore {
         since_millis: Option<i64>,
     ) -> Result<(Vec<(String, Path)>, Option<i64>)> {
         let dir = self.dir(model).join("batches");
-        let metas: Vec<_> = match since_millis {
-            Some(since) => {
-                let offset = dir
-                    .clone()
-                    .join(format!("{:016}", (since - FEEDBACK_RELIST_MS).max(0)));
-                self.store
-                    .list_with_offset(Some(&dir), &offset)
-                    .try_collect()
-                    .await?
-            }
-            None => self.store.list(Some(&dir)).try_collect().await?,
-        };
-        let mut locations: Vec<Path> = metas.into_iter().map(|meta| meta.location).collect();
-        locations.sort();
-        let newest = locations
-            .last()
-            .and_then(|l| l.filename())
-            .and_then(batch_millis);
-        let listed = locations
-            .into_iter()
-            .filter_map(|location| Some((location.filename()?.to_owned(), location)))
-            .collect();
-        Ok((listed, newest))
+        crate::batches::list(&self.store, &dir, since_millis, FEEDBACK_RELIST_MS).await
     }
 
     /// Reads the listed batches, in order.
@@ -363,19 +341,7 @@ impl FeedbackStore {
         &self,
         listed: Vec<(String, Path)>,
     ) -> Result<Vec<(String, OutcomeBatch)>> {
-        let store = &self.store;
-        futures::stream::iter(listed)
-            .map(|(key, location)| async move {
-                let bytes = store.get(&location).await?.bytes().await?;
-                let batch = serde_json::from_slice(&bytes).map_err(|error| Error::Corrupt {
-                    object: location.to_string(),
-                    reason: error.to_string(),
-                })?;
-                Ok::<_, Error>((key, batch))
-            })
-            .buffered(16)
-            .try_collect()
-            .await
+        crate::batches::fetch(&self.store, listed).await
     }
 }
 
@@ -386,16 +352,10 @@ impl FeedbackStore {
 /// are skipped by key.
 pub const FEEDBACK_RELIST_MS: i64 = 60_000;
 
-/// The millisecond timestamp a batch key starts with.
-pub fn batch_millis(key: &str) -> Option<i64> {
-    key.split('-').next()?.parse().ok()
-}
-
 /// Forgets the keys a reader that has seen batches up to `newest` can no
 /// longer list: what is left bounds the skip set to the relist window.
 pub fn forget_unlistable(applied: &mut HashSet<String>, newest: i64) {
-    let horizon = newest - FEEDBACK_RELIST_MS;
-    applied.retain(|key| batch_millis(key).is_none_or(|millis| millis >= horizon));
+    crate::batches::forget_unlistable(applied, newest, FEEDBACK_RELIST_MS);
 }
 
 #[cfg(test)]
