@@ -1,8 +1,6 @@
 //! Nurture's ADWIN against River's, run side by side on the same streams:
 //! both must report drifts at the same indices.
 
-use std::process::Command;
-
 use nurture_models::feedback::drift::{Adwin, AdwinConfig};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -67,12 +65,6 @@ fn ours(stream: &[f64], config: AdwinConfig) -> Vec<usize> {
 }
 
 fn river(streams: &[Vec<f64>], config: AdwinConfig) -> Vec<Vec<usize>> {
-    let root = nurture_tests::project_root();
-    let python = root.join(".tools/analysis-venv/bin/python");
-    assert!(
-        python.is_file(),
-        "River is missing: run scripts/install-test-tools.sh (make test does)"
-    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("streams.txt");
     let text: Vec<String> = streams
@@ -85,24 +77,18 @@ fn river(streams: &[Vec<f64>], config: AdwinConfig) -> Vec<Vec<usize>> {
         })
         .collect();
     std::fs::write(&path, text.join("\n") + "\n").unwrap();
-    let output = Command::new(python)
-        .arg(root.join("tests/feedback/adwin_river.py"))
-        .arg(&path)
-        .args([
-            config.delta.to_string(),
-            config.clock.to_string(),
-            config.max_buckets.to_string(),
-            config.min_window.to_string(),
-            config.grace.to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
+    let settings = [
+        config.delta.to_string(),
+        config.clock.to_string(),
+        config.max_buckets.to_string(),
+        config.min_window.to_string(),
+        config.grace.to_string(),
+    ];
+    let mut args = vec![path.to_str().unwrap()];
+    args.extend(settings.iter().map(String::as_str));
+    let output =
+        nurture_tests::run_python("analysis-venv", "tests/feedback/adwin_river.py", &args, &[]);
+    String::from_utf8(output)
         .unwrap()
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())

@@ -4,7 +4,6 @@
 //! durability across SIGKILL, and one fleet-wide figure across replicas.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,7 +16,7 @@ use nurture_proto::v1::journey_service_client::JourneyServiceClient;
 use nurture_proto::v1::{self, outcome_report::Label};
 use nurture_tests::fixtures::labelled_leads;
 use nurture_tests::server::ServerProcess;
-use nurture_tests::{assert_invalid_argument, eventually, run_tool};
+use nurture_tests::{assert_invalid_argument, eventually, run_python, run_tool};
 use tempfile::TempDir;
 use tonic::transport::Channel;
 
@@ -202,23 +201,14 @@ fn live(versions: &[v1::VersionQuality]) -> v1::VersionQuality {
 fn reference(mode: &str, rows: &[String], dir: &Path) -> serde_json::Value {
     let path = dir.join(format!("{mode}-pairs.csv"));
     std::fs::write(&path, rows.join("\n")).unwrap();
-    let python = nurture_tests::project_root().join(".tools/oip-venv/bin/python");
-    assert!(
-        python.is_file(),
-        "scikit-learn is missing: run scripts/install-test-tools.sh (make test does)"
+    let path = path.to_str().unwrap();
+    let output = run_python(
+        "oip-venv",
+        "tests/feedback/quality_check.py",
+        &[mode, path],
+        &[],
     );
-    let output = Command::new(python)
-        .arg(nurture_tests::project_root().join("tests/feedback/quality_check.py"))
-        .arg(mode)
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    serde_json::from_slice(&output).unwrap()
 }
 
 fn close(ours: Option<v1::Interval>, theirs: &serde_json::Value, tolerance: f64, what: &str) {
@@ -796,23 +786,8 @@ fn duckdb_rows(root: &str, model: &str, env: &[(&str, &str)]) -> serde_json::Val
 }
 
 fn duckdb(args: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
-    let python = nurture_tests::project_root().join(".tools/analysis-venv/bin/python");
-    assert!(
-        python.is_file(),
-        "DuckDB is missing: run scripts/install-test-tools.sh (make test does)"
-    );
-    let output = Command::new(python)
-        .arg(nurture_tests::project_root().join("tests/feedback/duckdb_log.py"))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    let output = run_python("analysis-venv", "tests/feedback/duckdb_log.py", args, env);
+    serde_json::from_slice(&output).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

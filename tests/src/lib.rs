@@ -86,3 +86,28 @@ pub async fn eventually(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Runs one of the project's Python scripts (`script`, relative to the
+/// project root) with the interpreter of the `.tools/{venv}` that
+/// `scripts/install-test-tools.sh` made, and returns its standard output;
+/// panics with its standard error when it fails.
+pub fn run_python(venv: &str, script: &str, args: &[&str], env: &[(&str, &str)]) -> Vec<u8> {
+    let root = project_root();
+    let python = root.join(".tools").join(venv).join("bin/python");
+    assert!(
+        python.is_file(),
+        ".tools/{venv} is missing: run scripts/install-test-tools.sh (make test does)"
+    );
+    let output = std::process::Command::new(python)
+        .arg(root.join(script))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
