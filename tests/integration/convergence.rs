@@ -43,6 +43,37 @@ impl Cluster {
         run_tool(binary, &self.url, args, &env);
     }
 
+    /// Generated churn data of `rows` rows; version 1 trained and live,
+    /// version 2 (another seed, fewer iterations) published.
+    fn train_two_churn_versions(&self, rows: usize) {
+        let data = self.dir.path().join("data");
+        let data = data.to_str().unwrap();
+        let rows = rows.to_string();
+        self.run(
+            "nurture-trainer",
+            &["generate", "--out", data, "--rows", &rows],
+        );
+        let csv = format!("{data}/churn.csv");
+        self.run(
+            "nurture-trainer",
+            &["train", "churn", "--data", &csv, "--promote"],
+        );
+        self.run(
+            "nurture-trainer",
+            &[
+                "train",
+                "churn",
+                "--data",
+                &csv,
+                "--publish",
+                "--seed",
+                "9",
+                "--iterations",
+                "30",
+            ],
+        );
+    }
+
     fn cache(&self, replica: usize) -> PathBuf {
         self.dir.path().join(format!("cache-{replica}"))
     }
@@ -119,31 +150,7 @@ async fn answer_version(server: &ServerProcess, pin: u64) -> Result<u64, tonic::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_converge_through_the_store_and_ride_out_its_outage() {
     let cluster = Cluster::new();
-    let data = cluster.dir.path().join("data");
-    let data = data.to_str().unwrap();
-    cluster.run(
-        "nurture-trainer",
-        &["generate", "--out", data, "--rows", "1500"],
-    );
-    let csv = format!("{data}/churn.csv");
-    cluster.run(
-        "nurture-trainer",
-        &["train", "churn", "--data", &csv, "--promote"],
-    );
-    cluster.run(
-        "nurture-trainer",
-        &[
-            "train",
-            "churn",
-            "--data",
-            &csv,
-            "--publish",
-            "--seed",
-            "9",
-            "--iterations",
-            "30",
-        ],
-    );
+    cluster.train_two_churn_versions(1500);
 
     let a = cluster.replica(0);
     let b = cluster.replica(1);
@@ -200,29 +207,7 @@ async fn replicas_converge_through_the_store_and_ride_out_its_outage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_stuck_on_the_store_is_abandoned_at_its_deadline_and_counted() {
     let cluster = Cluster::new();
-    let data = cluster.dir.path().join("data");
-    let data = data.to_str().unwrap();
-    cluster.run(
-        "nurture-trainer",
-        &["generate", "--out", data, "--rows", "600"],
-    );
-    let csv = format!("{data}/churn.csv");
-    for (seed, action) in [("1", "--promote"), ("2", "--publish")] {
-        cluster.run(
-            "nurture-trainer",
-            &[
-                "train",
-                "churn",
-                "--data",
-                &csv,
-                action,
-                "--seed",
-                seed,
-                "--iterations",
-                "20",
-            ],
-        );
-    }
+    cluster.train_two_churn_versions(600);
     let mut replica = cluster.replica(0);
     converge(&[&replica], (1, 0), "initial").await;
     // Version 2 is in the log but not loaded: pinning it fetches it from
@@ -234,7 +219,11 @@ async fn a_call_stuck_on_the_store_is_abandoned_at_its_deadline_and_counted() {
         version: 2,
         max_factors: 0,
     });
-    request.set_timeout(Duration::from_millis(300));
+    // NOTE: the deadline travels as the grpc-timeout header only (no client
+    // timer), so the call surely reaches the server, which enforces it.
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "300m".parse().unwrap());
     let status = client.predict_churn(request).await.unwrap_err();
     assert!(
         matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
