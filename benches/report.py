@@ -188,7 +188,7 @@ def main():
         w("Parquet encoding and the store write in the background). Throughput and CPU per request swing")
         w("by several percent between runs of the same server on these shared cores, so a difference of")
         w("one or two microseconds is at the edge of what one run resolves: compare several runs before")
-        w("reading a sign into it. One ADWIN update (32 buckets per level, a window of 10 million")
+        w("reading a sign into it. One ADWIN update (the server's setting: 64 buckets per level, a check every 64; a window of 10 million")
         w(f"outcomes) costs {adwin:.0f} ns (`nurture-drift cost`).")
     w("")
     w("## Reading the misses")

@@ -206,7 +206,7 @@ for pass in 1 2; do
     start_server --prediction-log-sample 0
     scenario k-typed-nolog --rpc churn --rows 1 --concurrency 64
 done
-"$bin/nurture-drift" cost --max-buckets 32 \
+"$bin/nurture-drift" cost --delta 0.001 --clock 64 --max-buckets 64 \
     | python3 -c 'import json,sys; d=json.load(sys.stdin); d["scenario"]="k-adwin-update"; print(json.dumps(d))' \
     >> "$work/results.jsonl"
 

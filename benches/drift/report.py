@@ -4,10 +4,35 @@ import json
 import sys
 
 NAMES = {
-    "ours": "Nurture ADWIN, δ = 0.002, 32 buckets/level (server default)",
-    "strict": "Nurture ADWIN, δ = 0.0005, 32 buckets/level",
+    "ours": "Nurture ADWIN, δ = 0.001, 64 buckets/level, clock 64 (server default)",
+    "ours_at_rivers": "Nurture ADWIN, δ = 0.002, 64 buckets/level, clock 64",
     "river": "River ADWIN, δ = 0.002 (defaults)",
+    "river_at_ours": "River ADWIN, δ = 0.001",
 }
+
+
+def poisson_interval(count, level=0.95):
+    """Exact (Garwood) interval for a Poisson mean given one count."""
+    from math import exp, lgamma, log
+
+    def cdf(k, mean):  # P(X <= k)
+        if mean == 0:
+            return 1.0
+        return sum(exp(i * log(mean) - mean - lgamma(i + 1)) for i in range(k + 1))
+
+    def solve(target, k):  # mean with cdf(k, mean) == target
+        lo, hi = 0.0, 10.0 * (k + 10)
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            if cdf(k, mid) > target:
+                lo = mid
+            else:
+                hi = mid
+        return (lo + hi) / 2
+
+    tail = (1 - level) / 2
+    lower = 0.0 if count == 0 else solve(1 - tail, count - 1)
+    return lower, solve(tail, count)
 
 
 def main():
@@ -20,17 +45,26 @@ def main():
     out.append("errors (Bernoulli); every detector starts afresh after each detection, as")
     out.append("River's does. Nurture's ADWIN reports the same drift indices as River's for")
     out.append("the same parameters (test `drift::adwin_reports_the_same_drifts_as_rivers_…`);")
-    out.append("the server runs it with 32 buckets per level instead of 5, which gives")
-    out.append("finer cut points. Delays are in outcomes after the change starts; a miss is")
-    out.append("no detection within the post-change part of the stream.\n")
-    out.append("| scenario | detector | streams | false alarms | per 1,000,000 stable | median delay | p90 delay | misses |")
+    out.append("the server runs it with 64 buckets per level instead of 5, which gives")
+    out.append("finer cut points, a check every 64 values instead of 32, and δ = 0.001.")
+    out.append("Each detector runs at its own δ and at the")
+    out.append("other's, so the two can be compared at an equal false-alarm rate. Delays are")
+    out.append("in outcomes after the change starts; a miss is no detection within the")
+    out.append("post-change part of the stream. False-alarm intervals are exact Poisson")
+    out.append("95% intervals on the count; all detectors see the same streams.\n")
+    out.append("| scenario | detector | streams | false alarms | per 1,000,000 stable (95% interval) | median delay | p90 delay | misses |")
     out.append("|---|---|---|---|---|---|---|---|")
+    def rate(s):
+        per = 1e6 / s["stable_outcomes"]
+        lower, upper = poisson_interval(s["false_alarms"])
+        return f"{s['false_alarms'] * per:.3f} ({lower * per:.3f}–{upper * per:.3f})"
+
     for r in results:
         s = r["result"]
         stable = "stable" in r["scenario"]
         out.append(
             f"| {r['scenario']} | {NAMES[r['detector']]} | {s['streams']} | {s['false_alarms']} | "
-            f"{s['false_alarms_per_million']:.3f} | {'-' if stable else s['median_delay']} | "
+            f"{rate(s)} | {'-' if stable else s['median_delay']} | "
             f"{'-' if stable else s['p90_delay']} | {'-' if stable else s['misses']} |"
         )
     out.append("")

@@ -116,6 +116,21 @@ impl FeatureLayout {
             })
     }
 
+    /// The inverse of [`FeatureLayout::push_row`]: spreads one row of
+    /// model columns over lead features (by [`LEAD_FEATURES`] index) and the
+    /// kind's extras. Entries no column feeds are left as they are.
+    pub fn scatter(&self, row: &[f32], lead: &mut [f64], extra: &mut [f64]) {
+        for (source, value) in self.sources.iter().zip(row) {
+            let slot = match source {
+                Source::Lead(index) => lead.get_mut(*index),
+                Source::Extra(index) => extra.get_mut(*index),
+            };
+            if let Some(slot) = slot {
+                *slot = f64::from(*value);
+            }
+        }
+    }
+
     /// Appends one row: the lead's values and `extra` (the kind's extra
     /// features in [`ModelKind::extra_features`] order). A value the version
     /// needs but the lead lacks is an error naming `{field}.{feature}`.
@@ -173,6 +188,17 @@ mod tests {
             .push_row(&lead, &[0.0, 1.0, 0.0, 0.0, 5.0, 13.0], "x", &mut row)
             .unwrap();
         assert_eq!(row, vec![13.0, 0.25]);
+
+        let mut values = [f64::NAN; LEAD_FEATURES.len()];
+        let mut extra = [f64::NAN; 6];
+        layout.scatter(&row, &mut values, &mut extra);
+        assert_eq!(values[3], 0.25);
+        assert_eq!(extra[5], 13.0);
+        assert_eq!(
+            values.iter().filter(|v| v.is_nan()).count(),
+            LEAD_FEATURES.len() - 1
+        );
+        assert_eq!(extra.iter().filter(|v| v.is_nan()).count(), 5);
     }
 
     #[test]

@@ -149,7 +149,7 @@ pub struct Config {
     /// Confidence of concept-drift detection (ADWIN) on each version's error
     /// stream: smaller means fewer false alarms and later detection
     /// (docs/feedback.md has measured rates).
-    #[arg(long, env = "NURTURE_DRIFT_DELTA", default_value_t = 0.002)]
+    #[arg(long, env = "NURTURE_DRIFT_DELTA", default_value_t = nurture_models::feedback::drift::SERVER.delta)]
     pub drift_delta: f64,
 
     /// Share of answers written to the prediction log (Parquet in the

@@ -803,6 +803,9 @@ pub struct Inputs<'a> {
     pub text: Option<&'a str>,
     /// The lead id when there is no `lead` (emotion).
     pub lead_id: Option<&'a str>,
+    /// A row of model columns (Open Inference Protocol requests), spread
+    /// back over lead features and extras by the version's layout.
+    pub columns: Option<(&'a nurture_models::input::FeatureLayout, &'a [f32])>,
 }
 
 impl Served {
@@ -823,6 +826,16 @@ impl Served {
                 .map(|lead| lead.id.as_str())
                 .or(inputs.lead_id)
                 .unwrap_or_default();
+            let mut lead = inputs.lead.map_or([f64::NAN; LEAD_FEATURES.len()], |l| {
+                l.values.map(|v| v.unwrap_or(f64::NAN))
+            });
+            let mut extra = Inline::new(inputs.extra);
+            if let Some((layout, row)) = inputs.columns {
+                let mut values = [f64::NAN; 16];
+                let width = loaded.kind().extra_features().len().min(values.len());
+                layout.scatter(row, &mut lead, &mut values[..width]);
+                extra = Inline::new(&values[..width]);
+            }
             self.log.push(
                 &loaded.shared_name,
                 loaded.kind(),
@@ -833,10 +846,8 @@ impl Served {
                     arm,
                     served_at_ms: Utc::now().timestamp_millis(),
                     lead_id: InlineStr::new(lead_id),
-                    lead: inputs.lead.map_or([f64::NAN; LEAD_FEATURES.len()], |l| {
-                        l.values.map(|v| v.unwrap_or(f64::NAN))
-                    }),
-                    extra: Inline::new(inputs.extra),
+                    lead,
+                    extra,
                     text: inputs.text.map(str::to_owned),
                     probabilities: Inline::new(probabilities),
                 },
@@ -887,6 +898,11 @@ impl PredictionLog {
             },
             LogWriterTask { receiver, writer },
         )
+    }
+
+    /// Whether any answer is logged.
+    pub fn is_on(&self) -> bool {
+        self.sender.is_some() && self.sample > 0.0
     }
 
     /// Whether the answer with this id is logged: a stable share of ids

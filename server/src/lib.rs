@@ -264,7 +264,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     );
     router = router.add_service(
         nurture_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer::with_interceptor(
-            services::inference::Inference { typed: slots.clone(), generic: generic.clone(), limits, ids: ids.clone() },
+            services::inference::Inference { typed: slots.clone(), generic: generic.clone(), limits, served: served.clone() },
             auth.clone(),
         ),
     );
@@ -445,8 +445,7 @@ async fn start_feedback(
         config.quality_min_outcomes,
         nurture_models::feedback::drift::AdwinConfig {
             delta: config.drift_delta,
-            max_buckets: 32,
-            ..Default::default()
+            ..nurture_models::feedback::drift::SERVER
         },
     ));
     let fleet_task = tokio::spawn(

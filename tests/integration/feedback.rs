@@ -798,6 +798,7 @@ async fn the_prediction_log_is_parquet_that_duckdb_reads_where_it_lies() {
     let leads = labelled_leads(&fixture.data().join("churn.csv"), "churned");
     answers_with_ids(&channel, &leads[0].0).await;
     let served = predict_churn(&channel, &leads[..300]).await;
+    let oip = oip_churn(&channel, &[0.25, 0.5]).await;
     let root = fixture.dir.path().join("registry");
     let root = root.to_str().unwrap();
     let mut log = serde_json::Value::Null;
@@ -808,7 +809,7 @@ async fn the_prediction_log_is_parquet_that_duckdb_reads_where_it_lies() {
             log = duckdb_rows(root, "churn", &[]);
             log["rows"]
                 .as_array()
-                .is_some_and(|rows| rows.len() > served.len())
+                .is_some_and(|rows| rows.len() > served.len() + oip.len())
         },
     )
     .await;
@@ -817,6 +818,15 @@ async fn the_prediction_log_is_parquet_that_duckdb_reads_where_it_lies() {
         .iter()
         .map(|row| (row["prediction_id"].as_str().unwrap(), row))
         .collect();
+    // Open Inference Protocol rows are logged too, their model columns
+    // spread back over the lead's features.
+    for ((id, probability), value) in oip.iter().zip([0.25, 0.5]) {
+        let row = by_id[id.as_str()];
+        assert_eq!(row["version"], 1);
+        assert_eq!(row["email_open_rate"].as_f64(), Some(value));
+        assert_eq!(row["budget_k_usd"].as_f64(), Some(value));
+        assert!((row["score"].as_f64().unwrap() - f64::from(*probability)).abs() < 1e-6);
+    }
     for (answer, (lead, _)) in served.iter().zip(&leads[..300]) {
         let row = by_id[answer.id.as_str()];
         assert_eq!(row["model"], "churn");
@@ -837,6 +847,55 @@ async fn the_prediction_log_is_parquet_that_duckdb_reads_where_it_lies() {
         "DuckDB read {} churn predictions from the file registry",
         rows.len()
     );
+}
+
+/// Churn through the Open Inference Protocol, one row per value (every
+/// model column set to it): each row's prediction id and probability.
+async fn oip_churn(channel: &Channel, values: &[f32]) -> Vec<(String, f32)> {
+    use nurture_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use nurture_proto::inference::{self as kserve, infer_parameter::ParameterChoice};
+    let mut client = GrpcInferenceServiceClient::new(channel.clone());
+    let metadata = client
+        .model_metadata(kserve::ModelMetadataRequest {
+            name: "churn".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let width = metadata.inputs[0].shape[1] as usize;
+    let response = client
+        .model_infer(kserve::ModelInferRequest {
+            model_name: "churn".into(),
+            inputs: vec![kserve::model_infer_request::InferInputTensor {
+                name: "features".into(),
+                datatype: "FP32".into(),
+                shape: vec![values.len() as i64, width as i64],
+                contents: Some(kserve::InferTensorContents {
+                    fp32_contents: values
+                        .iter()
+                        .flat_map(|v| std::iter::repeat_n(*v, width))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(ParameterChoice::StringParam(ids)) = response.parameters["prediction_ids"]
+        .parameter_choice
+        .clone()
+    else {
+        panic!("no prediction ids: {:?}", response.parameters);
+    };
+    let probabilities = &response.outputs[0].contents.as_ref().unwrap().fp32_contents;
+    ids.split(',')
+        .zip(probabilities.chunks(2))
+        .map(|(id, row)| (id.to_owned(), row[1]))
+        .collect()
 }
 
 /// Sum of `nurture_input_drift_alarms_total` per variable.

@@ -26,6 +26,19 @@
 
 use std::collections::VecDeque;
 
+/// The server's settings (benches/drift, docs/drift.md): 64 buckets per
+/// level (River keeps 5) place cut points nearer where a change began; at
+/// δ = 0.001 that detects as fast as River's defaults with fewer false
+/// alarms; a check every 64 values (River: 32) halves the cost of an update
+/// for no measured loss of delay.
+pub const SERVER: AdwinConfig = AdwinConfig {
+    delta: 0.001,
+    clock: 64,
+    max_buckets: 64,
+    min_window: 5,
+    grace: 10,
+};
+
 /// ADWIN's settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdwinConfig {
@@ -185,6 +198,7 @@ impl Adwin {
         let min = f64::from(self.config.min_window);
         let variance = self.spread / self.width;
         let log_term = (2.0 * self.width.ln() / self.config.delta).ln();
+        let two_variance_log = 2.0 * variance * log_term;
         let (mut n0, mut s0) = (0.0, 0.0);
         let (mut n1, mut s1) = (self.width, self.sum);
         for level in (0..self.levels.len()).rev() {
@@ -202,9 +216,15 @@ impl Adwin {
                 if n0 < min || n1 < min {
                     continue;
                 }
-                let m = 1.0 / (n0 - min + 1.0) + 1.0 / (n1 - min + 1.0);
-                let bound = (2.0 * m * variance * log_term).sqrt() + 2.0 / 3.0 * m * log_term;
-                if (s0 / n0 - s1 / n1).abs() > bound {
+                // |s0/n0 − s1/n1| > sqrt(2·m·σ²·L) + (2/3)·m·L, both sides
+                // multiplied by n0·n1·a·b (m = (a + b)/(a·b)), squared where
+                // positive: no division and no square root, as this runs
+                // ~1,500 times a check on a long window.
+                let (a, b) = (n0 - min + 1.0, n1 - min + 1.0);
+                let gap = (s0 * n1 - s1 * n0).abs() * a * b;
+                let m = (a + b) * n0 * n1;
+                let excess = gap - 2.0 / 3.0 * log_term * m;
+                if excess > 0.0 && excess * excess > two_variance_log * m * n0 * n1 * a * b {
                     return true;
                 }
             }

@@ -21,14 +21,14 @@ use nurture_proto::inference::model_metadata_response::TensorMetadata;
 use nurture_proto::inference::{self as kserve, InferTensorContents};
 use tonic::{Request, Response, Status};
 
-use super::{Limits, instrumented};
+use super::{Limits, instrumented, prediction_of};
 use crate::batcher::Rows;
 use crate::batcher::tensor::{NamedTensor, TensorData};
 use crate::deployment::Slot;
 use crate::edge;
 use crate::error::ServeError;
+use crate::feedback::Inputs;
 use crate::model::LoadedVersion;
-use nurture_models::feedback::Prediction;
 
 /// Most elements one input tensor may hold.
 pub const MAX_ELEMENTS: usize = 16 * 1024 * 1024;
@@ -58,8 +58,8 @@ pub struct Inference {
     pub generic: GenericSlots,
     /// Limits.
     pub limits: Limits,
-    /// Prediction ids for answers of typed models.
-    pub ids: Arc<crate::feedback::PredictionIds>,
+    /// Prediction ids and the prediction log, for answers of typed models.
+    pub served: Arc<crate::feedback::Served>,
 }
 
 fn invalid(field: impl std::fmt::Display, reason: impl std::fmt::Display) -> ServeError {
@@ -659,20 +659,42 @@ impl GrpcInferenceService for Inference {
                     .into_iter()
                     .next()
                     .ok_or_else(|| invalid("inputs", "missing input"))?;
+                // What the prediction log keeps of each row: model columns
+                // or texts (a copy, only when the log is on).
+                let logged = self.served.log.is_on().then(|| input.data.clone());
                 let scored = version
                     .score(typed_rows(&version, input)?, deadline)
                     .await?;
-                let classes = version.manifest.labels.len();
+                let classes = version.manifest.labels.len().max(1);
+                let rows = (scored.probabilities.len() / classes).max(1);
                 prediction_ids = scored
                     .probabilities
-                    .chunks(classes.max(1))
-                    .map(|row| {
-                        let prediction = match row {
-                            [_, positive] => Prediction::Binary(*positive),
-                            _ => Prediction::Classes(row.to_vec()),
+                    .chunks(classes)
+                    .enumerate()
+                    .map(|(row, probabilities)| {
+                        let inputs = match &logged {
+                            Some(TensorData::F32(values)) => {
+                                let width = values.len() / rows;
+                                Inputs {
+                                    columns: version.layout.as_ref().map(|layout| {
+                                        (layout, &values[row * width..(row + 1) * width])
+                                    }),
+                                    ..Inputs::default()
+                                }
+                            }
+                            Some(TensorData::Str(texts)) => Inputs {
+                                text: texts.get(row).map(String::as_str),
+                                ..Inputs::default()
+                            },
+                            _ => Inputs::default(),
                         };
-                        self.ids
-                            .mint(&version.name, version.version, arm, prediction)
+                        self.served.answer(
+                            &version,
+                            arm,
+                            inputs,
+                            prediction_of(probabilities),
+                            probabilities,
+                        )
                     })
                     .collect();
                 vec![NamedTensor {
