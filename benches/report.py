@@ -78,6 +78,8 @@ def main():
         ("a16", "same, concurrency 16"),
         ("a64", "same, concurrency 64"),
         ("a64-typed", "PredictChurn, 1 lead (21 model rows with factors), concurrency 64"),
+        ("k-a64-log", "as a64 (prediction log on, the default), alternating with k-a64-nolog"),
+        ("k-a64-nolog", "as a64 with --prediction-log-sample 0"),
         ("k-typed-log", "as a64-typed (prediction log on, the default)"),
         ("k-typed-nolog", "as a64-typed with --prediction-log-sample 0"),
         ("b256", "churn via ModelInfer, 256 rows, concurrency 4"),
@@ -171,21 +173,32 @@ def main():
     b256_ort = ort_share("b256")
     b256_kernel = shares("b256", "dso").get("[kernel.kallsyms]", float("nan")) / 100
     if "k-typed-log" in runs:
-        on_rps, off_rps = med("k-typed-log", "requests_per_second"), med("k-typed-nolog", "requests_per_second")
-        on_cpu, off_cpu_log = cpu_per_request_us("k-typed-log"), cpu_per_request_us("k-typed-nolog")
-        loss = 1 - on_rps / off_rps
         adwin = med("k-adwin-update", "ns_per_update")
-        w(f"| feedback loop on (prediction log, label-free drift) loses ≤ 3% throughput, PredictChurn at c=64 | {loss * 100:.1f}% ({on_rps:.0f} vs {off_rps:.0f} req/s) | {'yes' if loss <= 0.03 else 'no'} |")
+        costs = {}
+        for name, what in [("a64", "ModelInfer churn, 1 row (a64)"), ("typed", "PredictChurn, 1 lead (a64-typed)")]:
+            on_rps, off_rps = med(f"k-{name}-log", "requests_per_second"), med(f"k-{name}-nolog", "requests_per_second")
+            costs[name] = (
+                what, on_rps, off_rps,
+                cpu_per_request_us(f"k-{name}-log"), cpu_per_request_us(f"k-{name}-nolog"),
+                1 - on_rps / off_rps,
+            )
+        for what, on_rps, off_rps, _, _, loss in costs.values():
+            w(f"| feedback loop on (prediction log, label-free drift) loses ≤ 3% throughput, {what} at c=64 | {loss * 100:.1f}% ({on_rps:.0f} vs {off_rps:.0f} req/s) | {'yes' if loss <= 0.03 else 'no'} |")
         w(f"| one concept-drift (ADWIN) update ≤ 100 ns | {adwin:.0f} ns | {'yes' if adwin <= 100 else 'no'} |")
         w("")
         w("## The feedback loop's cost")
         w("")
-        w(f"PredictChurn, 1 lead, concurrency 64, alternating servers with the prediction log on (the default:")
-        w(f"every answer logged, its inputs counted for label-free drift) and off (`--prediction-log-sample 0`;")
-        w(f"prediction ids are minted either way), {2 * int(repeats)} runs each: {on_rps:.0f} against {off_rps:.0f} req/s,")
-        w(f"{on_cpu:.1f} against {off_cpu_log:.1f} µs of server CPU per request (difference {on_cpu - off_cpu_log:+.1f} µs per")
-        w("logged answer, which covers building the record on the request path, the buffer hand-off,")
-        w("Parquet encoding and the store write in the background). Throughput and CPU per request swing")
+        w("Concurrency 64, alternating servers with the prediction log on (the default: every answer logged,")
+        w("its inputs counted for label-free drift) and off (`--prediction-log-sample 0`; prediction ids are")
+        w(f"minted either way), {2 * int(repeats)} runs each:")
+        w("")
+        w("| requests | on req/s | off req/s | loss | on CPU µs/req | off CPU µs/req | CPU per logged answer |")
+        w("|---|---|---|---|---|---|---|")
+        for what, on_rps, off_rps, log_cpu, nolog_cpu, loss in costs.values():
+            w(f"| {what} | {on_rps:.0f} | {off_rps:.0f} | {loss * 100:.1f}% | {log_cpu:.1f} | {nolog_cpu:.1f} | {log_cpu - nolog_cpu:+.1f} µs |")
+        w("")
+        w("The CPU per logged answer covers building the record on the request path, the buffer hand-off,")
+        w("Parquet encoding and the store write in the background. Throughput and CPU per request swing")
         w("by several percent between runs of the same server on these shared cores, so a difference of")
         w("one or two microseconds is at the edge of what one run resolves: compare several runs before")
         w("reading a sign into it. One ADWIN update (the server's setting: 64 buckets per level, a check every 64; a window of 10 million")

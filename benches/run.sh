@@ -202,8 +202,10 @@ scenario e-linger-emotion-2ms --rpc emotion --rows 1 --concurrency 64
 # against the log off (ids are still minted), alternating to share drift.
 for pass in 1 2; do
     start_server
+    scenario k-a64-log --rpc infer-churn --rows 1 --concurrency 64
     scenario k-typed-log --rpc churn --rows 1 --concurrency 64
     start_server --prediction-log-sample 0
+    scenario k-a64-nolog --rpc infer-churn --rows 1 --concurrency 64
     scenario k-typed-nolog --rpc churn --rows 1 --concurrency 64
 done
 "$bin/nurture-drift" cost --delta 0.001 --clock 64 --max-buckets 64 \

@@ -174,7 +174,17 @@ fn prediction_log(c: &mut Criterion) {
     use nurture_models::feedback::reference::{Bins, Monitor, Reference};
     let records: Vec<PredictionRecord> = (0..10_000i64)
         .map(|i| PredictionRecord {
-            prediction_id: InlineStr::new(&format!("{i:080}")),
+            // Like real ids: 72 characters of base64 that do not repeat.
+            prediction_id: InlineStr::new(
+                &(0..6)
+                    .map(|k| {
+                        format!(
+                            "{:012x}",
+                            nurture_models::fnv1a64(&(i * 6 + k).to_le_bytes())
+                        )
+                    })
+                    .collect::<String>(),
+            ),
             version: 1,
             arm: Arm::Live,
             served_at_ms: 1_764_000_000_000 + i,

@@ -60,8 +60,16 @@ impl PredictionIds {
         self.key.load().is_some()
     }
 
-    /// The id of one answer item; empty while no key is known.
-    pub fn mint(&self, model: &str, version: u64, arm: Arm, prediction: Prediction) -> String {
+    /// The id of one answer item served at `served_at_ms`; empty while no
+    /// key is known.
+    pub fn mint(
+        &self,
+        model: &str,
+        version: u64,
+        arm: Arm,
+        served_at_ms: i64,
+        prediction: Prediction,
+    ) -> String {
         let key = self.key.load();
         let Some(key) = key.as_ref() else {
             return String::new();
@@ -70,7 +78,7 @@ impl PredictionIds {
             model: model.to_owned(),
             version,
             arm,
-            served_at_ms: Utc::now().timestamp_millis(),
+            served_at_ms,
             nonce: self.nonce.fetch_add(1, Ordering::Relaxed),
             prediction,
         })
@@ -819,7 +827,9 @@ impl Served {
         probabilities: &[f32],
     ) -> String {
         let (model, version) = (loaded.name.as_str(), loaded.version);
-        let id = self.ids.mint(model, version, arm, prediction);
+        // One clock read serves the id and the log.
+        let served_at_ms = Utc::now().timestamp_millis();
+        let id = self.ids.mint(model, version, arm, served_at_ms, prediction);
         if !id.is_empty() && self.log.sampled(&id) {
             let lead_id = inputs
                 .lead
@@ -844,7 +854,7 @@ impl Served {
                     prediction_id: InlineStr::new(&id),
                     version,
                     arm,
-                    served_at_ms: Utc::now().timestamp_millis(),
+                    served_at_ms,
                     lead_id: InlineStr::new(lead_id),
                     lead,
                     extra,
