@@ -13,6 +13,7 @@ pub mod input;
 pub mod kind;
 pub mod manifest;
 pub mod registry;
+pub mod rollout;
 pub mod runtime;
 
 pub use error::{Error, Result};

@@ -106,6 +106,7 @@ fn request(model: &str, kind: ModelKind, onnx: Vec<u8>, draft: ManifestDraft) ->
         onnx: onnx.into(),
         draft,
         actor: "ml-engineer".into(),
+        force: false,
     }
 }
 
@@ -145,7 +146,7 @@ async fn publish_fetch_and_promote(backend: Backend) {
 
     let fetched = registry.fetch(&name("churn"), 1).await.unwrap();
     assert_eq!(fetched.onnx.as_ref(), onnx.as_slice());
-    assert_eq!(fetched.manifest, manifest);
+    assert_eq!(fetched.manifest, manifest.manifest);
 
     assert_eq!(publish_churn(registry, 2).await, 2);
     let emotion = registry
@@ -278,6 +279,50 @@ async fn rollback_revokes_and_promote_needs_force(backend: Backend) {
     let state = registry.state(&churn).await.unwrap();
     assert_eq!(state.live, Some(2));
     assert!(state.versions[&3].revoked.is_some());
+
+    // Revoked stays revoked: its bytes are refused as a new version,
+    // naming the version and why, unless forced.
+    let onnx = |seed| Tabular::new(churn_width(), 2, seed).build();
+    let republish = |seed, force| {
+        let mut request = request(
+            "churn",
+            ModelKind::Churn,
+            onnx(seed),
+            ManifestDraft::default(),
+        );
+        request.force = force;
+        registry.publish(env(), request)
+    };
+    let seq = registry.state(&churn).await.unwrap().seq;
+    let refused = republish(3, false).await.unwrap_err();
+    assert!(matches!(refused, Error::Refused(_)));
+    let message = refused.to_string();
+    assert!(
+        message.contains("version 3")
+            && message.contains("p99 doubled after deploy")
+            && message.contains("--force"),
+        "{message}"
+    );
+    assert_eq!(
+        registry.state(&churn).await.unwrap().seq,
+        seq,
+        "nothing written"
+    );
+    // Bytes of a version in good standing are that version: nothing written.
+    let again = republish(2, false).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(again.version, 2);
+    let state = registry.state(&churn).await.unwrap();
+    assert_eq!((state.seq, state.versions.len()), (seq, 4));
+    // Forced, the revoked bytes become a new version.
+    let forced = republish(3, true).await.unwrap();
+    assert!(forced.created);
+    assert_eq!(forced.version, 5);
+    assert!(
+        registry.state(&churn).await.unwrap().versions[&5]
+            .revoked
+            .is_none()
+    );
 
     let forced = registry
         .promote(&churn, 3, true, "sre", None)

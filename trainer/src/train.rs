@@ -473,6 +473,7 @@ pub async fn train(
                     onnx: onnx.into(),
                     draft,
                     actor: options.actor.clone(),
+                    force: false,
                 },
             )
             .await?;

@@ -66,6 +66,9 @@ enum Command {
         /// Make the new version live right away.
         #[arg(long)]
         promote: bool,
+        /// Publish bytes identical to a revoked version's as a new version.
+        #[arg(long)]
+        force: bool,
     },
     /// List models with their live and canary versions.
     Ls,
@@ -218,6 +221,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             manifest,
             promote,
+            force,
         } => {
             let (kind, name) = if generic {
                 if name.is_some() {
@@ -266,6 +270,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         onnx: onnx.into(),
                         draft,
                         actor: actor.clone(),
+                        force,
                     },
                 )
                 .await?;
@@ -284,7 +289,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 false
             };
             if json {
-                print_json(&json!({ "manifest": manifest, "promoted": promoted }));
+                print_json(&json!({
+                    "manifest": manifest.manifest,
+                    "created": manifest.created,
+                    "promoted": promoted,
+                }));
+            } else if !manifest.created {
+                println!(
+                    "{name} version {} already holds these bytes (sha256 {}); nothing written{}",
+                    manifest.version,
+                    &manifest.sha256[..12],
+                    if promoted { "; now live" } else { "" }
+                );
             } else {
                 println!(
                     "published {name} version {} ({kind}, {} bytes, sha256 {}){}",

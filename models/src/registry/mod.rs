@@ -78,6 +78,27 @@ pub struct PublishRequest {
     pub draft: ManifestDraft,
     /// Who publishes.
     pub actor: String,
+    /// Publish bytes identical to a revoked version's as a new version
+    /// (refused otherwise).
+    pub force: bool,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The version's manifest.
+    pub manifest: Manifest,
+    /// False when the bytes were already a version: that version is
+    /// returned and nothing was written.
+    pub created: bool,
+}
+
+impl std::ops::Deref for Published {
+    type Target = Manifest;
+
+    fn deref(&self) -> &Manifest {
+        &self.manifest
+    }
 }
 
 /// A version's manifest and bytes, verified against each other.
@@ -416,13 +437,14 @@ impl Registry {
         &self,
         environment: &Environment,
         request: PublishRequest,
-    ) -> Result<Manifest> {
+    ) -> Result<Published> {
         let PublishRequest {
             name,
             kind,
             onnx,
             draft,
             actor,
+            force,
         } = request;
         if onnx.is_empty() {
             return Err(Error::contract(kind, "the ONNX file is empty"));
@@ -441,6 +463,27 @@ impl Registry {
                     "model {name} holds {existing} versions; publish {kind} models under another name"
                 ),
             ));
+        }
+
+        // The same bytes again: a revoked version's stay refused (unless
+        // forced); any other version's are that version, and nothing is
+        // written.
+        if let Some(same) = state.versions.values().find(|v| v.sha256 == sha256) {
+            match &same.revoked {
+                Some(revocation) if !force => {
+                    return Err(Error::Refused(format!(
+                        "these bytes are version {} of {name}, revoked: {}; publish them again with --force",
+                        same.version, revocation.reason
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    return Ok(Published {
+                        manifest: self.manifest(&name, same.version).await?,
+                        created: false,
+                    });
+                }
+            }
         }
 
         let draft = checked.draft;
@@ -526,7 +569,12 @@ impl Registry {
                 sha256: sha256.clone(),
             };
             match self.append(&name, state.seq + 1, &actor, event).await {
-                Ok(_) => return Ok(manifest),
+                Ok(_) => {
+                    return Ok(Published {
+                        manifest,
+                        created: true,
+                    });
+                }
                 Err(Error::Conflict(_)) => continue,
                 Err(other) => return Err(other),
             }
