@@ -831,6 +831,11 @@ impl Served {
         let served_at_ms = Utc::now().timestamp_millis();
         let id = self.ids.mint(model, version, arm, served_at_ms, prediction);
         if !id.is_empty() && self.log.sampled(&id) {
+            // A full buffer drops the record before it is built.
+            if self.log.is_full() {
+                loaded.log_dropped.increment(1);
+                return id;
+            }
             let lead_id = inputs
                 .lead
                 .map(|lead| lead.id.as_str())
@@ -846,7 +851,7 @@ impl Served {
                 layout.scatter(row, &mut lead, &mut values[..width]);
                 extra = Inline::new(&values[..width]);
             }
-            self.log.push(
+            let pushed = self.log.push(
                 &loaded.shared_name,
                 loaded.kind(),
                 loaded.reference.clone(),
@@ -862,6 +867,9 @@ impl Served {
                     probabilities: Inline::new(probabilities),
                 },
             );
+            if !pushed {
+                loaded.log_dropped.increment(1);
+            }
         }
         id
     }
@@ -925,7 +933,13 @@ impl PredictionLog {
         self.sender.is_some() && draw < self.sample
     }
 
-    /// Buffers a record; `false` (and counted) when the buffer is full.
+    /// Whether the buffer is full (a record pushed now would be dropped).
+    pub fn is_full(&self) -> bool {
+        self.sender.as_ref().is_some_and(|sender| sender.is_full())
+    }
+
+    /// Buffers a record; `false` when the buffer is full (the caller counts
+    /// the drop).
     fn push(
         &self,
         model: &Arc<str>,
@@ -942,12 +956,7 @@ impl PredictionLog {
             reference,
             record,
         };
-        if sender.try_send(logged).is_err() {
-            metrics::counter!("nurture_prediction_log_dropped_total", "model" => model.to_string())
-                .increment(1);
-            return false;
-        }
-        true
+        sender.try_send(logged).is_ok()
     }
 }
 
@@ -1137,7 +1146,10 @@ mod tests {
     fn a_full_buffer_drops_instead_of_waiting() {
         let (log, _task) = PredictionLog::new(2, 1.0, writer());
         assert!(log.push(&Arc::from("churn"), ModelKind::Churn, None, record("a")));
+        assert!(!log.is_full());
         assert!(log.push(&Arc::from("churn"), ModelKind::Churn, None, record("b")));
+        assert!(log.is_full());
+        assert!(!PredictionLog::off().is_full());
         assert!(!log.push(&Arc::from("churn"), ModelKind::Churn, None, record("c")));
         assert!(!PredictionLog::off().push(
             &Arc::from("churn"),

@@ -55,6 +55,9 @@ pub struct LoadedVersion {
     /// The manifest's drift reference, shared with the prediction log's
     /// monitor.
     pub reference: Option<std::sync::Arc<nurture_models::feedback::reference::Reference>>,
+    /// `nurture_prediction_log_dropped_total` of the model, resolved once
+    /// (a full buffer must cost an answer as little as possible).
+    pub log_dropped: metrics::Counter,
 }
 
 impl LoadedVersion {
@@ -183,6 +186,10 @@ impl Loader {
             layout,
             batcher,
             load_time: started.elapsed(),
+            log_dropped: metrics::counter!(
+                "nurture_prediction_log_dropped_total",
+                "model" => name.to_owned()
+            ),
         })
     }
 }

@@ -849,6 +849,29 @@ async fn the_prediction_log_is_parquet_that_duckdb_reads_where_it_lies() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_log_buffer_drops_and_counts_and_every_answer_stands() {
+    let fixture = Loop::new();
+    let server = fixture.server(&["--prediction-log-buffer", "8"]);
+    let channel = server.channel().await;
+    let leads = labelled_leads(&fixture.data().join("churn.csv"), "churned");
+    answers_with_ids(&channel, &leads[0].0).await;
+    // 100 answers in one request, far more than the buffer holds between
+    // two drains: most records are dropped, no answer is.
+    let served = predict_churn(&channel, &leads[..100]).await;
+    assert_eq!(served.len(), 100);
+    let dropped: f64 = server
+        .metrics()
+        .lines()
+        .filter(|line| line.starts_with("nurture_prediction_log_dropped_total{model=\"churn\"}"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        (80.0..=100.0).contains(&dropped),
+        "{dropped} of 100 records dropped by an 8-record buffer"
+    );
+}
+
 /// Churn through the Open Inference Protocol, one row per value (every
 /// model column set to it): each row's prediction id and probability.
 async fn oip_churn(channel: &Channel, values: &[f32]) -> Vec<(String, f32)> {
