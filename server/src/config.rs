@@ -244,35 +244,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// Parses `250ms`, `2s`, `1m`, `12h`, `180d` or a bare number of seconds.
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let value = value.trim();
-    let (number, unit) = match value.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(at) => value.split_at(at),
-        None => (value, "s"),
-    };
-    let number: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("{value:?} is not a duration (e.g. 250ms, 2s, 1m)"))?;
-    if !number.is_finite() || number < 0.0 {
-        return Err(format!("{value:?} must be a non-negative duration"));
-    }
-    let seconds = match unit {
-        "us" => number / 1e6,
-        "ms" => number / 1e3,
-        "s" => number,
-        "m" => number * 60.0,
-        "h" => number * 3600.0,
-        "d" => number * 86_400.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {value:?}; use us, ms, s, m, h or d"
-            ));
-        }
-    };
-    Ok(Duration::from_secs_f64(seconds))
-}
+pub use nurture_models::parse_duration;
 
 #[cfg(test)]
 mod tests {

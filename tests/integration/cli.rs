@@ -398,3 +398,60 @@ fn ls_versions_fetch_and_canary() {
         std::fs::read(ctl.files.path().join("churn-2.onnx")).unwrap()
     );
 }
+
+#[test]
+fn a_guarded_rollout_is_a_release_log_event_and_shows_in_ls() {
+    let ctl = Ctl::file();
+    ctl.publish_churn(1, &["--promote"]);
+    ctl.publish_churn(2, &[]);
+    let seq = |ctl: &Ctl| ctl.json(&["ls"])["models"][0]["seq"].as_u64().unwrap();
+    let before = seq(&ctl);
+
+    // A bad policy names its field and writes nothing.
+    let output = ctl.run(&["rollout", "churn", "2", "--steps", "50,25"]);
+    assert_eq!(code(&output), 1, "{}", stderr(&output));
+    assert!(stderr(&output).contains("steps[1]"), "{}", stderr(&output));
+    assert_eq!(seq(&ctl), before);
+
+    let started = ctl.ok(&[
+        "rollout",
+        "churn",
+        "2",
+        "--steps",
+        "5,25,50",
+        "--max-duration",
+        "2h",
+    ]);
+    assert!(started.contains("rollout_started"), "{started}");
+    let churn = ctl.json(&["ls"])["models"][0].clone();
+    assert_eq!(churn["canary"]["version"], 2);
+    assert_eq!(churn["canary"]["percent"], 5);
+    assert_eq!(churn["rollout"]["version"], 2);
+    assert_eq!(
+        churn["rollout"]["policy"]["steps"],
+        serde_json::json!([5, 25, 50])
+    );
+    assert_eq!(churn["rollout"]["policy"]["max_duration_secs"], 7200);
+    assert_eq!(churn["rollout"]["policy"]["metric"], "error_rate");
+
+    let stopped = ctl.ok(&["rollout-stop", "churn", "--reason", "checking by hand"]);
+    assert!(
+        stopped.contains("rollout_decided") && stopped.contains("stopped: checking by hand"),
+        "{stopped}"
+    );
+    let churn = ctl.json(&["ls"])["models"][0].clone();
+    assert!(churn["rollout"].is_null());
+    assert_eq!(churn["canary"]["version"], 2, "stopping keeps the canary");
+    assert_eq!(
+        code(&ctl.run(&["rollout-stop", "churn", "--reason", "again"])),
+        1
+    );
+
+    // The same bytes again are version 2: nothing written.
+    let after = seq(&ctl);
+    let path = ctl.files.path().join("churn-2.onnx");
+    let again = ctl.json(&["publish", "churn", path.to_str().unwrap()]);
+    assert_eq!(again["created"], false);
+    assert_eq!(again["manifest"]["version"], 2);
+    assert_eq!(seq(&ctl), after);
+}

@@ -10,6 +10,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use nurture_models::manifest::ManifestDraft;
 use nurture_models::registry::{DEFAULT_REGISTRY, Event, EventKind, ModelState, PublishRequest};
+use nurture_models::rollout::policy::{Decision, RolloutPolicy};
+use nurture_models::rollout::sequential::{Metric, SequentialTest};
 use nurture_models::{Error, ModelKind, ModelName, Registry, runtime};
 use serde_json::json;
 
@@ -107,6 +109,53 @@ enum Command {
         /// Allow a revoked version as canary.
         #[arg(long)]
         force: bool,
+        /// Fail with a conflict unless the release log ends at this sequence number.
+        #[arg(long)]
+        expect_seq: Option<u64>,
+    },
+    /// Start a guarded rollout: VERSION becomes the canary at the first
+    /// step, and the servers' guard promotes it step by step or rolls it
+    /// back on its outcomes (docs/rollouts.md).
+    Rollout {
+        /// Model name.
+        model: String,
+        /// Version number.
+        version: u64,
+        /// Canary percent at each step, ascending; success at the last promotes.
+        #[arg(long, value_delimiter = ',', default_value = "10")]
+        steps: Vec<u8>,
+        /// What is compared on outcomes: error_rate or log_loss.
+        #[arg(long, default_value = "error_rate")]
+        metric: String,
+        /// Bound on rolling back a canary no worse than live.
+        #[arg(long, default_value_t = 0.01)]
+        alpha: f64,
+        /// Size of regression to find, in the metric's units.
+        #[arg(long, default_value_t = 0.01)]
+        tau: f64,
+        /// Promote once the canary is shown at most this share worse than live.
+        #[arg(long, default_value_t = 0.1)]
+        margin: f64,
+        /// Outcomes per arm before any decision.
+        #[arg(long, default_value_t = 100)]
+        min_outcomes: u64,
+        /// Longest the rollout may run (e.g. 2h, 3d); then it expires and a person decides.
+        #[arg(long, default_value = "24h", value_parser = nurture_models::parse_duration)]
+        max_duration: std::time::Duration,
+        /// Start even after the guard rolled back the last 3 rollouts in a row.
+        #[arg(long)]
+        force: bool,
+        /// Fail with a conflict unless the release log ends at this sequence number.
+        #[arg(long)]
+        expect_seq: Option<u64>,
+    },
+    /// End the guarded rollout under way; the canary stays where it is.
+    RolloutStop {
+        /// Model name.
+        model: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
         /// Fail with a conflict unless the release log ends at this sequence number.
         #[arg(long)]
         expect_seq: Option<u64>,
@@ -433,6 +482,71 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?;
             report(json, &name, event, "");
         }
+        Command::Rollout {
+            model,
+            version,
+            steps,
+            metric,
+            alpha,
+            tau,
+            margin,
+            min_outcomes,
+            max_duration,
+            force,
+            expect_seq,
+        } => {
+            let name = ModelName::new(&model)?;
+            let metric = match metric.as_str() {
+                "error_rate" => Metric::ErrorRate,
+                "log_loss" => Metric::LogLoss,
+                other => {
+                    return Err(Error::invalid(
+                        "--metric",
+                        format!("{other:?}; use error_rate or log_loss"),
+                    )
+                    .into());
+                }
+            };
+            let policy = RolloutPolicy {
+                metric,
+                test: SequentialTest {
+                    alpha,
+                    tau,
+                    margin,
+                    min_outcomes,
+                },
+                steps,
+                max_duration_secs: max_duration.as_secs(),
+                ..RolloutPolicy::default()
+            };
+            let event = registry
+                .start_rollout(&name, version, policy, force, &actor, expect_seq)
+                .await?;
+            report(json, &name, event, "");
+        }
+        Command::RolloutStop {
+            model,
+            reason,
+            expect_seq,
+        } => {
+            let name = ModelName::new(&model)?;
+            let state = registry.state(&name).await?;
+            let Some(rollout) = state.rollout else {
+                return Err(Error::Refused(format!("no rollout of {name} is under way")).into());
+            };
+            let event = registry
+                .decide_rollout(
+                    &name,
+                    rollout.version,
+                    Decision::Stopped,
+                    &reason,
+                    None,
+                    &actor,
+                    expect_seq,
+                )
+                .await?;
+            report(json, &name, event, "");
+        }
         Command::CanaryClear { model, expect_seq } => {
             let name = ModelName::new(&model)?;
             let event = registry.clear_canary(&name, &actor, expect_seq).await?;
@@ -616,6 +730,7 @@ fn state_summary(state: &ModelState) -> serde_json::Value {
         "kind": state.kind,
         "live": state.live,
         "canary": state.canary,
+        "rollout": state.rollout,
         "versions": state.versions.len(),
         "seq": state.seq,
     })
@@ -643,6 +758,35 @@ fn describe(kind: &EventKind) -> String {
             format!("{from} -> {to}, {from} revoked: {reason}")
         }
         EventKind::Revoked { version, reason } => format!("version {version} revoked: {reason}"),
+        EventKind::RolloutStarted {
+            version, policy, ..
+        } => format!(
+            "guarded rollout of version {version}: steps {:?}%, {} at α = {}, τ = {}",
+            policy.steps,
+            policy.metric.as_str(),
+            policy.test.alpha,
+            policy.test.tau
+        ),
+        EventKind::RolloutDecided {
+            version,
+            decision,
+            reason,
+            evidence,
+        } => {
+            let mut text = format!("version {version} {}: {reason}", decision.as_str());
+            if let Some(e) = evidence {
+                text.push_str(&format!(
+                    " ({} {:+.4}, interval [{:.4}, {:.4}], live {} outcomes, canary {})",
+                    e.metric.as_str(),
+                    e.effect,
+                    e.interval.0,
+                    e.interval.1,
+                    e.live.0,
+                    e.canary.0
+                ));
+            }
+            text
+        }
     }
 }
 

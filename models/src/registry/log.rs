@@ -11,6 +11,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::rollout::policy::{Decision, MAX_AUTOMATIC_ROLLBACKS, Rollout, RolloutPolicy};
+use crate::rollout::sequential::Evidence;
+
 use crate::error::{Error, Result};
 use crate::kind::ModelKind;
 
@@ -61,6 +64,29 @@ pub enum EventKind {
         /// Why.
         reason: String,
     },
+    /// A guarded rollout of `version` began: the canary is set to the
+    /// policy's first step.
+    RolloutStarted {
+        /// The canary version.
+        version: u64,
+        /// How it is judged.
+        policy: RolloutPolicy,
+        /// A person overrode the stop after consecutive automatic
+        /// rollbacks (resets their count).
+        forced: bool,
+    },
+    /// The guard (or a person) decided about the rollout of `version`.
+    RolloutDecided {
+        /// The canary version.
+        version: u64,
+        /// What was decided.
+        decision: Decision,
+        /// Why, in words.
+        reason: String,
+        /// The test's figures behind it, when it was the test.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        evidence: Option<Evidence>,
+    },
 }
 
 impl EventKind {
@@ -73,6 +99,8 @@ impl EventKind {
             EventKind::CanaryCleared {} => "canary_cleared",
             EventKind::RolledBack { .. } => "rolled_back",
             EventKind::Revoked { .. } => "revoked",
+            EventKind::RolloutStarted { .. } => "rollout_started",
+            EventKind::RolloutDecided { .. } => "rollout_decided",
         }
     }
 }
@@ -146,6 +174,13 @@ pub struct ModelState {
     pub canary: Option<Canary>,
     /// Every version that has been live, in order (a version may repeat).
     pub live_history: Vec<u64>,
+    /// The guarded rollout under way, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+    /// Rollouts the guard rolled back in a row (reset by a promotion or a
+    /// person's `--force`).
+    #[serde(default)]
+    pub automatic_rollbacks: u32,
 }
 
 impl ModelState {
@@ -245,6 +280,79 @@ impl ModelState {
                 self.mark_revoked(*version, event, reason)
                     .map_err(corrupt)?;
             }
+            EventKind::RolloutStarted {
+                version,
+                policy,
+                forced,
+            } => {
+                if !self.versions.contains_key(version) {
+                    return Err(corrupt(format!("version {version} was never published")));
+                }
+                if *forced {
+                    self.automatic_rollbacks = 0;
+                }
+                self.rollout = Some(Rollout {
+                    version: *version,
+                    policy: policy.clone(),
+                    step: 0,
+                    started_at: event.at,
+                    started_seq: event.seq,
+                    paused: None,
+                    evidence: None,
+                });
+                self.canary = Some(Canary {
+                    version: *version,
+                    percent: policy.steps.first().copied().unwrap_or(1),
+                });
+            }
+            EventKind::RolloutDecided {
+                version,
+                decision,
+                reason,
+                evidence,
+            } => {
+                let Some(rollout) = self.rollout.as_mut().filter(|r| r.version == *version) else {
+                    return Err(corrupt(format!(
+                        "no rollout of version {version} under way"
+                    )));
+                };
+                rollout.evidence = *evidence;
+                match decision {
+                    Decision::SteppedUp { percent } => {
+                        rollout.step += 1;
+                        self.canary = Some(Canary {
+                            version: *version,
+                            percent: *percent,
+                        });
+                    }
+                    Decision::Promoted => {
+                        self.automatic_rollbacks = 0;
+                        self.canary = None;
+                        self.live = Some(*version);
+                        self.live_history.push(*version);
+                    }
+                    Decision::RolledBack => {
+                        self.automatic_rollbacks += 1;
+                        self.canary = None;
+                        self.mark_revoked(*version, event, reason)
+                            .map_err(corrupt)?;
+                    }
+                    Decision::Paused => rollout.paused = Some(reason.clone()),
+                    Decision::Resumed => rollout.paused = None,
+                    Decision::Stopped | Decision::Expired => {}
+                }
+                if decision.ends() {
+                    self.rollout = None;
+                }
+            }
+        }
+        // A rollout lasts only as long as its version is the canary (a
+        // person may clear, replace, promote or revoke it by hand).
+        if let Some(rollout) = &self.rollout
+            && (self.canary.map(|c| c.version) != Some(rollout.version)
+                || !self.is_servable(rollout.version))
+        {
+            self.rollout = None;
         }
         self.seq = event.seq;
         Ok(())
@@ -355,6 +463,85 @@ impl ModelState {
             )));
         }
         Ok(EventKind::CanarySet { version, percent })
+    }
+
+    /// The event that starts a guarded rollout of `version` under `policy`.
+    /// A revoked version, a version already live, a rollout under way, and
+    /// (without `force`) a model whose last rollouts the guard rolled back
+    /// [`MAX_AUTOMATIC_ROLLBACKS`] times in a row are refused.
+    pub fn plan_rollout(
+        &self,
+        version: u64,
+        policy: RolloutPolicy,
+        force: bool,
+    ) -> Result<EventKind> {
+        policy.check()?;
+        // The same checks as a canary at the first step.
+        self.plan_canary(version, policy.steps[0], false)?;
+        if let Some(rollout) = &self.rollout {
+            return Err(Error::Refused(format!(
+                "a rollout of version {} of {} is under way; stop it first",
+                rollout.version, self.name
+            )));
+        }
+        if self.automatic_rollbacks >= MAX_AUTOMATIC_ROLLBACKS && !force {
+            return Err(Error::Refused(format!(
+                "the guard rolled back the last {} rollouts of {} in a row; a person must look before \
+                 another: start it with --force",
+                self.automatic_rollbacks, self.name
+            )));
+        }
+        Ok(EventKind::RolloutStarted {
+            version,
+            policy,
+            forced: force && self.automatic_rollbacks >= MAX_AUTOMATIC_ROLLBACKS,
+        })
+    }
+
+    /// The event recording `decision` about the rollout of `version`;
+    /// refused when no such rollout is under way or the decision does not
+    /// fit it (a step other than the next, a pause of a paused rollout...).
+    pub fn plan_rollout_decision(
+        &self,
+        version: u64,
+        decision: Decision,
+        reason: &str,
+        evidence: Option<Evidence>,
+    ) -> Result<EventKind> {
+        if reason.trim().is_empty() {
+            return Err(Error::invalid("reason", "a decision must say why"));
+        }
+        let Some(rollout) = self.rollout.as_ref().filter(|r| r.version == version) else {
+            return Err(Error::Refused(format!(
+                "no rollout of version {version} of {} is under way",
+                self.name
+            )));
+        };
+        let fits = match decision {
+            Decision::SteppedUp { .. } | Decision::Promoted => decision == rollout.on_success(),
+            Decision::Paused => rollout.paused.is_none(),
+            Decision::Resumed => rollout.paused.is_some(),
+            Decision::RolledBack | Decision::Stopped | Decision::Expired => true,
+        };
+        if !fits {
+            return Err(Error::Refused(format!(
+                "{} does not fit the rollout of version {version} (step {} of {}{})",
+                decision.as_str(),
+                rollout.step + 1,
+                rollout.policy.steps.len(),
+                if rollout.paused.is_some() {
+                    ", paused"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Ok(EventKind::RolloutDecided {
+            version,
+            decision,
+            reason: reason.to_owned(),
+            evidence,
+        })
     }
 
     /// The event that removes the canary; `Ok(None)` when there is none.
@@ -469,6 +656,116 @@ mod tests {
             let event = self.state.plan_promote(version, false).unwrap().unwrap();
             self.push(event)
         }
+    }
+
+    fn steps(steps: &[u8]) -> RolloutPolicy {
+        RolloutPolicy {
+            steps: steps.to_vec(),
+            ..RolloutPolicy::default()
+        }
+    }
+
+    impl Log {
+        fn start(&mut self, version: u64, policy: RolloutPolicy) -> &mut Self {
+            let event = self.state.plan_rollout(version, policy, false).unwrap();
+            self.push(event)
+        }
+
+        fn decide(&mut self, version: u64, decision: Decision) -> &mut Self {
+            let event = self
+                .state
+                .plan_rollout_decision(version, decision, "the guard said so", None)
+                .unwrap();
+            self.push(event)
+        }
+    }
+
+    #[test]
+    fn a_rollout_steps_up_and_promotes() {
+        let mut log = Log::new();
+        log.publish(1)
+            .publish(2)
+            .promote(1)
+            .start(2, steps(&[5, 25]));
+        assert_eq!(
+            log.state.canary,
+            Some(Canary {
+                version: 2,
+                percent: 5
+            })
+        );
+        assert_eq!(log.state.rollout.as_ref().unwrap().step, 0);
+        // Only the next step fits; a second rollout is refused.
+        assert!(
+            log.state
+                .plan_rollout_decision(2, Decision::Promoted, "early", None)
+                .is_err()
+        );
+        let busy = log.state.plan_rollout(2, steps(&[5]), false).unwrap_err();
+        assert!(busy.to_string().contains("under way"), "{busy}");
+        log.decide(2, Decision::SteppedUp { percent: 25 });
+        assert_eq!(log.state.canary.unwrap().percent, 25);
+        log.decide(2, Decision::Paused);
+        assert!(
+            log.state
+                .plan_rollout_decision(2, Decision::Paused, "again", None)
+                .is_err()
+        );
+        log.decide(2, Decision::Resumed)
+            .decide(2, Decision::Promoted);
+        assert_eq!(log.state.live, Some(2));
+        assert_eq!((log.state.canary, log.state.rollout.as_ref()), (None, None));
+    }
+
+    #[test]
+    fn three_automatic_rollbacks_in_a_row_need_a_person() {
+        let mut log = Log::new();
+        log.publish(1).promote(1);
+        for version in 2..=4 {
+            log.publish(version)
+                .start(version, steps(&[10]))
+                .decide(version, Decision::RolledBack);
+            assert!(log.state.versions[&version].revoked.is_some());
+            assert_eq!(log.state.canary, None);
+        }
+        assert_eq!(log.state.automatic_rollbacks, 3);
+        log.publish(5);
+        let refused = log.state.plan_rollout(5, steps(&[10]), false).unwrap_err();
+        assert!(
+            refused.to_string().contains("a person must look")
+                && refused.to_string().contains("--force"),
+            "{refused}"
+        );
+        let forced = log.state.plan_rollout(5, steps(&[10]), true).unwrap();
+        log.push(forced);
+        assert_eq!(log.state.automatic_rollbacks, 0);
+        assert_eq!(log.state.rollout.as_ref().unwrap().version, 5);
+    }
+
+    #[test]
+    fn a_rollout_ends_when_a_person_takes_the_canary_away() {
+        let mut log = Log::new();
+        log.publish(1)
+            .publish(2)
+            .promote(1)
+            .start(2, steps(&[10, 50]));
+        log.push(EventKind::CanaryCleared {});
+        assert_eq!(log.state.rollout, None);
+        // A revoked version cannot be rolled out; a decision without a
+        // rollout is refused.
+        assert!(
+            log.state
+                .plan_rollout_decision(2, Decision::Stopped, "x", None)
+                .is_err()
+        );
+        log.start(2, steps(&[10])).decide(2, Decision::Stopped);
+        assert_eq!(log.state.rollout, None);
+        assert_eq!(
+            log.state.canary.unwrap().version,
+            2,
+            "stopping keeps the canary"
+        );
+        assert_eq!(log.state.automatic_rollbacks, 0);
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub use self::store::{DEFAULT_REGISTRY, open_store};
 use crate::error::{Error, Result};
 use crate::kind::ModelKind;
 use crate::manifest::{MANIFEST_FORMAT, Manifest, ManifestDraft};
+use crate::rollout::policy::{Decision, RolloutPolicy};
+use crate::rollout::sequential::Evidence;
 use crate::runtime;
 
 /// How often a publish retries when another publisher takes the same
@@ -381,6 +383,45 @@ impl Registry {
     ) -> Result<Option<Event>> {
         self.change(name, actor, expect_seq, |state| {
             state.plan_canary(version, percent, force).map(Some)
+        })
+        .await
+    }
+
+    /// Starts a guarded rollout of `version` under `policy` (the canary is
+    /// set to its first step).
+    pub async fn start_rollout(
+        &self,
+        name: &ModelName,
+        version: u64,
+        policy: RolloutPolicy,
+        force: bool,
+        actor: &str,
+        expect_seq: Option<u64>,
+    ) -> Result<Option<Event>> {
+        self.change(name, actor, expect_seq, |state| {
+            state.plan_rollout(version, policy, force).map(Some)
+        })
+        .await
+    }
+
+    /// Records a decision about the rollout of `version`. With `expect_seq`
+    /// (as the guard gives it: the log's end when it judged) exactly one of
+    /// several deciders succeeds; the others get a conflict.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn decide_rollout(
+        &self,
+        name: &ModelName,
+        version: u64,
+        decision: Decision,
+        reason: &str,
+        evidence: Option<Evidence>,
+        actor: &str,
+        expect_seq: Option<u64>,
+    ) -> Result<Option<Event>> {
+        self.change(name, actor, expect_seq, |state| {
+            state
+                .plan_rollout_decision(version, decision, reason, evidence)
+                .map(Some)
         })
         .await
     }
