@@ -152,6 +152,11 @@ pub struct Config {
     #[arg(long, env = "NURTURE_DRIFT_DELTA", default_value_t = nurture_models::feedback::drift::SERVER.delta)]
     pub drift_delta: f64,
 
+    /// How often each replica's rollout guard judges the canary of every
+    /// guarded rollout (docs/rollouts.md); 0 turns the guard off here.
+    #[arg(long, env = "NURTURE_GUARD_EVERY", default_value = "1s", value_parser = parse_duration)]
+    pub guard_every: Duration,
+
     /// Share of answers written to the prediction log (Parquet in the
     /// store, docs/feedback.md), in [0, 1]; 0 turns the log off.
     #[arg(long, env = "NURTURE_PREDICTION_LOG_SAMPLE", default_value_t = 1.0)]

@@ -322,6 +322,23 @@ impl Fleet {
         }
     }
 
+    /// `metric`'s losses of `version` on `arm` over outcomes of predictions
+    /// served since `since_ms` (see `ModelQuality::losses_since`).
+    pub fn losses_since(
+        &self,
+        model: &str,
+        version: u64,
+        arm: Arm,
+        metric: nurture_models::rollout::sequential::Metric,
+        since_ms: i64,
+    ) -> nurture_models::rollout::sequential::ArmLoss {
+        self.read(model, |followed| {
+            followed
+                .quality
+                .losses_since(version, arm, metric, since_ms)
+        })
+    }
+
     /// Drift of every version × arm of `model` seen so far.
     pub fn drift(&self, model: &str) -> BTreeMap<(u64, Arm), Drift> {
         self.read(model, |followed| followed.drift.clone())

@@ -14,6 +14,7 @@ pub mod edge;
 pub mod error;
 pub mod experiments;
 pub mod feedback;
+pub mod guard;
 pub mod metrics;
 pub mod model;
 pub mod planner;
@@ -203,6 +204,19 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     )
     .await?;
 
+    let guard_task = (!config.guard_every.is_zero()).then(|| {
+        tokio::spawn(
+            guard::Guard {
+                registry: registry_for_experiments.clone(),
+                fleet: fleet.clone(),
+                models: slots.iter().map(|s| s.name.clone()).collect(),
+                actor: format!("guard@{replica}"),
+                every: config.guard_every,
+            }
+            .run(shutdown.clone()),
+        )
+    });
+
     let grpc_listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -391,6 +405,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     }
     let _ = watcher_task.await;
     let _ = fleet_task.await;
+    if let Some(task) = guard_task {
+        let _ = task.await;
+    }
     if let Some(task) = log_task {
         let _ = task.await;
     }

@@ -25,6 +25,7 @@ pub mod store;
 
 use std::collections::BTreeMap;
 
+use crate::rollout::sequential::{ArmLoss, Metric};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -104,25 +105,121 @@ pub fn outcome_key(model: &str, prediction_id: &str, outcome_id: &str) -> String
 pub struct ModelQuality {
     /// State per (version, arm).
     pub states: BTreeMap<(u64, Arm), Quality>,
+    /// Per-outcome losses per (version, arm) by the minute their prediction
+    /// was served: what a rollout's guard compares over the same period.
+    pub minutes: BTreeMap<(u64, Arm), BTreeMap<i64, Losses>>,
 }
+
+/// Losses of the outcomes of one minute's predictions.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Losses {
+    /// 0/1 errors.
+    pub errors: ArmLoss,
+    /// Log-losses.
+    pub log_loss: ArmLoss,
+}
+
+impl Losses {
+    /// The losses `metric` compares.
+    pub fn of(&self, metric: Metric) -> ArmLoss {
+        match metric {
+            Metric::ErrorRate => self.errors,
+            Metric::LogLoss => self.log_loss,
+        }
+    }
+}
+
+/// Milliseconds in a minute.
+const MINUTE_MS: i64 = 60_000;
 
 impl ModelQuality {
     /// Folds the outcomes of one batch. Outcomes that do not fit their
     /// prediction (which the writer already refused) are skipped.
     pub fn fold(&mut self, batch: &OutcomeBatch) {
         for outcome in &batch.outcomes {
-            let _ = self
+            let key = (outcome.version, outcome.arm);
+            if self
                 .states
-                .entry((outcome.version, outcome.arm))
+                .entry(key)
                 .or_default()
-                .add(&outcome.prediction, outcome.label, outcome.value);
+                .add(&outcome.prediction, outcome.label, outcome.value)
+                .is_err()
+            {
+                continue;
+            }
+            if let (Some(error), Some(loss)) = (
+                outcome.error(),
+                quality::log_loss(&outcome.prediction, outcome.label),
+            ) {
+                let minute = self
+                    .minutes
+                    .entry(key)
+                    .or_default()
+                    .entry(outcome.served_at_ms.div_euclid(MINUTE_MS))
+                    .or_default();
+                minute.errors.push(error);
+                minute.log_loss.push(loss);
+            }
         }
+    }
+
+    /// `metric`'s losses of `version` on `arm` over outcomes of predictions
+    /// served at or after `since_ms` (whole minutes: the minute holding
+    /// `since_ms` counts).
+    pub fn losses_since(&self, version: u64, arm: Arm, metric: Metric, since_ms: i64) -> ArmLoss {
+        self.minutes
+            .get(&(version, arm))
+            .map(|minutes| {
+                minutes
+                    .range(since_ms.div_euclid(MINUTE_MS)..)
+                    .fold(ArmLoss::default(), |all, (_, m)| all.merge(&m.of(metric)))
+            })
+            .unwrap_or_default()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn losses_count_from_the_minute_a_rollout_began() {
+        let outcome = |served_at_ms: i64, p: f32, churned: bool| ScoredOutcome {
+            key: format!("{served_at_ms}{p}"),
+            prediction_id: String::new(),
+            version: 2,
+            arm: Arm::Canary,
+            served_at_ms,
+            observed_at_ms: served_at_ms,
+            label: Label::Binary(churned),
+            value: None,
+            prediction: Prediction::Binary(p),
+        };
+        let mut quality = ModelQuality::default();
+        quality.fold(&OutcomeBatch {
+            replica: "r".into(),
+            at: chrono::Utc::now(),
+            outcomes: vec![
+                outcome(0, 0.9, false),      // minute 0: wrong
+                outcome(60_000, 0.9, true),  // minute 1: right
+                outcome(125_000, 0.2, true), // minute 2: wrong
+            ],
+        });
+        let all = quality.losses_since(2, Arm::Canary, Metric::ErrorRate, 0);
+        assert_eq!((all.n, all.sum), (3, 2.0));
+        let later = quality.losses_since(2, Arm::Canary, Metric::ErrorRate, 90_000);
+        assert_eq!(
+            (later.n, later.sum),
+            (2, 1.0),
+            "the minute holding the start counts"
+        );
+        let loss = quality.losses_since(2, Arm::Canary, Metric::LogLoss, 120_000);
+        assert!((loss.sum - -(0.2f64.ln())).abs() < 1e-6);
+        assert_eq!(
+            quality.losses_since(2, Arm::Live, Metric::ErrorRate, 0).n,
+            0
+        );
+    }
 
     #[test]
     fn outcome_keys_separate_their_parts() {

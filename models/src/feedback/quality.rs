@@ -149,6 +149,24 @@ fn mean_and_se(sum: f64, sq: f64, n: u64) -> (f64, f64) {
     (mean, (variance / n).sqrt())
 }
 
+/// The log-loss of one prediction given its outcome (`None` when the label
+/// does not fit the prediction).
+pub fn log_loss(prediction: &Prediction, label: Label) -> Option<f64> {
+    let q = match (prediction, label) {
+        (Prediction::Binary(p), Label::Binary(positive)) => {
+            let p = f64::from(*p).clamp(0.0, 1.0);
+            if positive { p } else { 1.0 - p }
+        }
+        (Prediction::Classes(ps), Label::Class(truth)) => {
+            // Quantized probabilities need not sum to one exactly.
+            let total: f64 = ps.iter().map(|p| f64::from(*p)).sum();
+            f64::from(*ps.get(truth as usize)?) / total.max(EPS)
+        }
+        _ => return None,
+    };
+    Some(-q.clamp(EPS, 1.0 - EPS).ln())
+}
+
 impl Quality {
     /// Adds one outcome scored against its prediction.
     pub fn add(
@@ -173,8 +191,7 @@ impl Quality {
                 cell.count += 1;
                 cell.predicted += p;
                 cell.positives += u64::from(positive);
-                let q = if positive { p } else { 1.0 - p };
-                self.add_loss(-q.clamp(EPS, 1.0 - EPS).ln());
+                self.add_loss(log_loss(prediction, label).unwrap_or(0.0));
             }
             (Prediction::Classes(ps), Label::Class(truth)) => {
                 let k = ps.len();
@@ -194,10 +211,7 @@ impl Quality {
                     .enumerate()
                     .fold(0, |best, (i, p)| if *p > ps[best] { i } else { best });
                 classes.confusion[truth * k + predicted] += 1;
-                // Quantized probabilities need not sum to one exactly.
-                let total: f64 = ps.iter().map(|p| f64::from(*p)).sum();
-                let q = f64::from(ps[truth]) / total.max(EPS);
-                self.add_loss(-q.clamp(EPS, 1.0 - EPS).ln());
+                self.add_loss(log_loss(prediction, label).unwrap_or(0.0));
             }
             // Refused by `fits` above.
             (Prediction::Binary(_), Label::Class(_))

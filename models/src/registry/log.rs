@@ -297,6 +297,7 @@ impl ModelState {
                     step: 0,
                     started_at: event.at,
                     started_seq: event.seq,
+                    step_started_at: event.at,
                     paused: None,
                     evidence: None,
                 });
@@ -320,6 +321,7 @@ impl ModelState {
                 match decision {
                     Decision::SteppedUp { percent } => {
                         rollout.step += 1;
+                        rollout.step_started_at = event.at;
                         self.canary = Some(Canary {
                             version: *version,
                             percent: *percent,

@@ -170,6 +170,9 @@ pub struct Rollout {
     pub started_at: DateTime<Utc>,
     /// Release-log sequence number of its start.
     pub started_seq: u64,
+    /// When its current step began: the guard judges the outcomes of
+    /// predictions served since then.
+    pub step_started_at: DateTime<Utc>,
     /// Why it is paused, if it is.
     pub paused: Option<String>,
     /// The last decision's evidence, if any.
@@ -230,6 +233,7 @@ mod tests {
             step: 0,
             started_at: Utc::now(),
             started_seq: 3,
+            step_started_at: Utc::now(),
             paused: None,
             evidence: None,
         };

@@ -1,0 +1,296 @@
+//! Guarded rollouts end to end: a real server's guard judges a canary on
+//! the outcomes of its answers and writes its decision to the release log:
+//! a degraded canary is rolled back with its evidence and leaves traffic, a
+//! rollout with no traffic is left alone, a good canary is promoted.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nurture_models::registry::EventKind;
+use nurture_models::rollout::policy::Decision;
+use nurture_models::{ModelName, Registry};
+use nurture_proto::v1::churn_service_client::ChurnServiceClient;
+use nurture_proto::v1::feedback_service_client::FeedbackServiceClient;
+use nurture_proto::v1::{self, outcome_report::Label};
+use nurture_tests::fixtures::labelled_leads;
+use nurture_tests::server::ServerProcess;
+use nurture_tests::{eventually, run_tool};
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+struct Fixture {
+    dir: TempDir,
+}
+
+impl Fixture {
+    /// Churn live as version 1 (trained on the generated data).
+    fn new() -> Fixture {
+        let fixture = Fixture {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let data = fixture.data();
+        let data = data.to_str().unwrap();
+        fixture.run(
+            "nurture-trainer",
+            &["generate", "--out", data, "--rows", "3000"],
+        );
+        fixture.train(&fixture.churn_csv(), "40", &["--promote"]);
+        fixture
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn churn_csv(&self) -> PathBuf {
+        self.data().join("churn.csv")
+    }
+
+    fn registry(&self) -> String {
+        format!("file://{}", self.dir.path().join("registry").display())
+    }
+
+    fn run(&self, binary: &str, args: &[&str]) -> String {
+        run_tool(binary, &self.registry(), args, &[])
+    }
+
+    fn train(&self, csv: &std::path::Path, iterations: &str, extra: &[&str]) {
+        let mut args = vec![
+            "train",
+            "churn",
+            "--data",
+            csv.to_str().unwrap(),
+            "--iterations",
+            iterations,
+        ];
+        args.extend_from_slice(extra);
+        self.run("nurture-trainer", &args);
+    }
+
+    /// The churn data with its labels moved to other rows: a model trained
+    /// on it has learned nothing.
+    fn shuffled_churn_csv(&self) -> PathBuf {
+        let text = std::fs::read_to_string(self.churn_csv()).unwrap();
+        let mut lines = text.lines();
+        let header = lines.next().unwrap();
+        let column = header.split(',').position(|c| c == "churned").unwrap();
+        let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+        let n = rows.len();
+        let mut out = vec![header.to_owned()];
+        for (i, row) in rows.iter().enumerate() {
+            let mut row = row.clone();
+            row[column] = rows[(i * 7 + n / 3) % n][column];
+            out.push(row.join(","));
+        }
+        let path = self.data().join("churn-shuffled.csv");
+        std::fs::write(&path, out.join("\n") + "\n").unwrap();
+        path
+    }
+
+    fn server(&self) -> ServerProcess {
+        ServerProcess::start(
+            &self.registry(),
+            &self.dir.path().join("cache"),
+            &[
+                "--models",
+                "churn",
+                "--poll-interval",
+                "200ms",
+                "--feedback-refresh",
+                "200ms",
+                "--guard-every",
+                "200ms",
+            ],
+        )
+    }
+
+    async fn state(&self) -> nurture_models::ModelState {
+        let registry = Registry::open(&self.registry()).unwrap();
+        registry
+            .state(&ModelName::new("churn").unwrap())
+            .await
+            .unwrap()
+    }
+
+    async fn last_event(&self) -> nurture_models::registry::Event {
+        let registry = Registry::open(&self.registry()).unwrap();
+        let log = registry
+            .read_log(&ModelName::new("churn").unwrap())
+            .await
+            .unwrap();
+        log.last().unwrap().clone()
+    }
+}
+
+/// Predicts `leads` and reports each true outcome: the versions that
+/// answered, in lead order.
+async fn serve_and_report(channel: &Channel, leads: &[(v1::LeadProfile, String)]) -> Vec<u64> {
+    let mut churn = ChurnServiceClient::new(channel.clone());
+    let mut feedback = FeedbackServiceClient::new(channel.clone());
+    let mut versions = Vec::new();
+    for chunk in leads.chunks(100) {
+        let response = churn
+            .predict_churn(v1::PredictChurnRequest {
+                leads: chunk.iter().map(|(lead, _)| lead.clone()).collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut outcomes = Vec::new();
+        for (prediction, (lead, label)) in response.predictions.iter().zip(chunk) {
+            versions.push(prediction.model.as_ref().unwrap().version);
+            outcomes.push(v1::OutcomeReport {
+                prediction_id: prediction.prediction_id.clone(),
+                // Outcomes are keyed by prediction id and outcome id together.
+                outcome_id: format!("observed-{}", lead.lead_id),
+                label: Some(Label::Churned(label == "1")),
+                ..Default::default()
+            });
+        }
+        feedback
+            .record_outcomes(v1::RecordOutcomesRequest { outcomes })
+            .await
+            .unwrap();
+    }
+    versions
+}
+
+/// Waits until churn answers with prediction ids and `canary` serves a
+/// share of leads.
+async fn canary_serving(channel: &Channel, leads: &[(v1::LeadProfile, String)], canary: u64) {
+    let mut churn = ChurnServiceClient::new(channel.clone());
+    eventually("the canary serves", Duration::from_secs(60), async || {
+        churn
+            .predict_churn(v1::PredictChurnRequest {
+                leads: leads
+                    .iter()
+                    .take(50)
+                    .map(|(lead, _)| lead.clone())
+                    .collect(),
+                ..Default::default()
+            })
+            .await
+            .is_ok_and(|r| {
+                r.into_inner().predictions.iter().any(|p| {
+                    !p.prediction_id.is_empty() && p.model.as_ref().unwrap().version == canary
+                })
+            })
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guard_rolls_back_a_degraded_canary_and_promotes_a_good_one() {
+    let fixture = Fixture::new();
+    let shuffled = fixture.shuffled_churn_csv();
+    fixture.train(&shuffled, "40", &["--publish"]);
+    let server = fixture.server();
+    let channel = server.channel().await;
+    let leads = labelled_leads(&fixture.churn_csv(), "churned");
+
+    fixture.run(
+        "nurturectl",
+        &[
+            "rollout",
+            "churn",
+            "2",
+            "--steps",
+            "50",
+            "--tau",
+            "0.1",
+            "--min-outcomes",
+            "50",
+        ],
+    );
+    canary_serving(&channel, &leads, 2).await;
+    // Traffic with true outcomes until the guard decides.
+    let mut served = 0;
+    while fixture.state().await.rollout.is_some() && served < 3000 {
+        let versions = serve_and_report(&channel, &leads[served..served + 200]).await;
+        assert!(versions.contains(&2), "the canary answers a share");
+        served += 200;
+    }
+    let state = fixture.state().await;
+    let revoked = state.versions[&2]
+        .revoked
+        .as_ref()
+        .expect("the degraded canary is rolled back");
+    assert!(revoked.actor.starts_with("guard@"), "{}", revoked.actor);
+    assert_eq!(state.canary, None);
+    let event = fixture.last_event().await;
+    let EventKind::RolloutDecided {
+        version: 2,
+        decision: Decision::RolledBack,
+        reason,
+        evidence: Some(evidence),
+    } = event.kind
+    else {
+        panic!("{:?}", event.kind)
+    };
+    assert!(reason.contains("worse than live"), "{reason}");
+    assert!(evidence.effect > 0.0 && evidence.interval.0 > -evidence.effect);
+    assert!(
+        evidence.canary.0 >= 50 && evidence.live.0 >= 50,
+        "{evidence:?}"
+    );
+    println!("rolled back after {served} leads: {reason}");
+    // Traffic leaves the canary within the poll interval.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let versions = serve_and_report(&channel, &leads[..200]).await;
+    assert!(versions.iter().all(|v| *v == 1), "{versions:?}");
+
+    // A good canary (trained longer on the same data) with no traffic:
+    // nothing is decided.
+    fixture.train(&fixture.churn_csv(), "80", &["--publish"]);
+    fixture.run(
+        "nurturectl",
+        &[
+            "rollout",
+            "churn",
+            "3",
+            "--steps",
+            "50",
+            "--tau",
+            "0.1",
+            "--min-outcomes",
+            "50",
+            "--margin",
+            "1.0",
+        ],
+    );
+    let started = fixture.state().await.seq;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let state = fixture.state().await;
+    assert_eq!(state.seq, started, "no traffic, no decision");
+    assert_eq!(state.rollout.as_ref().unwrap().version, 3);
+
+    // With traffic and outcomes it is promoted.
+    canary_serving(&channel, &leads, 3).await;
+    let mut served = 1000;
+    while fixture.state().await.rollout.is_some() && served < 2800 {
+        serve_and_report(&channel, &leads[served..served + 200]).await;
+        served += 200;
+    }
+    let state = fixture.state().await;
+    assert_eq!(
+        state.live,
+        Some(3),
+        "the good canary is promoted: {:?}",
+        fixture.last_event().await
+    );
+    let event = fixture.last_event().await;
+    assert!(
+        matches!(
+            event.kind,
+            EventKind::RolloutDecided {
+                version: 3,
+                decision: Decision::Promoted,
+                ..
+            }
+        ),
+        "{:?}",
+        event.kind
+    );
+    println!("promoted after {} leads: {:?}", served - 1000, event.kind);
+}
