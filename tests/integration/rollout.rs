@@ -67,6 +67,24 @@ impl Fixture {
         self.run("nurture-trainer", &args);
     }
 
+    /// Starts a guarded rollout of churn `version` at 50%, tuned to find
+    /// large regressions on little traffic.
+    fn rollout(&self, version: &str, extra: &[&str]) {
+        let mut args = vec![
+            "rollout",
+            "churn",
+            version,
+            "--steps",
+            "50",
+            "--tau",
+            "0.1",
+            "--min-outcomes",
+            "50",
+        ];
+        args.extend_from_slice(extra);
+        self.run("nurturectl", &args);
+    }
+
     /// The churn data with its labels moved to other rows: a model trained
     /// on it has learned nothing.
     fn shuffled_churn_csv(&self) -> PathBuf {
@@ -189,20 +207,7 @@ async fn the_guard_rolls_back_a_degraded_canary_and_promotes_a_good_one() {
     let channel = server.channel().await;
     let leads = labelled_leads(&fixture.churn_csv(), "churned");
 
-    fixture.run(
-        "nurturectl",
-        &[
-            "rollout",
-            "churn",
-            "2",
-            "--steps",
-            "50",
-            "--tau",
-            "0.1",
-            "--min-outcomes",
-            "50",
-        ],
-    );
+    fixture.rollout("2", &[]);
     canary_serving(&channel, &leads, 2).await;
     // Traffic with true outcomes until the guard decides.
     let mut served = 0;
@@ -243,22 +248,7 @@ async fn the_guard_rolls_back_a_degraded_canary_and_promotes_a_good_one() {
     // A good canary (trained longer on the same data) with no traffic:
     // nothing is decided.
     fixture.train(&fixture.churn_csv(), "80", &["--publish"]);
-    fixture.run(
-        "nurturectl",
-        &[
-            "rollout",
-            "churn",
-            "3",
-            "--steps",
-            "50",
-            "--tau",
-            "0.1",
-            "--min-outcomes",
-            "50",
-            "--margin",
-            "1.0",
-        ],
-    );
+    fixture.rollout("3", &["--margin", "1.0"]);
     let started = fixture.state().await.seq;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let state = fixture.state().await;
