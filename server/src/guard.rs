@@ -33,6 +33,9 @@ pub struct Guard {
     pub actor: String,
     /// Time between looks.
     pub every: Duration,
+    /// Wakes this replica's watcher after a decision, so its traffic
+    /// follows at once.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 impl Guard {
@@ -128,6 +131,7 @@ impl Guard {
             .await
         {
             Ok(event) => {
+                self.wake.notify_one();
                 tracing::info!(
                     event = "rollout decision",
                     model,

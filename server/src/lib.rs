@@ -138,6 +138,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     }
     let registry_for_experiments = registry.clone();
     let generic: services::inference::GenericSlots = Default::default();
+    let wake = Arc::new(tokio::sync::Notify::new());
     let watcher = Watcher {
         registry,
         watched: slots
@@ -155,6 +156,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         generic: generic.clone(),
         ignored: std::sync::Mutex::new(std::collections::HashSet::new()),
         followers: Default::default(),
+        wake: wake.clone(),
     };
     let watcher_task = tokio::spawn(watcher.run(shutdown.clone()));
 
@@ -212,6 +214,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 models: slots.iter().map(|s| s.name.clone()).collect(),
                 actor: format!("guard@{replica}"),
                 every: config.guard_every,
+                wake: wake.clone(),
             }
             .run(shutdown.clone()),
         )

@@ -52,6 +52,9 @@ pub struct Watcher {
     /// Each served model's release log as read so far, so a poll fetches
     /// only the events written since the last one.
     pub followers: tokio::sync::Mutex<HashMap<String, LogFollower>>,
+    /// Starts a pass at once (e.g. this replica's guard just wrote a
+    /// decision: its traffic follows without waiting for the next poll).
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 impl Watcher {
@@ -81,6 +84,7 @@ impl Watcher {
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
+                _ = self.wake.notified() => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
             // NOTE: a pass can be stuck on an unreachable store for minutes
