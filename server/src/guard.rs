@@ -12,13 +12,17 @@ use std::time::Duration;
 
 use chrono::Utc;
 use nurture_models::feedback::Arm;
-use nurture_models::registry::Event;
+use nurture_models::registry::{Event, ReplicaReport};
 use nurture_models::rollout::policy::Decision;
 use nurture_models::rollout::sequential::{Evidence, Verdict};
-use nurture_models::{Error, ModelName, Registry};
+use nurture_models::{Error, ModelName, ModelState, Registry};
 use tokio::sync::watch;
 
 use crate::feedback::Fleet;
+
+/// How the guard's pauses for replicas that refused the canary begin (it
+/// resumes only those).
+const LOAD_PAUSE: &str = "load failure";
 
 /// The guard of one replica.
 #[derive(Debug)]
@@ -71,6 +75,46 @@ impl Guard {
         let (Some(rollout), Some(live)) = (state.rollout.as_ref(), state.live) else {
             return Ok(None);
         };
+        // Replicas that refused the canary pause the rollout (their share
+        // of leads is served by live, so the arms would not compare like
+        // with like); when none refuses any more and one serves it, it
+        // resumes.
+        let reports = self
+            .registry
+            .replica_reports(&name, crate::watcher::REPORT_FRESH)
+            .await?;
+        let refused: Vec<&ReplicaReport> = reports
+            .iter()
+            .filter(|r| r.refused(rollout.version))
+            .collect();
+        let load_pause = rollout
+            .paused
+            .as_deref()
+            .is_some_and(|reason| reason.starts_with(LOAD_PAUSE));
+        if let Some(first) = refused.first()
+            && rollout.paused.is_none()
+        {
+            let reason = format!(
+                "{LOAD_PAUSE}: {} of {} replicas refused version {}; {}: {}",
+                refused.len(),
+                reports.len(),
+                rollout.version,
+                first.replica,
+                first.canary_error.as_deref().unwrap_or_default()
+            );
+            return self
+                .decide(&name, &state, Decision::Paused, reason, None)
+                .await;
+        }
+        if load_pause
+            && refused.is_empty()
+            && reports.iter().any(|r| r.canary == Some(rollout.version))
+        {
+            let reason = format!("every replica serves version {} now", rollout.version);
+            return self
+                .decide(&name, &state, Decision::Resumed, reason, None)
+                .await;
+        }
         if rollout.paused.is_some() {
             return Ok(None);
         }
@@ -116,11 +160,27 @@ impl Guard {
             ),
             Verdict::Wait { .. } | Verdict::Continue(_) => return Ok(None),
         };
-        let version = rollout.version;
+        self.decide(&name, &state, decision, reason, evidence).await
+    }
+
+    /// Appends `decision` about `state`'s rollout at the log's next
+    /// sequence number; `None` when another writer got there first.
+    async fn decide(
+        &self,
+        name: &ModelName,
+        state: &ModelState,
+        decision: Decision,
+        reason: String,
+        evidence: Option<Evidence>,
+    ) -> Result<Option<Event>, Error> {
+        let Some(version) = state.rollout.as_ref().map(|r| r.version) else {
+            return Ok(None);
+        };
+        let model = name.as_str();
         match self
             .registry
             .decide_rollout(
-                &name,
+                name,
                 version,
                 decision,
                 &reason,

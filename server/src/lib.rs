@@ -136,6 +136,16 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 .await;
         }
     }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let replica = match &config.replica_id {
+        Some(id) => {
+            nurture_models::experiments::spec::check_id(id, "--replica-id")?;
+            id.clone()
+        }
+        None => format!("r{}-{:x}", std::process::id(), nanos & 0xffff_ffff),
+    };
     let registry_for_experiments = registry.clone();
     let generic: services::inference::GenericSlots = Default::default();
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -157,6 +167,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         ignored: std::sync::Mutex::new(std::collections::HashSet::new()),
         followers: Default::default(),
         wake: wake.clone(),
+        replica: replica.clone(),
+        reported: Default::default(),
     };
     let watcher_task = tokio::spawn(watcher.run(shutdown.clone()));
 
@@ -169,16 +181,6 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
 
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let replica = match &config.replica_id {
-        Some(id) => {
-            nurture_models::experiments::spec::check_id(id, "--replica-id")?;
-            id.clone()
-        }
-        None => format!("r{}-{:x}", std::process::id(), nanos & 0xffff_ffff),
-    };
     let experiments = Arc::new(experiments::Experiments::new(
         nurture_models::experiments::ExperimentStore::new(
             registry_for_experiments.store().clone(),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::Utc;
+use nurture_models::registry::ReplicaReport;
 use nurture_models::{LogFollower, ModelName, ModelState, Registry};
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
@@ -55,7 +56,18 @@ pub struct Watcher {
     /// Starts a pass at once (e.g. this replica's guard just wrote a
     /// decision: its traffic follows without waiting for the next poll).
     pub wake: Arc<tokio::sync::Notify>,
+    /// This replica's name in its reports.
+    pub replica: String,
+    /// The last report written per model, and when.
+    pub reported: std::sync::Mutex<HashMap<String, (ReplicaReport, std::time::Instant)>>,
 }
+
+/// A replica rewrites an unchanged report this often, so readers can tell
+/// a live replica from a gone one ([`REPORT_FRESH`]).
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Reports older than this are from replicas that are gone.
+pub const REPORT_FRESH: Duration = Duration::from_secs(30);
 
 impl Watcher {
     /// Polls until `shutdown` turns true.
@@ -182,8 +194,54 @@ impl Watcher {
         }
         for watched in &self.watched {
             self.sync(&watched.slot, pass_started).await;
+            self.report(&watched.slot).await;
         }
         self.update_health().await;
+    }
+
+    /// Writes what this replica serves of `slot`'s model, when it changed
+    /// or every [`REPORT_EVERY`].
+    async fn report(&self, slot: &Slot) {
+        let deployment = slot.deployment.load();
+        let report = {
+            let status = slot.status.lock().expect("status lock");
+            let desired_canary = status.desired_canary.map(|(version, _)| version);
+            ReplicaReport {
+                replica: self.replica.clone(),
+                at: Utc::now(),
+                live: deployment.live.as_ref().map(|v| v.version),
+                canary: deployment.canary.as_ref().map(|(v, _)| v.version),
+                desired_canary,
+                canary_error: desired_canary
+                    .and_then(|version| status.refused(version))
+                    .map(|error| format!("{}: {}", error.error_type, error.message)),
+            }
+        };
+        let due = match self.reported.lock().expect("reports lock").get(&slot.name) {
+            Some((last, written)) => {
+                ReplicaReport {
+                    at: report.at,
+                    ..last.clone()
+                } != report
+                    || written.elapsed() >= REPORT_EVERY
+            }
+            None => true,
+        };
+        if !due {
+            return;
+        }
+        let name = ModelName::new(&slot.name).expect("slot names are validated at start");
+        match self.registry.write_replica_report(&name, &report).await {
+            Ok(()) => {
+                self.reported
+                    .lock()
+                    .expect("reports lock")
+                    .insert(slot.name.clone(), (report, std::time::Instant::now()));
+            }
+            Err(error) => {
+                tracing::warn!(model = %slot.name, %error, "cannot write this replica's report")
+            }
+        }
     }
 
     /// Health follows what each slot serves now.

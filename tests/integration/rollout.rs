@@ -105,17 +105,16 @@ impl Fixture {
         path
     }
 
-    fn server(&self) -> ServerProcess {
+    /// A server polling the release log every `poll`.
+    fn server(&self, poll: &str) -> ServerProcess {
         ServerProcess::start(
             &self.registry(),
             &self.dir.path().join("cache"),
             &[
                 "--models",
                 "churn",
-                // Long: the deciding replica's traffic must follow its own
-                // decision without waiting for a poll.
                 "--poll-interval",
-                "5s",
+                poll,
                 "--feedback-refresh",
                 "200ms",
                 "--guard-every",
@@ -176,11 +175,11 @@ async fn serve_and_report(channel: &Channel, leads: &[(v1::LeadProfile, String)]
     versions
 }
 
-/// Waits until churn answers with prediction ids and `canary` serves a
-/// share of leads.
-async fn canary_serving(channel: &Channel, leads: &[(v1::LeadProfile, String)], canary: u64) {
+/// Waits until churn answers with prediction ids and `version` answers
+/// some of the first 50 leads.
+async fn serving(channel: &Channel, leads: &[(v1::LeadProfile, String)], version: u64) {
     let mut churn = ChurnServiceClient::new(channel.clone());
-    eventually("the canary serves", Duration::from_secs(60), async || {
+    eventually("the version serves", Duration::from_secs(60), async || {
         churn
             .predict_churn(v1::PredictChurnRequest {
                 leads: leads
@@ -193,7 +192,7 @@ async fn canary_serving(channel: &Channel, leads: &[(v1::LeadProfile, String)], 
             .await
             .is_ok_and(|r| {
                 r.into_inner().predictions.iter().any(|p| {
-                    !p.prediction_id.is_empty() && p.model.as_ref().unwrap().version == canary
+                    !p.prediction_id.is_empty() && p.model.as_ref().unwrap().version == version
                 })
             })
     })
@@ -205,12 +204,14 @@ async fn the_guard_rolls_back_a_degraded_canary_and_promotes_a_good_one() {
     let fixture = Fixture::new();
     let shuffled = fixture.shuffled_churn_csv();
     fixture.train(&shuffled, "40", &["--publish"]);
-    let server = fixture.server();
+    // Long polls: the deciding replica's traffic must follow its own
+    // decision without waiting for one.
+    let server = fixture.server("5s");
     let channel = server.channel().await;
     let leads = labelled_leads(&fixture.churn_csv(), "churned");
 
     fixture.rollout("2", &[]);
-    canary_serving(&channel, &leads, 2).await;
+    serving(&channel, &leads, 2).await;
     // Traffic with true outcomes until the guard decides.
     let mut served = 0;
     while fixture.state().await.rollout.is_some() && served < 3000 {
@@ -259,7 +260,7 @@ async fn the_guard_rolls_back_a_degraded_canary_and_promotes_a_good_one() {
     assert_eq!(state.rollout.as_ref().unwrap().version, 3);
 
     // With traffic and outcomes it is promoted.
-    canary_serving(&channel, &leads, 3).await;
+    serving(&channel, &leads, 3).await;
     let mut served = 1000;
     while fixture.state().await.rollout.is_some() && served < 2800 {
         serve_and_report(&channel, &leads[served..served + 200]).await;
@@ -286,4 +287,58 @@ async fn the_guard_rolls_back_a_degraded_canary_and_promotes_a_good_one() {
         event.kind
     );
     println!("promoted after {} leads: {:?}", served - 1000, event.kind);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_fails_to_load_pauses_the_rollout_visibly() {
+    let fixture = Fixture::new();
+    // Version 2: bytes ONNX Runtime cannot load, written past publish's
+    // checks (as a broken pipeline could).
+    nurture_tests::write_bypassing_publish(
+        &fixture.registry(),
+        2,
+        b"not an onnx graph".to_vec(),
+        None,
+        false,
+    )
+    .await;
+    let server = fixture.server("200ms");
+    let channel = server.channel().await;
+    let leads = labelled_leads(&fixture.churn_csv(), "churned");
+    serving(&channel, &leads, 1).await;
+    fixture.rollout("2", &[]);
+    eventually("the rollout pauses", Duration::from_secs(30), async || {
+        fixture
+            .state()
+            .await
+            .rollout
+            .is_some_and(|r| r.paused.is_some())
+    })
+    .await;
+    let rollout = fixture.state().await.rollout.unwrap();
+    let reason = rollout.paused.unwrap();
+    assert!(
+        reason.starts_with("load failure: 1 of 1 replicas refused version 2"),
+        "{reason}"
+    );
+    // Visible in status: the desired canary, what each replica serves, why.
+    let status: serde_json::Value =
+        serde_json::from_str(&fixture.run("nurturectl", &["--json", "status", "churn"])).unwrap();
+    assert_eq!(status["canary"]["version"], 2);
+    let replica = &status["replicas"][0];
+    assert_eq!(replica["desired_canary"], 2);
+    assert!(replica["canary"].is_null(), "{replica}");
+    assert!(replica["canary_error"].as_str().is_some(), "{replica}");
+    let text = fixture.run("nurturectl", &["status", "churn"]);
+    assert!(
+        text.contains("served by 0 of 1 reporting replicas")
+            && text.contains("paused: load failure")
+            && text.contains("refused canary 2"),
+        "{text}"
+    );
+    // Paused, the guard decides nothing on traffic: live answers it all.
+    let versions = serve_and_report(&channel, &leads[100..400]).await;
+    assert!(versions.iter().all(|v| *v == 1));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(fixture.state().await.rollout.unwrap().paused.is_some());
 }

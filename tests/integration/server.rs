@@ -17,7 +17,7 @@ use nurture_proto::v1::journey_service_client::JourneyServiceClient;
 use nurture_proto::v1::status_service_client::StatusServiceClient;
 use nurture_proto::{prost_types, v1};
 use nurture_tests::server::{LiveSwap, ServerProcess, churn_version_of, unix_micros_now};
-use nurture_tests::{assert_invalid_argument, eventually, run_tool};
+use nurture_tests::{assert_invalid_argument, eventually, run_tool, write_bypassing_publish};
 use tempfile::TempDir;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -642,7 +642,7 @@ async fn pinned_versions_outside_the_deployment_load_on_demand() {
     // Version 5 is in the log but its bytes do not match its manifest.
     let good =
         std::fs::read(fixture.path("registry/models/churn/versions/00000004/model.onnx")).unwrap();
-    write_bypassing_publish(&fixture, 5, good, Some("0".repeat(64)), false).await;
+    write_bypassing_publish(&fixture.registry(), 5, good, Some("0".repeat(64)), false).await;
     let server = fixture.server(&[
         "--poll-interval",
         "100ms",
@@ -740,65 +740,6 @@ fn churn_status(response: &v1::GetStatusResponse) -> v1::ModelStatus {
         .expect("churn is served")
 }
 
-/// Writes a version straight into the store, bypassing publish and its
-/// checks, and promotes it: what a buggy pipeline or a hand edit could do.
-async fn write_bypassing_publish(
-    fixture: &Fixture,
-    version: u64,
-    onnx: Vec<u8>,
-    manifest_sha: Option<String>,
-    promote: bool,
-) {
-    use nurture_models::registry::{EventKind, sha256_hex};
-    use object_store::{ObjectStoreExt, PutPayload};
-
-    let registry = nurture_models::Registry::open(&fixture.registry()).unwrap();
-    let (store, _) = nurture_models::registry::open_store(&fixture.registry()).unwrap();
-    let name = nurture_models::ModelName::new("churn").unwrap();
-    let mut manifest = registry.manifest(&name, 1).await.unwrap();
-    manifest.version = version;
-    manifest.sha256 = manifest_sha.unwrap_or_else(|| sha256_hex(&onnx));
-    let model_path = registry.model_path(&name, version);
-    let manifest_path =
-        object_store::path::Path::from(model_path.as_ref().replace("model.onnx", "manifest.json"));
-    store
-        .put(
-            &manifest_path,
-            PutPayload::from(serde_json::to_vec(&manifest).unwrap()),
-        )
-        .await
-        .unwrap();
-    store
-        .put(&model_path, PutPayload::from(onnx))
-        .await
-        .unwrap();
-    let seq = registry.state(&name).await.unwrap().seq;
-    let published = EventKind::Published {
-        version,
-        kind: nurture_models::ModelKind::Churn,
-        sha256: manifest.sha256.clone(),
-    };
-    registry
-        .append(&name, seq + 1, "intruder", published)
-        .await
-        .unwrap();
-    if !promote {
-        return;
-    }
-    registry
-        .append(
-            &name,
-            seq + 2,
-            "intruder",
-            EventKind::Promoted {
-                version,
-                forced: false,
-            },
-        )
-        .await
-        .unwrap();
-}
-
 async fn wait_for_load_error(server: &ServerProcess, version: u64) -> v1::LoadError {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -824,11 +765,25 @@ async fn corrupt_or_contract_breaking_versions_are_refused_and_the_old_one_keeps
     // Truncated bytes, with a manifest that matches them.
     let good =
         std::fs::read(fixture.path("registry/models/churn/versions/00000001/model.onnx")).unwrap();
-    write_bypassing_publish(&fixture, 2, good[..good.len() / 3].to_vec(), None, true).await;
+    write_bypassing_publish(
+        &fixture.registry(),
+        2,
+        good[..good.len() / 3].to_vec(),
+        None,
+        true,
+    )
+    .await;
     let error = wait_for_load_error(&server, 2).await;
     assert_eq!(error.error_type, "contract_violation", "{error:?}");
     // Bytes that do not match the manifest's sha256.
-    write_bypassing_publish(&fixture, 3, good.clone(), Some("0".repeat(64)), true).await;
+    write_bypassing_publish(
+        &fixture.registry(),
+        3,
+        good.clone(),
+        Some("0".repeat(64)),
+        true,
+    )
+    .await;
     let error = wait_for_load_error(&server, 3).await;
     assert_eq!(error.error_type, "sha256_mismatch", "{error:?}");
 

@@ -111,3 +111,63 @@ pub fn run_python(venv: &str, script: &str, args: &[&str], env: &[(&str, &str)])
     );
     output.stdout
 }
+
+/// Writes a version straight into the store, bypassing publish and its
+/// checks (and promotes it with `promote`): what a buggy pipeline or a hand
+/// edit could do. The model is churn; its manifest is version 1's.
+pub async fn write_bypassing_publish(
+    url: &str,
+    version: u64,
+    onnx: Vec<u8>,
+    manifest_sha: Option<String>,
+    promote: bool,
+) {
+    use nurture_models::registry::{EventKind, sha256_hex};
+    use object_store::{ObjectStoreExt, PutPayload};
+
+    let registry = nurture_models::Registry::open(url).unwrap();
+    let (store, _) = nurture_models::registry::open_store(url).unwrap();
+    let name = nurture_models::ModelName::new("churn").unwrap();
+    let mut manifest = registry.manifest(&name, 1).await.unwrap();
+    manifest.version = version;
+    manifest.sha256 = manifest_sha.unwrap_or_else(|| sha256_hex(&onnx));
+    let model_path = registry.model_path(&name, version);
+    let manifest_path =
+        object_store::path::Path::from(model_path.as_ref().replace("model.onnx", "manifest.json"));
+    store
+        .put(
+            &manifest_path,
+            PutPayload::from(serde_json::to_vec(&manifest).unwrap()),
+        )
+        .await
+        .unwrap();
+    store
+        .put(&model_path, PutPayload::from(onnx))
+        .await
+        .unwrap();
+    let seq = registry.state(&name).await.unwrap().seq;
+    let published = EventKind::Published {
+        version,
+        kind: nurture_models::ModelKind::Churn,
+        sha256: manifest.sha256.clone(),
+    };
+    registry
+        .append(&name, seq + 1, "intruder", published)
+        .await
+        .unwrap();
+    if !promote {
+        return;
+    }
+    registry
+        .append(
+            &name,
+            seq + 2,
+            "intruder",
+            EventKind::Promoted {
+                version,
+                forced: false,
+            },
+        )
+        .await
+        .unwrap();
+}

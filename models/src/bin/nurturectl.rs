@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use nurture_models::manifest::ManifestDraft;
-use nurture_models::registry::{DEFAULT_REGISTRY, Event, EventKind, ModelState, PublishRequest};
+use nurture_models::registry::{
+    DEFAULT_REGISTRY, Event, EventKind, ModelState, PublishRequest, ReplicaReport,
+};
 use nurture_models::rollout::policy::{Decision, RolloutPolicy};
 use nurture_models::rollout::sequential::{Metric, SequentialTest};
 use nurture_models::{Error, ModelKind, ModelName, Registry, runtime};
@@ -446,10 +448,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { model } => {
             let name = ModelName::new(&model)?;
             let state = existing_state(&registry, &name).await?;
+            // What each replica serves, as it last reported (within 30 s).
+            let replicas = registry
+                .replica_reports(&name, std::time::Duration::from_secs(30))
+                .await?;
             if json {
-                print_json(&serde_json::to_value(&state)?);
+                let mut value = serde_json::to_value(&state)?;
+                value["replicas"] = serde_json::to_value(&replicas)?;
+                print_json(&value);
             } else {
-                print_status(&state);
+                print_status(&state, &replicas);
             }
         }
         Command::Promote {
@@ -803,7 +811,7 @@ fn report(json: bool, name: &ModelName, event: Option<Event>, nothing: &str) {
     }
 }
 
-fn print_status(state: &ModelState) {
+fn print_status(state: &ModelState, replicas: &[ReplicaReport]) {
     println!("model     {}", state.name);
     println!(
         "kind      {}",
@@ -819,11 +827,48 @@ fn print_status(state: &ModelState) {
         None => println!("live      -"),
     }
     match state.canary {
-        Some(canary) => println!(
-            "canary    {} at {}% of leads",
-            canary.version, canary.percent
-        ),
+        Some(canary) => {
+            let serving = replicas
+                .iter()
+                .filter(|r| r.canary == Some(canary.version))
+                .count();
+            println!(
+                "canary    {} at {}% of leads (desired; served by {serving} of {} reporting replicas)",
+                canary.version,
+                canary.percent,
+                replicas.len()
+            );
+        }
         None => println!("canary    -"),
+    }
+    if let Some(rollout) = &state.rollout {
+        println!(
+            "rollout   version {}, step {} of {} ({}%){}, since {}",
+            rollout.version,
+            rollout.step + 1,
+            rollout.policy.steps.len(),
+            rollout.percent(),
+            rollout
+                .paused
+                .as_deref()
+                .map(|reason| format!(", paused: {reason}"))
+                .unwrap_or_default(),
+            rollout.started_at.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+    }
+    for report in replicas {
+        println!(
+            "replica   {}: live {}, canary {}{} (at {})",
+            report.replica,
+            opt(report.live),
+            opt(report.canary),
+            report
+                .canary_error
+                .as_deref()
+                .map(|error| format!(", refused canary {}: {error}", opt(report.desired_canary)))
+                .unwrap_or_default(),
+            report.at.format("%H:%M:%S UTC")
+        );
     }
     println!("latest    {}", opt(state.latest_version()));
     println!("log seq   {}", state.seq);
