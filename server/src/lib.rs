@@ -263,6 +263,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                     generic: generic.clone(),
                     fleet: Some(fleet.clone()),
                     input_drift: input_drift_view.clone(),
+                    registry: Some(registry_for_experiments.clone()),
                 },
                 auth.clone(),
             ),

@@ -336,6 +336,22 @@ async fn a_canary_that_fails_to_load_pauses_the_rollout_visibly() {
             && text.contains("refused canary 2"),
         "{text}"
     );
+    // And in the Status RPC.
+    let mut status =
+        nurture_proto::v1::status_service_client::StatusServiceClient::new(channel.clone());
+    let churn = status
+        .get_status(v1::GetStatusRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .models
+        .into_iter()
+        .find(|m| m.name == "churn")
+        .unwrap();
+    assert_eq!((churn.desired_canary_version, churn.canary_version), (2, 0));
+    assert_eq!(churn.replicas.len(), 1);
+    assert_eq!(churn.replicas[0].desired_canary_version, 2);
+    assert!(!churn.replicas[0].canary_error.is_empty());
     // Paused, the guard decides nothing on traffic: live answers it all.
     let versions = serve_and_report(&channel, &leads[100..400]).await;
     assert!(versions.iter().all(|v| *v == 1));
