@@ -144,8 +144,17 @@ impl Fixture {
 /// Predicts `leads` and reports each true outcome: the versions that
 /// answered, in lead order.
 async fn serve_and_report(channel: &Channel, leads: &[(v1::LeadProfile, String)]) -> Vec<u64> {
-    let mut churn = ChurnServiceClient::new(channel.clone());
-    let mut feedback = FeedbackServiceClient::new(channel.clone());
+    serve_here_report_there(channel, channel, leads).await
+}
+
+/// Predicts `leads` on one replica and reports their outcomes to another.
+async fn serve_here_report_there(
+    serve: &Channel,
+    report: &Channel,
+    leads: &[(v1::LeadProfile, String)],
+) -> Vec<u64> {
+    let mut churn = ChurnServiceClient::new(serve.clone());
+    let mut feedback = FeedbackServiceClient::new(report.clone());
     let mut versions = Vec::new();
     for chunk in leads.chunks(100) {
         let response = churn
@@ -357,4 +366,185 @@ async fn a_canary_that_fails_to_load_pauses_the_rollout_visibly() {
     assert!(versions.iter().all(|v| *v == 1));
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(fixture.state().await.rollout.unwrap().paused.is_some());
+}
+
+/// Whether `channel`'s replica still answers any of `leads` with `version`.
+async fn answers_with(
+    channel: &Channel,
+    leads: &[(v1::LeadProfile, String)],
+    version: u64,
+) -> bool {
+    ChurnServiceClient::new(channel.clone())
+        .predict_churn(v1::PredictChurnRequest {
+            leads: leads.iter().map(|(lead, _)| lead.clone()).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .predictions
+        .iter()
+        .any(|p| p.model.as_ref().unwrap().version == version)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_on_s3_follow_one_guard_decision() {
+    let s3 = nurture_tests::s3::TestS3::from_env();
+    let prefix = nurture_tests::s3::TestS3::unique_prefix("rollout");
+    let (url, env) = s3.url_and_env(&prefix);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let fixture = Fixture {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let tool = |binary: &str, args: &[&str]| run_tool(binary, &url, args, &env);
+    let data = fixture.data();
+    tool(
+        "nurture-trainer",
+        &[
+            "generate",
+            "--out",
+            data.to_str().unwrap(),
+            "--rows",
+            "3000",
+        ],
+    );
+    let train = |csv: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "churn",
+            "--data",
+            csv.to_str().unwrap(),
+            "--iterations",
+            "40",
+        ];
+        args.extend_from_slice(extra);
+        tool("nurture-trainer", &args);
+    };
+    train(&fixture.churn_csv(), &["--promote"]);
+    train(&fixture.shuffled_churn_csv(), &["--publish"]);
+    let replicas: Vec<ServerProcess> = (0..3)
+        .map(|i| {
+            ServerProcess::start_with_env(
+                &url,
+                &fixture.dir.path().join(format!("cache-{i}")),
+                &[
+                    "--models",
+                    "churn",
+                    "--poll-interval",
+                    "500ms",
+                    "--feedback-refresh",
+                    "200ms",
+                    "--guard-every",
+                    "200ms",
+                    "--replica-id",
+                    &format!("replica-{i}"),
+                ],
+                &env,
+            )
+        })
+        .collect();
+    let channels: Vec<Channel> =
+        futures::future::join_all(replicas.iter().map(ServerProcess::channel)).await;
+    let leads = labelled_leads(&fixture.churn_csv(), "churned");
+    tool(
+        "nurturectl",
+        &[
+            "rollout",
+            "churn",
+            "2",
+            "--steps",
+            "50",
+            "--tau",
+            "0.1",
+            "--min-outcomes",
+            "50",
+        ],
+    );
+    for channel in &channels {
+        serving(channel, &leads, 2).await;
+    }
+    // Each replica is watched every 20 ms for the moment its answers leave
+    // the canary.
+    let probes: Vec<_> = channels
+        .iter()
+        .map(|channel| {
+            let (channel, leads) = (channel.clone(), leads[..60].to_vec());
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                while started.elapsed() < Duration::from_secs(60) {
+                    if !answers_with(&channel, &leads, 2).await {
+                        return Some(chrono::Utc::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                None
+            })
+        })
+        .collect();
+    // Served by A, outcomes to B, until some replica's guard decides.
+    let registry = Registry::from_store(
+        s3.store(),
+        object_store::path::Path::from(prefix.as_str()),
+        "s3 test server",
+    );
+    let name = ModelName::new("churn").unwrap();
+    let mut served = 0;
+    while registry.state(&name).await.unwrap().rollout.is_some() && served < 3000 {
+        serve_here_report_there(&channels[0], &channels[1], &leads[served..served + 100]).await;
+        served += 100;
+    }
+    let left: Vec<Option<chrono::DateTime<chrono::Utc>>> = futures::future::join_all(probes)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let log = registry.read_log(&name).await.unwrap();
+    let decisions: Vec<_> = log
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::RolloutDecided { .. }))
+        .collect();
+    assert_eq!(
+        decisions.len(),
+        1,
+        "exactly one replica's decision is written"
+    );
+    let decision = decisions[0];
+    assert!(
+        matches!(
+            &decision.kind,
+            EventKind::RolloutDecided {
+                decision: Decision::RolledBack,
+                evidence: Some(_),
+                ..
+            }
+        ),
+        "{:?}",
+        decision.kind
+    );
+    let decider = decision.actor.trim_start_matches("guard@");
+    let mut after = Vec::new();
+    for (i, at) in left.iter().enumerate() {
+        let at = at.unwrap_or_else(|| panic!("replica-{i} still serves the rolled-back canary"));
+        let ms = (at - decision.at).num_milliseconds();
+        after.push(format!(
+            "replica-{i}{} {ms} ms",
+            if decider == format!("replica-{i}") {
+                " (decided)"
+            } else {
+                ""
+            }
+        ));
+        // One poll interval (500 ms) plus the time to notice, on a loaded
+        // two-core machine: a replica that missed its poll would take 1 s
+        // more.
+        assert!(
+            ms <= 1_500,
+            "replica-{i} left the canary {ms} ms after the decision"
+        );
+    }
+    println!(
+        "rolled back by {} after {served} leads; traffic left the canary: {}",
+        decision.actor,
+        after.join(", ")
+    );
 }
