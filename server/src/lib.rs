@@ -149,6 +149,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let registry_for_experiments = registry.clone();
     let generic: services::inference::GenericSlots = Default::default();
     let wake = Arc::new(tokio::sync::Notify::new());
+    let replica_view = watcher::ReplicaView::default();
     let watcher = Watcher {
         registry,
         watched: slots
@@ -169,6 +170,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         wake: wake.clone(),
         replica: replica.clone(),
         reported: Default::default(),
+        replica_view: replica_view.clone(),
     };
     let watcher_task = tokio::spawn(watcher.run(shutdown.clone()));
 
@@ -263,7 +265,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                     generic: generic.clone(),
                     fleet: Some(fleet.clone()),
                     input_drift: input_drift_view.clone(),
-                    registry: Some(registry_for_experiments.clone()),
+                    replicas: replica_view.clone(),
                 },
                 auth.clone(),
             ),

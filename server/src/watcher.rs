@@ -60,7 +60,13 @@ pub struct Watcher {
     pub replica: String,
     /// The last report written per model, and when.
     pub reported: std::sync::Mutex<HashMap<String, (ReplicaReport, std::time::Instant)>>,
+    /// Every replica's fresh reports per model, as last read (for the
+    /// status RPC, which never waits on the store).
+    pub replica_view: ReplicaView,
 }
+
+/// Every replica's fresh reports per model, as this replica last read them.
+pub type ReplicaView = Arc<std::sync::RwLock<HashMap<String, Vec<ReplicaReport>>>>;
 
 /// A replica rewrites an unchanged report this often, so readers can tell
 /// a live replica from a gone one ([`REPORT_FRESH`]).
@@ -239,7 +245,20 @@ impl Watcher {
                     .insert(slot.name.clone(), (report, std::time::Instant::now()));
             }
             Err(error) => {
-                tracing::warn!(model = %slot.name, %error, "cannot write this replica's report")
+                tracing::warn!(model = %slot.name, %error, "cannot write this replica's report");
+                return;
+            }
+        }
+        // The others' reports, read as often as this one is written.
+        match self.registry.replica_reports(&name, REPORT_FRESH).await {
+            Ok(reports) => {
+                self.replica_view
+                    .write()
+                    .expect("replica view lock")
+                    .insert(slot.name.clone(), reports);
+            }
+            Err(error) => {
+                tracing::warn!(model = %slot.name, %error, "cannot read the replicas' reports");
             }
         }
     }

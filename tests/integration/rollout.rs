@@ -348,15 +348,24 @@ async fn a_canary_that_fails_to_load_pauses_the_rollout_visibly() {
     // And in the Status RPC.
     let mut status =
         nurture_proto::v1::status_service_client::StatusServiceClient::new(channel.clone());
-    let churn = status
-        .get_status(v1::GetStatusRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .models
-        .into_iter()
-        .find(|m| m.name == "churn")
-        .unwrap();
+    let mut churn = v1::ModelStatus::default();
+    eventually(
+        "the Status RPC shows the replicas",
+        Duration::from_secs(30),
+        async || {
+            churn = status
+                .get_status(v1::GetStatusRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .models
+                .into_iter()
+                .find(|m| m.name == "churn")
+                .unwrap();
+            churn.replicas.iter().any(|r| !r.canary_error.is_empty())
+        },
+    )
+    .await;
     assert_eq!((churn.desired_canary_version, churn.canary_version), (2, 0));
     assert_eq!(churn.replicas.len(), 1);
     assert_eq!(churn.replicas[0].desired_canary_version, 2);

@@ -19,12 +19,9 @@ pub struct StatusRpc {
     pub fleet: Option<Arc<crate::feedback::Fleet>>,
     /// Label-free drift of served versions.
     pub input_drift: crate::feedback::InputDriftView,
-    /// Where replicas' reports are read (none: not shown).
-    pub registry: Option<nurture_models::Registry>,
+    /// Every replica's reports, as the watcher last read them.
+    pub replicas: crate::watcher::ReplicaView,
 }
-
-/// Longest the status RPC waits for the replicas' reports.
-const REPORTS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl StatusRpc {
     /// The status of every model.
@@ -53,7 +50,13 @@ impl StatusRpc {
                     desired_version: status.desired_live.unwrap_or(0),
                     desired_canary_version: status.desired_canary.map_or(0, |(v, _)| v),
                     desired_canary_percent: status.desired_canary.map_or(0, |(_, p)| u32::from(p)),
-                    replicas: Vec::new(),
+                    replicas: self
+                        .replicas
+                        .read()
+                        .expect("replica view lock")
+                        .get(&slot.name)
+                        .map(|reports| reports.iter().map(replica_status).collect())
+                        .unwrap_or_default(),
                     load_errors: status
                         .load_errors
                         .iter()
@@ -110,40 +113,17 @@ impl StatusService for StatusRpc {
         &self,
         _request: Request<v1::GetStatusRequest>,
     ) -> Result<Response<v1::GetStatusResponse>, Status> {
-        let mut response = self.snapshot();
-        if let Some(registry) = &self.registry {
-            for model in &mut response.models {
-                let Ok(name) = nurture_models::ModelName::new(&model.name) else {
-                    continue;
-                };
-                let reports = tokio::time::timeout(
-                    REPORTS_WAIT,
-                    registry.replica_reports(&name, crate::watcher::REPORT_FRESH),
-                )
-                .await;
-                match reports {
-                    Ok(Ok(reports)) => {
-                        model.replicas = reports
-                            .into_iter()
-                            .map(|r| v1::ReplicaStatus {
-                                replica: r.replica,
-                                live_version: r.live.unwrap_or(0),
-                                canary_version: r.canary.unwrap_or(0),
-                                desired_canary_version: r.desired_canary.unwrap_or(0),
-                                canary_error: r.canary_error.unwrap_or_default(),
-                                reported_at: r.at.to_rfc3339_opts(SecondsFormat::Secs, true),
-                            })
-                            .collect();
-                    }
-                    Ok(Err(error)) => {
-                        tracing::warn!(model = %model.name, %error, "cannot read the replicas' reports");
-                    }
-                    Err(_) => {
-                        tracing::warn!(model = %model.name, "the replicas' reports did not come in time");
-                    }
-                }
-            }
-        }
-        Ok(Response::new(response))
+        Ok(Response::new(self.snapshot()))
+    }
+}
+
+fn replica_status(report: &nurture_models::registry::ReplicaReport) -> v1::ReplicaStatus {
+    v1::ReplicaStatus {
+        replica: report.replica.clone(),
+        live_version: report.live.unwrap_or(0),
+        canary_version: report.canary.unwrap_or(0),
+        desired_canary_version: report.desired_canary.unwrap_or(0),
+        canary_error: report.canary_error.clone().unwrap_or_default(),
+        reported_at: report.at.to_rfc3339_opts(SecondsFormat::Secs, true),
     }
 }
