@@ -20,13 +20,25 @@ use tonic::transport::Channel;
 
 struct Fixture {
     dir: TempDir,
+    /// The registry's URL (a directory in `dir` unless given).
+    url: Option<String>,
+    /// What processes need to reach it.
+    env: Vec<(&'static str, String)>,
 }
 
 impl Fixture {
-    /// Churn live as version 1 (trained on the generated data).
+    /// A file registry with churn live as version 1 (trained on the
+    /// generated data).
     fn new() -> Fixture {
+        Fixture::at(None, Vec::new())
+    }
+
+    /// The same on the registry at `url`, reached with `env`.
+    fn at(url: Option<String>, env: Vec<(&'static str, String)>) -> Fixture {
         let fixture = Fixture {
             dir: tempfile::tempdir().unwrap(),
+            url,
+            env,
         };
         let data = fixture.data();
         let data = data.to_str().unwrap();
@@ -47,11 +59,17 @@ impl Fixture {
     }
 
     fn registry(&self) -> String {
-        format!("file://{}", self.dir.path().join("registry").display())
+        self.url
+            .clone()
+            .unwrap_or_else(|| format!("file://{}", self.dir.path().join("registry").display()))
+    }
+
+    fn env(&self) -> Vec<(&str, &str)> {
+        self.env.iter().map(|(k, v)| (*k, v.as_str())).collect()
     }
 
     fn run(&self, binary: &str, args: &[&str]) -> String {
-        run_tool(binary, &self.registry(), args, &[])
+        run_tool(binary, &self.registry(), args, &self.env())
     }
 
     fn train(&self, csv: &std::path::Path, iterations: &str, extra: &[&str]) {
@@ -401,36 +419,9 @@ async fn three_replicas_on_s3_follow_one_guard_decision() {
     let s3 = nurture_tests::s3::TestS3::from_env();
     let prefix = nurture_tests::s3::TestS3::unique_prefix("rollout");
     let (url, env) = s3.url_and_env(&prefix);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let fixture = Fixture {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    let tool = |binary: &str, args: &[&str]| run_tool(binary, &url, args, &env);
-    let data = fixture.data();
-    tool(
-        "nurture-trainer",
-        &[
-            "generate",
-            "--out",
-            data.to_str().unwrap(),
-            "--rows",
-            "3000",
-        ],
-    );
-    let train = |csv: &std::path::Path, extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "churn",
-            "--data",
-            csv.to_str().unwrap(),
-            "--iterations",
-            "40",
-        ];
-        args.extend_from_slice(extra);
-        tool("nurture-trainer", &args);
-    };
-    train(&fixture.churn_csv(), &["--promote"]);
-    train(&fixture.shuffled_churn_csv(), &["--publish"]);
+    let fixture = Fixture::at(Some(url.clone()), env);
+    let env = fixture.env();
+    fixture.train(&fixture.shuffled_churn_csv(), "40", &["--publish"]);
     let replicas: Vec<ServerProcess> = (0..3)
         .map(|i| {
             ServerProcess::start_with_env(
@@ -455,20 +446,7 @@ async fn three_replicas_on_s3_follow_one_guard_decision() {
     let channels: Vec<Channel> =
         futures::future::join_all(replicas.iter().map(ServerProcess::channel)).await;
     let leads = labelled_leads(&fixture.churn_csv(), "churned");
-    tool(
-        "nurturectl",
-        &[
-            "rollout",
-            "churn",
-            "2",
-            "--steps",
-            "50",
-            "--tau",
-            "0.1",
-            "--min-outcomes",
-            "50",
-        ],
-    );
+    fixture.rollout("2", &[]);
     for channel in &channels {
         serving(channel, &leads, 2).await;
     }
