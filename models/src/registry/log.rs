@@ -265,6 +265,9 @@ impl ModelState {
                     version: *version,
                     percent: *percent,
                 });
+                // A person set the canary by hand: they take over from any
+                // rollout (its own steps are `rollout_decided` events).
+                self.rollout = None;
             }
             EventKind::CanaryCleared {} => self.canary = None,
             EventKind::RolledBack { from, to, reason } => {
@@ -679,6 +682,98 @@ mod tests {
                 .plan_rollout_decision(version, decision, "the guard said so", None)
                 .unwrap();
             self.push(event)
+        }
+    }
+
+    mod folded {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Something a person or a guard may try.
+        #[derive(Debug, Clone)]
+        enum Op {
+            Publish,
+            Promote(u64),
+            Canary(u64, u8),
+            ClearCanary,
+            Rollback,
+            Revoke(u64),
+            Start(u64, Vec<u8>),
+            Decide(u64, u8),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                Just(Op::Publish),
+                (1u64..6).prop_map(Op::Promote),
+                (1u64..6, 1u8..=100).prop_map(|(v, p)| Op::Canary(v, p)),
+                Just(Op::ClearCanary),
+                Just(Op::Rollback),
+                (1u64..6).prop_map(Op::Revoke),
+                (1u64..6, proptest::collection::vec(1u8..=100, 1..4))
+                    .prop_map(|(v, steps)| Op::Start(v, steps)),
+                (1u64..6, 0u8..7).prop_map(|(v, d)| Op::Decide(v, d)),
+            ]
+        }
+
+        fn decision(state: &ModelState, pick: u8) -> Decision {
+            match pick {
+                0 => state
+                    .rollout
+                    .as_ref()
+                    .map_or(Decision::Promoted, Rollout::on_success),
+                1 => Decision::RolledBack,
+                2 => Decision::Paused,
+                3 => Decision::Resumed,
+                4 => Decision::Stopped,
+                5 => Decision::Expired,
+                _ => Decision::SteppedUp { percent: 99 },
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Whatever is accepted, in any order: a rollout under way has
+            /// its version as the canary at its step's share, servable and
+            /// not live, and folding the log from scratch (a restart)
+            /// gives the same state.
+            #[test]
+            fn accepted_changes_keep_a_rollout_consistent(ops in proptest::collection::vec(op(), 1..40)) {
+                let mut log = Log::new();
+                let mut events = Vec::new();
+                for op in ops {
+                    let state = &log.state;
+                    let planned = match op {
+                        Op::Publish => Ok(EventKind::Published {
+                            version: state.latest_version().unwrap_or(0) + 1,
+                            kind: ModelKind::Churn,
+                            sha256: format!("{:064x}", state.seq),
+                        }),
+                        Op::Promote(v) => state.plan_promote(v, false).and_then(|e| e.ok_or(Error::Refused("same".into()))),
+                        Op::Canary(v, p) => state.plan_canary(v, p, false),
+                        Op::ClearCanary => state.plan_canary_clear().ok_or(Error::Refused("none".into())),
+                        Op::Rollback => state.plan_rollback(None, "bad"),
+                        Op::Revoke(v) => state.plan_revoke(v, "bad"),
+                        Op::Start(v, mut steps) => {
+                            steps.sort_unstable();
+                            steps.dedup();
+                            state.plan_rollout(v, RolloutPolicy { steps, ..RolloutPolicy::default() }, false)
+                        }
+                        Op::Decide(v, pick) => state.plan_rollout_decision(v, decision(state, pick), "why", None),
+                    };
+                    let Ok(kind) = planned else { continue };
+                    log.push(kind.clone());
+                    events.push(Event { seq: log.state.seq, at: DateTime::UNIX_EPOCH, actor: "test".into(), kind });
+                    let state = &log.state;
+                    if let Some(rollout) = &state.rollout {
+                        prop_assert_eq!(state.canary, Some(Canary { version: rollout.version, percent: rollout.percent() }));
+                        prop_assert!(state.is_servable(rollout.version));
+                        prop_assert_ne!(state.live, Some(rollout.version));
+                    }
+                }
+                prop_assert_eq!(&ModelState::fold("churn", &events).unwrap(), &log.state);
+            }
         }
     }
 
