@@ -1295,3 +1295,82 @@ fn input_drift_counter(model: &str, version: u64, variable: &str) -> metrics::Co
         "variable" => variable.to_owned()
     )
 }
+
+#[cfg(test)]
+mod outcome_reports {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rpc() -> FeedbackRpc {
+        let registry = nurture_models::Registry::open("memory://").unwrap();
+        let store = FeedbackStore::new(registry.store().clone(), registry.prefix().clone(), "r");
+        FeedbackRpc {
+            slots: Vec::new(),
+            ids: Arc::new(PredictionIds::new(
+                Some(IdKey::new(vec![7; 32]).unwrap()),
+                1,
+            )),
+            fleet: Arc::new(Fleet::new(store, &[], 30, AdwinConfig::default())),
+            limits: Limits {
+                max_items: 100,
+                max_timing_leads: 10,
+                max_text_bytes: 1000,
+            },
+            horizon: Duration::from_secs(180 * 86_400),
+            adopt_after: Duration::from_secs(600),
+        }
+    }
+
+    fn label() -> impl Strategy<Value = Option<v1::outcome_report::Label>> {
+        use v1::outcome_report::Label as L;
+        proptest::option::of(prop_oneof![
+            any::<bool>().prop_map(L::Churned),
+            any::<bool>().prop_map(L::Responded),
+            any::<bool>().prop_map(L::Converted),
+            any::<i32>().prop_map(L::Stage),
+            any::<i32>().prop_map(L::Emotion),
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Any report, however malformed, is judged without a panic: either
+        /// INVALID_ARGUMENT naming a field of `outcomes[3]`, or refused
+        /// as an id this replica cannot score (never scored).
+        #[test]
+        fn any_report_is_judged_without_panic(
+            prediction_id in ".{0,300}",
+            outcome_id in ".{0,200}",
+            label in label(),
+            value in proptest::option::of(any::<f64>()),
+            observed in proptest::option::of((any::<i64>(), any::<i32>())),
+            minted in any::<bool>(),
+        ) {
+            let rpc = rpc();
+            let prediction_id = if minted {
+                rpc.ids.mint("churn", 1, Arm::Live, 0, Prediction::Binary(0.5))
+            } else {
+                prediction_id
+            };
+            let report = v1::OutcomeReport {
+                prediction_id,
+                outcome_id,
+                label,
+                value,
+                observed_at: observed.map(|(seconds, nanos)| nurture_proto::prost_types::Timestamp { seconds, nanos }),
+            };
+            match rpc.dispose(3, &report) {
+                Err(ServeError::InvalidArgument(message)) => {
+                    prop_assert!(message.contains("outcomes[3]"), "{}", message);
+                }
+                Err(other) => prop_assert!(false, "unexpected error {:?}", other),
+                Ok(Disposition::Refused { result, .. }) => prop_assert!(matches!(
+                    result,
+                    v1::OutcomeResult::GarbledId | v1::OutcomeResult::ForgedId | v1::OutcomeResult::UnknownId
+                )),
+                Ok(_) => prop_assert!(false, "a report for a model not served here was scored"),
+            }
+        }
+    }
+}
