@@ -7,6 +7,7 @@
 //! state it was judged on, so when several replicas decide at once one
 //! decision is written and the others see a conflict and follow the log.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use nurture_models::feedback::Arm;
 use nurture_models::registry::{Event, ReplicaReport};
 use nurture_models::rollout::policy::Decision;
 use nurture_models::rollout::sequential::{Evidence, Verdict};
-use nurture_models::{Error, ModelName, ModelState, Registry};
+use nurture_models::{Error, LogFollower, ModelName, ModelState, Registry};
 use tokio::sync::watch;
 
 use crate::feedback::Fleet;
@@ -40,6 +41,11 @@ pub struct Guard {
     /// Wakes this replica's watcher after a decision, so its traffic
     /// follows at once.
     pub wake: Arc<tokio::sync::Notify>,
+    /// Every replica's reports, as this replica's watcher last read them.
+    pub replicas: crate::watcher::ReplicaView,
+    /// Each model's release log as read so far (a look fetches only the
+    /// events written since the last one).
+    pub followers: tokio::sync::Mutex<HashMap<String, LogFollower>>,
 }
 
 impl Guard {
@@ -67,10 +73,13 @@ impl Guard {
     /// One look at `model`: the decision written, if any.
     pub async fn check(&self, model: &str) -> Result<Option<Event>, Error> {
         let name = ModelName::new(model)?;
-        let state = match self.registry.state(&name).await {
-            Ok(state) => state,
-            Err(Error::NotFound(_)) => return Ok(None),
-            Err(error) => return Err(error),
+        let state = {
+            let mut followers = self.followers.lock().await;
+            followers
+                .entry(model.to_owned())
+                .or_insert_with(|| LogFollower::new(name.clone()))
+                .state(&self.registry)
+                .await?
         };
         let (Some(rollout), Some(live)) = (state.rollout.as_ref(), state.live) else {
             return Ok(None);
@@ -80,9 +89,12 @@ impl Guard {
         // with like); when none refuses any more and one serves it, it
         // resumes.
         let reports = self
-            .registry
-            .replica_reports(&name, crate::watcher::REPORT_FRESH)
-            .await?;
+            .replicas
+            .read()
+            .expect("replica view lock")
+            .get(model)
+            .cloned()
+            .unwrap_or_default();
         let refused: Vec<&ReplicaReport> = reports
             .iter()
             .filter(|r| r.refused(rollout.version))

@@ -219,6 +219,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 actor: format!("guard@{replica}"),
                 every: config.guard_every,
                 wake: wake.clone(),
+                replicas: replica_view.clone(),
+                followers: Default::default(),
             }
             .run(shutdown.clone()),
         )

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::Utc;
-use nurture_models::registry::ReplicaReport;
+use nurture_models::registry::{REPORT_EVERY, REPORT_FRESH, ReplicaReport};
 use nurture_models::{LogFollower, ModelName, ModelState, Registry};
 use tokio::sync::watch;
 use tonic_health::ServingStatus;
@@ -67,13 +67,6 @@ pub struct Watcher {
 
 /// Every replica's fresh reports per model, as this replica last read them.
 pub type ReplicaView = Arc<std::sync::RwLock<HashMap<String, Vec<ReplicaReport>>>>;
-
-/// A replica rewrites an unchanged report this often, so readers can tell
-/// a live replica from a gone one ([`REPORT_FRESH`]).
-const REPORT_EVERY: Duration = Duration::from_secs(10);
-
-/// Reports older than this are from replicas that are gone.
-pub const REPORT_FRESH: Duration = Duration::from_secs(30);
 
 impl Watcher {
     /// Polls until `shutdown` turns true.

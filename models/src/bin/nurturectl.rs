@@ -448,9 +448,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { model } => {
             let name = ModelName::new(&model)?;
             let state = existing_state(&registry, &name).await?;
-            // What each replica serves, as it last reported (within 30 s).
+            // What each replica serves, as it last reported.
             let replicas = registry
-                .replica_reports(&name, std::time::Duration::from_secs(30))
+                .replica_reports(&name, nurture_models::registry::REPORT_FRESH)
                 .await?;
             if json {
                 let mut value = serde_json::to_value(&state)?;

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 
 pub use self::log::{Canary, Event, EventKind, ModelState, Revocation, VersionRecord};
 pub use self::name::{MAX_NAME_LEN, ModelName};
-pub use self::replicas::ReplicaReport;
+pub use self::replicas::{REPORT_EVERY, REPORT_FRESH, ReplicaReport};
 pub use self::store::{DEFAULT_REGISTRY, open_store};
 use crate::error::{Error, Result};
 use crate::kind::ModelKind;

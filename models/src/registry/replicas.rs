@@ -13,6 +13,13 @@ use serde::{Deserialize, Serialize};
 use super::{ModelName, Registry};
 use crate::Result;
 
+/// A replica rewrites its report at least this often (if only to say it
+/// is there).
+pub const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reports older than this are from replicas that are gone.
+pub const REPORT_FRESH: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// One replica's view of one model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReplicaReport {
