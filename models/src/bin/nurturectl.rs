@@ -130,16 +130,16 @@ enum Command {
         #[arg(long, default_value = "error_rate")]
         metric: String,
         /// Bound on rolling back a canary no worse than live.
-        #[arg(long, default_value_t = 0.01)]
+        #[arg(long, default_value_t = SequentialTest::default().alpha)]
         alpha: f64,
         /// Size of regression to find, in the metric's units.
-        #[arg(long, default_value_t = 0.01)]
+        #[arg(long, default_value_t = SequentialTest::default().tau)]
         tau: f64,
         /// Promote once the canary is shown at most this share worse than live.
-        #[arg(long, default_value_t = 0.1)]
+        #[arg(long, default_value_t = SequentialTest::default().margin)]
         margin: f64,
         /// Outcomes per arm before any decision.
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = SequentialTest::default().min_outcomes)]
         min_outcomes: u64,
         /// Longest the rollout may run (e.g. 2h, 3d); then it expires and a person decides.
         #[arg(long, default_value = "24h", value_parser = nurture_models::parse_duration)]
