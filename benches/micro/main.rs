@@ -164,44 +164,59 @@ fn text(c: &mut Criterion) {
     });
 }
 
-/// The prediction log's background costs per answer: Parquet encoding of
-/// a file of churn records, and counting one record into the label-free
-/// drift monitor.
+/// The prediction log's costs per answer: appending a churn prediction
+/// to a batch (on the request path), Parquet encoding of a file of them,
+/// and counting them into the label-free drift monitor (on the writer).
 fn prediction_log(c: &mut Criterion) {
     use nurture_models::features::LEAD_FEATURES;
     use nurture_models::feedback::Arm;
-    use nurture_models::feedback::log::{Inline, InlineStr, PredictionRecord, encode};
+    use nurture_models::feedback::log::{LogBatch, Row, encode};
     use nurture_models::feedback::reference::{Bins, Monitor, Reference};
-    let records: Vec<PredictionRecord> = (0..10_000i64)
-        .map(|i| PredictionRecord {
-            // Like real ids: 72 characters of base64 that do not repeat.
-            prediction_id: InlineStr::new(
-                &(0..6)
-                    .map(|k| {
-                        format!(
-                            "{:012x}",
-                            nurture_models::fnv1a64(&(i * 6 + k).to_le_bytes())
-                        )
-                    })
-                    .collect::<String>(),
-            ),
-            version: 1,
-            arm: Arm::Live,
-            served_at_ms: 1_764_000_000_000 + i,
-            lead_id: InlineStr::new(&format!("lead-{i}")),
-            lead: [1.5; LEAD_FEATURES.len()],
-            extra: Inline::default(),
-            text: None,
-            probabilities: Inline::new(&[0.3, 0.7]),
+    // Like real ids: 72 characters of base64 that do not repeat.
+    let ids: Vec<String> = (0..10_000i64)
+        .map(|i| {
+            (0..6)
+                .map(|k| {
+                    format!(
+                        "{:012x}",
+                        nurture_models::fnv1a64(&(i * 6 + k).to_le_bytes())
+                    )
+                })
+                .collect()
         })
         .collect();
+    let features = [1.5; LEAD_FEATURES.len()];
+    let row = |i: usize| Row {
+        prediction_id: &ids[i],
+        version: 1,
+        arm: Arm::Live,
+        served_at_ms: 1_764_000_000_000 + i as i64,
+        lead_id: "",
+        features: &features,
+        text: None,
+        probabilities: &[0.3, 0.7],
+    };
+    let mut batch = LogBatch::new(ModelKind::Churn);
+    for i in 0..ids.len() {
+        batch.push(&row(i));
+    }
+    c.bench_function("prediction_log_append/1_record", |b| {
+        let mut appended = LogBatch::new(ModelKind::Churn);
+        let mut i = 0;
+        b.iter(|| {
+            if appended.len() == 10_000 {
+                appended = LogBatch::new(ModelKind::Churn);
+            }
+            appended.push(std::hint::black_box(&row(i % ids.len())));
+            i += 1;
+        })
+    });
     c.bench_function("prediction_log_encode/10000_records", |b| {
         b.iter(|| {
             encode(
                 "churn",
-                ModelKind::Churn,
                 "r",
-                std::hint::black_box(&records),
+                std::hint::black_box(std::slice::from_ref(&batch)),
             )
             .unwrap()
         })
@@ -216,8 +231,14 @@ fn prediction_log(c: &mut Criterion) {
     };
     let names: Vec<&str> = LEAD_FEATURES.iter().map(|f| f.name).collect();
     let mut monitor = Monitor::new(&reference, &names);
-    c.bench_function("input_drift_observe/1_record", |b| {
-        b.iter(|| monitor.observe(records[7].lead.iter().map(|v| Some(*v)), 0.7))
+    // Every record counted (a quiet window; busy ones are thinned).
+    c.bench_function("input_drift_observe/10000_records", |b| {
+        b.iter(|| {
+            for position in 0..names.len() {
+                monitor.observe_column(position, batch.feature(position));
+            }
+            monitor.observe_scores((0..batch.len()).map(|row| batch.score(row)));
+        })
     });
 }
 

@@ -12,12 +12,13 @@ use chrono::Utc;
 use nurture_models::ModelKind;
 use nurture_models::features::LEAD_FEATURES;
 use nurture_models::feedback::drift::{Adwin, AdwinConfig};
-use nurture_models::feedback::log::{Inline, InlineStr, PredictionRecord};
+use nurture_models::feedback::log::{LogBatch, Row};
 use nurture_models::feedback::reference::{Monitor, Reference};
 use nurture_models::feedback::{
     Arm, Fate, FeedbackStore, IdError, IdKey, Label, ModelQuality, OutcomeBatch, Prediction,
     PredictionId, Report, ScoredOutcome, forget_unlistable, outcome_key,
 };
+use nurture_models::kind::InputContract;
 use nurture_proto::v1;
 use tokio::sync::watch;
 
@@ -848,43 +849,45 @@ impl Served {
         let served_at_ms = Utc::now().timestamp_millis();
         let id = self.ids.mint(model, version, arm, served_at_ms, prediction);
         if !id.is_empty() && self.log.sampled(&id) {
-            // A full buffer drops the record before it is built.
-            if self.log.is_full() {
-                loaded.log_dropped.increment(1);
-                return id;
-            }
             let lead_id = inputs
                 .lead
                 .map(|lead| lead.id.as_str())
                 .or(inputs.lead_id)
                 .unwrap_or_default();
-            let mut lead = inputs.lead.map_or([f64::NAN; LEAD_FEATURES.len()], |l| {
-                l.values.map(|v| v.unwrap_or(f64::NAN))
-            });
-            let mut extra = Inline::new(inputs.extra);
-            if let Some((layout, row)) = inputs.columns {
-                let mut values = [f64::NAN; 16];
-                let width = loaded.kind().extra_features().len().min(values.len());
-                layout.scatter(row, &mut lead, &mut values[..width]);
-                extra = Inline::new(&values[..width]);
+            // Lead features, then the kind's own, NaN where absent.
+            let mut features = [f64::NAN; LEAD_FEATURES.len() + MAX_EXTRA_FEATURES];
+            let width = if loaded.kind().input() == InputContract::Features {
+                (LEAD_FEATURES.len() + loaded.kind().extra_features().len()).min(features.len())
+            } else {
+                0
+            };
+            let (lead, extra) = features.split_at_mut(LEAD_FEATURES.len());
+            if let Some(values) = inputs.lead {
+                for (slot, value) in lead.iter_mut().zip(values.values) {
+                    *slot = value.unwrap_or(f64::NAN);
+                }
             }
-            let pushed = self.log.push(
-                &loaded.shared_name,
-                loaded.kind(),
-                loaded.reference.clone(),
-                PredictionRecord {
-                    prediction_id: InlineStr::new(&id),
-                    version,
-                    arm,
-                    served_at_ms,
-                    lead_id: InlineStr::new(lead_id),
-                    lead,
-                    extra,
-                    text: inputs.text.map(str::to_owned),
-                    probabilities: Inline::new(probabilities),
-                },
-            );
-            if !pushed {
+            for (slot, value) in extra.iter_mut().zip(inputs.extra) {
+                *slot = *value;
+            }
+            if let Some((layout, row)) = inputs.columns {
+                let extra_width = width.saturating_sub(LEAD_FEATURES.len());
+                layout.scatter(row, lead, &mut extra[..extra_width]);
+            }
+            let row = Row {
+                prediction_id: &id,
+                version,
+                arm,
+                served_at_ms,
+                lead_id,
+                features: &features[..width],
+                text: inputs.text,
+                probabilities,
+            };
+            if !self
+                .log
+                .push(&loaded.shared_name, loaded.kind(), &loaded.reference, &row)
+            {
                 loaded.log_dropped.increment(1);
             }
         }
@@ -892,23 +895,57 @@ impl Served {
     }
 }
 
-/// One logged prediction on its way to the writer.
-#[derive(Debug)]
-struct Logged {
+/// Most slot or variant features a kind has (the log keeps this many).
+const MAX_EXTRA_FEATURES: usize = 16;
+
+/// What a batch holds predictions of: one model version on one UTC day
+/// (with the version's drift reference).
+#[derive(Debug, Clone)]
+struct Origin {
     model: Arc<str>,
-    kind: ModelKind,
+    version: u64,
+    day: i64,
     reference: Option<Arc<Reference>>,
-    record: PredictionRecord,
 }
 
-/// The prediction log's bounded buffer: answers push records without
-/// waiting; when the buffer is full, records are dropped and counted
+/// Predictions of one origin, waiting in a shard of the log's buffer.
+#[derive(Debug)]
+struct Pending {
+    origin: Origin,
+    batch: LogBatch,
+}
+
+/// One shard of the buffer: the predictions its threads appended since
+/// the writer last took them.
+#[derive(Debug, Default)]
+struct Shard {
+    pending: Vec<Pending>,
+    records: usize,
+}
+
+/// Shards of the buffer: about one per thread that answers, so appends
+/// rarely meet on a lock.
+const SHARDS: usize = 8;
+
+thread_local! {
+    /// The shard this thread appends to.
+    static SHARD: usize = {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed) as usize % SHARDS
+    };
+}
+
+/// The prediction log's bounded buffer: answers append their predictions
+/// without waiting, column by column, to a shard (one per answering
+/// thread, under a lock only the writer also takes, every 50 ms); when a
+/// shard is full, predictions are dropped and counted
 /// (`nurture_prediction_log_dropped_total`), never queued without limit.
 #[derive(Debug)]
 pub struct PredictionLog {
-    // NOTE: a plain (not async) channel: pushing a record wakes no task;
-    // the writer drains the buffer on its own cadence.
-    sender: Option<crossbeam_channel::Sender<Logged>>,
+    /// Empty when the log is off.
+    shards: Arc<[std::sync::Mutex<Shard>]>,
+    /// Most predictions a shard holds.
+    shard_capacity: usize,
     /// Share of answers logged, in [0, 1].
     sample: f64,
 }
@@ -917,63 +954,82 @@ impl PredictionLog {
     /// A log that keeps nothing.
     pub fn off() -> Self {
         PredictionLog {
-            sender: None,
+            shards: Arc::new([]),
+            shard_capacity: 0,
             sample: 0.0,
         }
     }
 
-    /// A log buffering up to `capacity` records, keeping `sample` of the
+    /// A log buffering up to `capacity` predictions, keeping `sample` of the
     /// answers; the returned writer drains it into the store.
     pub fn new(capacity: usize, sample: f64, writer: LogWriter) -> (Self, LogWriterTask) {
-        let (sender, receiver) = crossbeam_channel::bounded(capacity.max(1));
+        let shards: Arc<[std::sync::Mutex<Shard>]> =
+            (0..SHARDS).map(|_| std::sync::Mutex::default()).collect();
         (
             PredictionLog {
-                sender: Some(sender),
+                shards: shards.clone(),
+                shard_capacity: capacity.max(1).div_ceil(SHARDS),
                 sample: sample.clamp(0.0, 1.0),
             },
-            LogWriterTask { receiver, writer },
+            LogWriterTask { shards, writer },
         )
     }
 
     /// Whether any answer is logged.
     pub fn is_on(&self) -> bool {
-        self.sender.is_some() && self.sample > 0.0
+        !self.shards.is_empty() && self.sample > 0.0
     }
 
     /// Whether the answer with this id is logged: a stable share of ids
     /// (the same id always decides the same way).
     pub fn sampled(&self, id: &str) -> bool {
+        if self.shards.is_empty() {
+            return false;
+        }
         if self.sample >= 1.0 {
-            return self.sender.is_some();
+            return true;
         }
         let draw = nurture_models::fnv1a64(id.as_bytes()) as f64 / u64::MAX as f64;
-        self.sender.is_some() && draw < self.sample
+        draw < self.sample
     }
 
-    /// Whether the buffer is full (a record pushed now would be dropped).
-    pub fn is_full(&self) -> bool {
-        self.sender.as_ref().is_some_and(|sender| sender.is_full())
-    }
-
-    /// Buffers a record; `false` when the buffer is full (the caller counts
-    /// the drop).
+    /// Appends a prediction of `model`; `false` when this thread's shard is
+    /// full (the caller counts the drop).
     fn push(
         &self,
         model: &Arc<str>,
         kind: ModelKind,
-        reference: Option<Arc<Reference>>,
-        record: PredictionRecord,
+        reference: &Option<Arc<Reference>>,
+        row: &Row<'_>,
     ) -> bool {
-        let Some(sender) = &self.sender else {
+        if self.shards.is_empty() {
             return false;
-        };
-        let logged = Logged {
-            model: model.clone(),
-            kind,
-            reference,
-            record,
-        };
-        sender.try_send(logged).is_ok()
+        }
+        let shard = SHARD.with(|shard| *shard) % self.shards.len();
+        let mut shard = self.shards[shard].lock().expect("log shard lock");
+        if shard.records >= self.shard_capacity {
+            return false;
+        }
+        shard.records += 1;
+        let day = row.served_at_ms.div_euclid(DAY_MS);
+        let found = shard.pending.iter().position(|p| {
+            let origin = &p.origin;
+            origin.version == row.version && origin.day == day && Arc::ptr_eq(&origin.model, model)
+        });
+        let index = found.unwrap_or_else(|| {
+            shard.pending.push(Pending {
+                origin: Origin {
+                    model: model.clone(),
+                    version: row.version,
+                    day,
+                    reference: reference.clone(),
+                },
+                batch: LogBatch::new(kind),
+            });
+            shard.pending.len() - 1
+        });
+        shard.pending[index].batch.push(row);
+        true
     }
 }
 
@@ -1011,7 +1067,7 @@ pub struct InputDrift {
 /// The task draining the buffer (see [`PredictionLog::new`]).
 #[derive(Debug)]
 pub struct LogWriterTask {
-    receiver: crossbeam_channel::Receiver<Logged>,
+    shards: Arc<[std::sync::Mutex<Shard>]>,
     writer: LogWriter,
 }
 
@@ -1021,22 +1077,17 @@ const DRAIN_EVERY: Duration = Duration::from_millis(50);
 /// Milliseconds in a day: files are cut per UTC day.
 const DAY_MS: i64 = 86_400_000;
 
-/// Records waiting for their file, grouped as they arrive (one copy each).
+/// Predictions waiting for their file: the batches of each model and day.
 #[derive(Debug, Default)]
-struct Pending {
-    files: BTreeMap<(Arc<str>, i64), (ModelKind, Vec<PredictionRecord>)>,
+struct Files {
+    batches: BTreeMap<(Arc<str>, i64), Vec<LogBatch>>,
     records: usize,
 }
 
-impl Pending {
-    fn add(&mut self, logged: Logged) {
-        let day = logged.record.served_at_ms.div_euclid(DAY_MS);
-        self.files
-            .entry((logged.model, day))
-            .or_insert_with(|| (logged.kind, Vec::new()))
-            .1
-            .push(logged.record);
-        self.records += 1;
+impl Files {
+    fn add(&mut self, model: Arc<str>, day: i64, batch: LogBatch) {
+        self.records += batch.len();
+        self.batches.entry((model, day)).or_default().push(batch);
     }
 }
 
@@ -1045,7 +1096,7 @@ impl LogWriterTask {
     /// `max_records` wait), until `shutdown`; then writes what is left,
     /// giving the store at most `last_flush` for it.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>, last_flush: Duration) {
-        let mut pending = Pending::default();
+        let mut files = Files::default();
         let mut monitors = Monitors {
             view: self.writer.input_drift_view.clone(),
             ..Monitors::default()
@@ -1058,27 +1109,25 @@ impl LogWriterTask {
                 _ = drain.tick() => false,
                 _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => true,
             };
-            for logged in self.receiver.try_iter() {
-                monitors.observe(&logged);
-                pending.add(logged);
-                if pending.records >= self.writer.max_records {
-                    self.flush(&mut pending).await;
-                    flushed = Instant::now();
-                }
+            for (origin, batch) in self.take() {
+                monitors.observe(&origin, &batch);
+                files.add(origin.model, origin.day, batch);
+            }
+            if files.records >= self.writer.max_records
+                || (!stop && flushed.elapsed() >= self.writer.flush_every)
+            {
+                self.flush(&mut files).await;
+                flushed = Instant::now();
             }
             if stop {
                 break;
-            }
-            if flushed.elapsed() >= self.writer.flush_every {
-                self.flush(&mut pending).await;
-                flushed = Instant::now();
             }
             if checked.elapsed() >= self.writer.input_drift.every {
                 monitors.check(self.writer.input_drift);
                 checked = Instant::now();
             }
         }
-        if tokio::time::timeout(last_flush, self.flush(&mut pending))
+        if tokio::time::timeout(last_flush, self.flush(&mut files))
             .await
             .is_err()
         {
@@ -1086,20 +1135,42 @@ impl LogWriterTask {
         }
     }
 
-    async fn flush(&self, pending: &mut Pending) {
-        let files = std::mem::take(&mut pending.files);
-        pending.records = 0;
-        for ((model, day), (kind, records)) in files {
+    /// Every batch the shards hold, with what it holds predictions of.
+    /// Each is replaced by an empty one of the same capacity, so appends
+    /// rarely grow a column; a version that answered nothing since the
+    /// last take leaves its shard.
+    fn take(&self) -> Vec<(Origin, LogBatch)> {
+        let mut taken = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().expect("log shard lock");
+            shard.records = 0;
+            shard.pending.retain_mut(|pending| {
+                if pending.batch.is_empty() {
+                    return false;
+                }
+                let fresh = LogBatch::with_capacity(pending.batch.kind(), pending.batch.len());
+                let batch = std::mem::replace(&mut pending.batch, fresh);
+                taken.push((pending.origin.clone(), batch));
+                true
+            });
+        }
+        taken
+    }
+
+    async fn flush(&self, files: &mut Files) {
+        let batches = std::mem::take(&mut files.batches);
+        files.records = 0;
+        for ((model, day), batches) in batches {
             let date = chrono::DateTime::from_timestamp_millis(day * DAY_MS)
                 .unwrap_or_default()
                 .format("%Y-%m-%d")
                 .to_string();
             let model = model.to_string();
-            let count = records.len() as u64;
+            let count = batches.iter().map(LogBatch::len).sum::<usize>() as u64;
             let replica = self.writer.replica.clone();
             let name = model.clone();
             let encoded = tokio::task::spawn_blocking(move || {
-                nurture_models::feedback::log::encode(&name, kind, &replica, &records)
+                nurture_models::feedback::log::encode(&name, &replica, &batches)
             })
             .await;
             let written = match encoded {
@@ -1145,35 +1216,39 @@ mod tests {
         }
     }
 
-    fn record(id: &str) -> PredictionRecord {
-        PredictionRecord {
-            prediction_id: InlineStr::new(id),
-            version: 1,
+    fn row(id: &str, version: u64) -> Row<'_> {
+        Row {
+            prediction_id: id,
+            version,
             arm: Arm::Live,
             served_at_ms: 0,
-            lead_id: InlineStr::new(""),
-            lead: [f64::NAN; LEAD_FEATURES.len()],
-            extra: Inline::default(),
+            lead_id: "",
+            features: &[],
             text: None,
-            probabilities: Inline::new(&[0.5, 0.5]),
+            probabilities: &[0.5, 0.5],
         }
     }
 
     #[test]
     fn a_full_buffer_drops_instead_of_waiting() {
-        let (log, _task) = PredictionLog::new(2, 1.0, writer());
-        assert!(log.push(&Arc::from("churn"), ModelKind::Churn, None, record("a")));
-        assert!(!log.is_full());
-        assert!(log.push(&Arc::from("churn"), ModelKind::Churn, None, record("b")));
-        assert!(log.is_full());
-        assert!(!PredictionLog::off().is_full());
-        assert!(!log.push(&Arc::from("churn"), ModelKind::Churn, None, record("c")));
-        assert!(!PredictionLog::off().push(
-            &Arc::from("churn"),
-            ModelKind::Churn,
-            None,
-            record("d")
-        ));
+        // 16 predictions over 8 shards: this thread's shard holds 2.
+        let (log, task) = PredictionLog::new(16, 1.0, writer());
+        let churn: Arc<str> = Arc::from("churn");
+        assert!(log.push(&churn, ModelKind::Churn, &None, &row("a", 1)));
+        assert!(log.push(&churn, ModelKind::Churn, &None, &row("b", 2)));
+        assert!(!log.push(&churn, ModelKind::Churn, &None, &row("c", 1)));
+        assert!(!PredictionLog::off().push(&churn, ModelKind::Churn, &None, &row("d", 1)));
+        // The writer takes one batch per version, and the shard has room again.
+        let taken = task.take();
+        let ids: Vec<(u64, Option<&str>)> = taken
+            .iter()
+            .map(|(origin, batch)| (origin.version, batch.prediction_id(0)))
+            .collect();
+        assert_eq!(ids, [(1, Some("a")), (2, Some("b"))]);
+        assert!(log.push(&churn, ModelKind::Churn, &None, &row("e", 1)));
+        let taken = task.take();
+        assert_eq!(taken.len(), 1, "version 2 answered nothing since");
+        assert_eq!(taken[0].1.prediction_id(0), Some("e"));
     }
 
     #[test]
@@ -1214,31 +1289,35 @@ struct Monitors {
 }
 
 impl Monitors {
-    fn observe(&mut self, logged: &Logged) {
-        let Some(reference) = &logged.reference else {
+    fn observe(&mut self, origin: &Origin, batch: &LogBatch) {
+        let Some(reference) = &origin.reference else {
             return;
         };
-        let key = (logged.model.clone(), logged.record.version);
-        let monitor = self.by_version.entry(key).or_insert_with(|| {
-            let inputs: Vec<&str> = LEAD_FEATURES
-                .iter()
-                .chain(logged.kind.extra_features())
-                .map(|feature| feature.name)
-                .collect();
-            let monitor = Monitor::new(reference, &inputs);
-            // Created at zero, so an increase() alert sees the first alarm.
-            for variable in monitor.variables() {
-                input_drift_counter(&logged.model, logged.record.version, variable).increment(0);
-            }
-            monitor
-        });
-        let record = &logged.record;
-        let values = record
-            .lead
-            .iter()
-            .map(|v| Some(*v).filter(|v| !v.is_nan()))
-            .chain(record.extra.as_slice().iter().map(|v| Some(*v)));
-        monitor.observe(values, record.score());
+        let (model, version) = (&origin.model, origin.version);
+        let monitor = self
+            .by_version
+            .entry((model.clone(), version))
+            .or_insert_with(|| {
+                let inputs: Vec<&str> = LEAD_FEATURES
+                    .iter()
+                    .chain(batch.kind().extra_features())
+                    .map(|feature| feature.name)
+                    .collect();
+                let monitor = Monitor::new(reference, &inputs);
+                // Created at zero, so an increase() alert sees the first alarm.
+                for variable in monitor.variables() {
+                    input_drift_counter(model, version, variable).increment(0);
+                }
+                monitor
+            });
+        if !monitor.sample(batch.len() as u64) {
+            return;
+        }
+        let width = LEAD_FEATURES.len() + batch.kind().extra_features().len();
+        for position in 0..width {
+            monitor.observe_column(position, batch.feature(position));
+        }
+        monitor.observe_scores((0..batch.len()).map(|row| batch.score(row)));
     }
 
     fn check(&mut self, settings: InputDrift) {

@@ -33,112 +33,202 @@ use crate::error::{Error, Result};
 use crate::features::LEAD_FEATURES;
 use crate::kind::ModelKind;
 
-/// One served prediction.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PredictionRecord {
+/// One served prediction, borrowed for as long as it takes to append it
+/// to a [`LogBatch`].
+#[derive(Debug, Clone, Copy)]
+pub struct Row<'a> {
     /// Its id.
-    pub prediction_id: InlineStr<192>,
+    pub prediction_id: &'a str,
     /// Version that answered.
     pub version: u64,
     /// Arm that answered.
     pub arm: Arm,
     /// When (ms since the Unix epoch).
     pub served_at_ms: i64,
-    /// The lead, if the request named one.
-    pub lead_id: InlineStr<128>,
-    /// Lead features by `LEAD_FEATURES` index, NaN where absent (all NaN
-    /// for text kinds).
-    pub lead: [f64; LEAD_FEATURES.len()],
-    /// The kind's own features (slot, variant) in `extra_features()` order.
-    pub extra: Inline<f64, 16>,
+    /// The lead, if the request named one (empty: none).
+    pub lead_id: &'a str,
+    /// Tabular kinds: the lead's features by `LEAD_FEATURES` index, then the
+    /// kind's own (slot, variant) in `extra_features()` order; NaN where
+    /// absent. Empty for text kinds.
+    pub features: &'a [f64],
     /// The text (emotion).
-    pub text: Option<String>,
+    pub text: Option<&'a str>,
     /// Every class probability, in label order.
-    pub probabilities: Inline<f32, 16>,
+    pub probabilities: &'a [f32],
 }
 
-/// Text of up to `N` bytes kept inline (longer text is cut at a character
-/// boundary; an empty one reads as absent where a column is optional).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct InlineStr<const N: usize> {
-    bytes: [u8; N],
-    len: u16,
+/// Texts in one buffer, with their ends and definition levels (0: absent).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Texts {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+    levels: Vec<i16>,
 }
 
-impl<const N: usize> InlineStr<N> {
-    /// `text`, cut to at most `N` bytes.
-    pub fn new(text: &str) -> Self {
-        let mut len = text.len().min(N);
-        while !text.is_char_boundary(len) {
-            len -= 1;
+impl Texts {
+    fn push(&mut self, text: Option<&str>) {
+        if let Some(text) = text {
+            self.bytes.extend_from_slice(text.as_bytes());
         }
-        let mut bytes = [0u8; N];
-        bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
-        InlineStr {
-            bytes,
-            len: len as u16,
-        }
+        self.ends.push(self.bytes.len());
+        self.levels.push(i16::from(text.is_some()));
     }
 
-    /// The text.
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
-    }
-
-    /// The text, or `None` when empty.
-    pub fn non_empty(&self) -> Option<&str> {
-        (self.len > 0).then(|| self.as_str())
-    }
-}
-
-/// Up to `N` values kept inline. NOTE: a record is built on the request
-/// path and freed on the writer's thread; every heap allocation it carries
-/// is a cross-thread free that contends on the allocator's locks, which was
-/// most of the log's cost per answer.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Inline<T: Copy + Default, const N: usize> {
-    values: [T; N],
-    len: u8,
-}
-
-impl<T: Copy + Default, const N: usize> Inline<T, N> {
-    /// The first `N` values of `values`.
-    pub fn new(values: &[T]) -> Self {
-        let len = values.len().min(N);
-        let mut inline = [T::default(); N];
-        inline[..len].copy_from_slice(&values[..len]);
-        Inline {
-            values: inline,
-            len: len as u8,
+    fn with_capacity(rows: usize, bytes_per_row: usize) -> Self {
+        Texts {
+            bytes: Vec::with_capacity(rows * bytes_per_row),
+            ends: Vec::with_capacity(rows),
+            levels: Vec::with_capacity(rows),
         }
     }
 
-    /// The values.
-    pub fn as_slice(&self) -> &[T] {
-        &self.values[..usize::from(self.len)]
+    fn get(&self, row: usize) -> Option<&str> {
+        if self.levels[row] == 0 {
+            return None;
+        }
+        let start = if row == 0 { 0 } else { self.ends[row - 1] };
+        std::str::from_utf8(&self.bytes[start..self.ends[row]]).ok()
+    }
+
+    /// The present values as Parquet byte arrays sharing one buffer.
+    fn column(&self, optional: bool) -> Column<'_> {
+        let buffer = bytes::Bytes::copy_from_slice(&self.bytes);
+        let mut start = 0;
+        let mut present = Vec::with_capacity(self.ends.len());
+        for (end, level) in self.ends.iter().zip(&self.levels) {
+            if *level == 1 {
+                present.push(ByteArray::from(buffer.slice(start..*end)));
+            }
+            start = *end;
+        }
+        Column::Strings(present, optional.then_some(self.levels.as_slice()))
     }
 }
 
-impl<T: Copy + Default, const N: usize> Default for Inline<T, N> {
-    fn default() -> Self {
-        Inline::new(&[])
-    }
+/// Served predictions of one model, column by column, as the Parquet file
+/// will hold them: an answer appends each value once to its column, with
+/// no record built, moved or freed on another thread.
+///
+/// NOTE: a record per answer (about 700 bytes, copied into a channel,
+/// out of it and into a file's list) was most of the log's cost per answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogBatch {
+    kind: ModelKind,
+    ids: Texts,
+    versions: Vec<i64>,
+    arms: Vec<Arm>,
+    served_at: Vec<i64>,
+    lead_ids: Texts,
+    /// One column per feature of a tabular kind (NaN: absent); none for text.
+    features: Vec<Vec<f64>>,
+    texts: Texts,
+    probabilities: Vec<f32>,
+    probability_ends: Vec<usize>,
 }
 
-impl PredictionRecord {
-    /// The class with the highest probability.
-    pub fn predicted(&self) -> usize {
-        let ps = self.probabilities.as_slice();
+impl LogBatch {
+    /// An empty batch of a kind's predictions.
+    pub fn new(kind: ModelKind) -> Self {
+        LogBatch::with_capacity(kind, 0)
+    }
+
+    /// An empty batch with room for `rows` predictions (ids of up to 80
+    /// bytes, two classes) before any column grows.
+    pub fn with_capacity(kind: ModelKind, rows: usize) -> Self {
+        let width = match kind.input() {
+            crate::kind::InputContract::Features => {
+                LEAD_FEATURES.len() + kind.extra_features().len()
+            }
+            _ => 0,
+        };
+        LogBatch {
+            kind,
+            ids: Texts::with_capacity(rows, 80),
+            versions: Vec::with_capacity(rows),
+            arms: Vec::with_capacity(rows),
+            served_at: Vec::with_capacity(rows),
+            lead_ids: Texts::with_capacity(rows, 0),
+            features: (0..width).map(|_| Vec::with_capacity(rows)).collect(),
+            texts: Texts::default(),
+            probabilities: Vec::with_capacity(2 * rows),
+            probability_ends: Vec::with_capacity(rows),
+        }
+    }
+
+    /// The kind of model whose predictions these are.
+    pub fn kind(&self) -> ModelKind {
+        self.kind
+    }
+
+    /// Predictions held.
+    pub fn len(&self) -> usize {
+        self.versions.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty()
+    }
+
+    /// Appends one prediction. Features beyond the kind's columns are
+    /// ignored and missing ones are absent.
+    pub fn push(&mut self, row: &Row<'_>) {
+        self.ids.push(Some(row.prediction_id));
+        self.versions.push(row.version as i64);
+        self.arms.push(row.arm);
+        self.served_at.push(row.served_at_ms);
+        self.lead_ids
+            .push(Some(row.lead_id).filter(|id| !id.is_empty()));
+        for (index, column) in self.features.iter_mut().enumerate() {
+            column.push(row.features.get(index).copied().unwrap_or(f64::NAN));
+        }
+        if self.kind.input() == crate::kind::InputContract::Text {
+            self.texts.push(row.text);
+        }
+        self.probabilities.extend_from_slice(row.probabilities);
+        self.probability_ends.push(self.probabilities.len());
+    }
+
+    /// The id of the prediction at `row`.
+    pub fn prediction_id(&self, row: usize) -> Option<&str> {
+        self.ids.get(row)
+    }
+
+    /// The version that answered at each row.
+    pub fn versions(&self) -> impl Iterator<Item = u64> + '_ {
+        self.versions.iter().map(|v| *v as u64)
+    }
+
+    /// One feature's values (tabular kinds, in the order of [`Row::features`];
+    /// NaN where absent).
+    pub fn feature(&self, index: usize) -> &[f64] {
+        self.features.get(index).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every class probability at `row`, in label order.
+    pub fn probabilities(&self, row: usize) -> &[f32] {
+        let start = if row == 0 {
+            0
+        } else {
+            self.probability_ends[row - 1]
+        };
+        &self.probabilities[start..self.probability_ends[row]]
+    }
+
+    /// The class with the highest probability at `row`.
+    pub fn predicted(&self, row: usize) -> usize {
+        let ps = self.probabilities(row);
         ps.iter()
             .enumerate()
             .fold(0, |best, (i, p)| if *p > ps[best] { i } else { best })
     }
 
-    /// The positive class's probability of a binary kind, else the top one.
-    pub fn score(&self) -> f64 {
-        match self.probabilities.as_slice() {
+    /// At `row`: the positive class's probability of a binary kind, else
+    /// the top one.
+    pub fn score(&self, row: usize) -> f64 {
+        match self.probabilities(row) {
             [_, positive] => f64::from(*positive),
-            ps => ps.get(self.predicted()).map_or(0.0, |p| f64::from(*p)),
+            ps => ps.get(self.predicted(row)).map_or(0.0, |p| f64::from(*p)),
         }
     }
 }
@@ -231,129 +321,147 @@ pub fn schema(kind: ModelKind) -> Result<Type> {
         .map_err(parquet_error)
 }
 
-/// One column's values and definition levels, in schema order.
-enum Column {
-    Strings(Vec<ByteArray>, Option<Vec<i16>>),
-    Int64(Vec<i64>),
+/// One column's values of one batch, with definition levels where the
+/// column is optional (and repetition levels for the list).
+enum Column<'a> {
+    Strings(Vec<ByteArray>, Option<&'a [i16]>),
+    /// One value on every row.
+    Constant(ByteArray, usize),
+    Int64(&'a [i64]),
     Int32(Vec<i32>),
     Doubles(Vec<f64>, Option<Vec<i16>>),
     List(Vec<f64>, Vec<i16>, Vec<i16>),
 }
 
-/// A string column whose values all live in one buffer (one allocation
-/// for the column, not one per value); `optional` adds definition levels.
-fn strings<'a>(values: impl Iterator<Item = Option<&'a str>> + Clone, optional: bool) -> Column {
-    let total: usize = values.clone().flatten().map(str::len).sum();
-    let mut buffer = Vec::with_capacity(total);
-    let mut ranges = Vec::new();
-    let mut levels = Vec::new();
-    for value in values {
-        levels.push(i16::from(value.is_some()));
-        if let Some(value) = value {
-            ranges.push(buffer.len()..buffer.len() + value.len());
-            buffer.extend_from_slice(value.as_bytes());
+/// Most copies of a constant value built at once (a constant column is
+/// written in chunks of this many).
+const CONSTANT_CHUNK: usize = 1024;
+
+impl LogBatch {
+    /// The values of the schema's column `index` (see [`schema`]).
+    fn column(&self, index: usize, model: &str, replica: &str) -> Column<'_> {
+        let rows = self.len();
+        let width = self.features.len();
+        let text = usize::from(self.kind.input() == crate::kind::InputContract::Text);
+        match index {
+            0 => self.ids.column(false),
+            1 => Column::Constant(ByteArray::from(model), rows),
+            2 => Column::Int64(&self.versions),
+            // Arm names are static: their copies share no counter.
+            3 => Column::Strings(
+                self.arms
+                    .iter()
+                    .map(|arm| ByteArray::from(bytes::Bytes::from_static(arm.as_str().as_bytes())))
+                    .collect(),
+                None,
+            ),
+            4 => Column::Int64(&self.served_at),
+            5 => Column::Constant(ByteArray::from(replica), rows),
+            6 => self.lead_ids.column(true),
+            i if i < 7 + width => {
+                let values = &self.features[i - 7];
+                let present = values.iter().copied().filter(|v| !v.is_nan()).collect();
+                let levels = values.iter().map(|v| i16::from(!v.is_nan())).collect();
+                Column::Doubles(present, Some(levels))
+            }
+            i if i < 7 + width + text => self.texts.column(true),
+            i if i == 7 + width + text => {
+                Column::Int32((0..rows).map(|row| self.predicted(row) as i32).collect())
+            }
+            i if i == 8 + width + text => {
+                Column::Doubles((0..rows).map(|row| self.score(row)).collect(), None)
+            }
+            _ => {
+                let (mut values, mut definitions, mut repetitions) =
+                    (Vec::new(), Vec::new(), Vec::new());
+                for row in 0..rows {
+                    let probabilities = self.probabilities(row);
+                    if probabilities.is_empty() {
+                        definitions.push(0);
+                        repetitions.push(0);
+                    }
+                    for (i, p) in probabilities.iter().enumerate() {
+                        values.push(f64::from(*p));
+                        definitions.push(1);
+                        repetitions.push(i16::from(i > 0));
+                    }
+                }
+                Column::List(values, definitions, repetitions)
+            }
         }
     }
-    let buffer = bytes::Bytes::from(buffer);
-    let present = ranges
-        .into_iter()
-        .map(|range| ByteArray::from(buffer.slice(range)))
-        .collect();
-    Column::Strings(present, optional.then_some(levels))
 }
 
-fn optional_doubles(values: impl Iterator<Item = Option<f64>>) -> Column {
-    let mut present = Vec::new();
-    let mut levels = Vec::new();
-    for value in values {
-        levels.push(i16::from(value.is_some()));
-        present.extend(value);
-    }
-    Column::Doubles(present, Some(levels))
-}
-
-/// Encodes `records` of one model (of `kind`, served by `replica`) as one
-/// Parquet file (one row group, Snappy pages).
-pub fn encode(
-    model: &str,
-    kind: ModelKind,
-    replica: &str,
-    records: &[PredictionRecord],
-) -> Result<Vec<u8>> {
-    // Repeated strings share one buffer (cloning a ByteArray shares it).
-    let constant = |value: &str| {
-        let value = ByteArray::from(value);
-        Column::Strings(records.iter().map(|_| value.clone()).collect(), None)
-    };
-    let arms: Vec<ByteArray> = Arm::ALL
-        .iter()
-        .map(|arm| ByteArray::from(arm.as_str()))
-        .collect();
-    let arm_of = |arm: Arm| arms[Arm::ALL.iter().position(|a| *a == arm).unwrap_or(0)].clone();
-    let mut columns = vec![
-        strings(
-            records.iter().map(|r| Some(r.prediction_id.as_str())),
-            false,
+/// Writes one batch's values of a column.
+fn write(
+    column: &mut parquet::file::writer::SerializedColumnWriter<'_>,
+    data: Column<'_>,
+) -> Result<()> {
+    match data {
+        Column::Strings(values, levels) => column
+            .typed::<ByteArrayType>()
+            .write_batch(&values, levels, None),
+        Column::Constant(value, rows) => {
+            let chunk = vec![value; rows.min(CONSTANT_CHUNK)];
+            let mut left = rows;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                column
+                    .typed::<ByteArrayType>()
+                    .write_batch(&chunk[..n], None, None)
+                    .map_err(parquet_error)?;
+                left -= n;
+            }
+            Ok(0)
+        }
+        Column::Int64(values) => column.typed::<Int64Type>().write_batch(values, None, None),
+        Column::Int32(values) => column.typed::<Int32Type>().write_batch(&values, None, None),
+        Column::Doubles(values, levels) => {
+            column
+                .typed::<DoubleType>()
+                .write_batch(&values, levels.as_deref(), None)
+        }
+        Column::List(values, definitions, repetitions) => column.typed::<DoubleType>().write_batch(
+            &values,
+            Some(&definitions),
+            Some(&repetitions),
         ),
-        constant(model),
-        Column::Int64(records.iter().map(|r| r.version as i64).collect()),
-        Column::Strings(records.iter().map(|r| arm_of(r.arm)).collect(), None),
-        Column::Int64(records.iter().map(|r| r.served_at_ms).collect()),
-        constant(replica),
-        strings(records.iter().map(|r| r.lead_id.non_empty()), true),
-    ];
-    if kind.input() == crate::kind::InputContract::Features {
-        for index in 0..LEAD_FEATURES.len() {
-            columns.push(optional_doubles(
-                records
-                    .iter()
-                    .map(|r| Some(r.lead[index]).filter(|v| !v.is_nan())),
-            ));
-        }
-        for index in 0..kind.extra_features().len() {
-            columns.push(optional_doubles(
-                records
-                    .iter()
-                    .map(|r| r.extra.as_slice().get(index).copied()),
-            ));
-        }
     }
-    if kind.input() == crate::kind::InputContract::Text {
-        columns.push(strings(records.iter().map(|r| r.text.as_deref()), true));
-    }
-    columns.push(Column::Int32(
-        records.iter().map(|r| r.predicted() as i32).collect(),
-    ));
-    columns.push(Column::Doubles(
-        records.iter().map(PredictionRecord::score).collect(),
-        None,
-    ));
-    let (mut values, mut definitions, mut repetitions) = (Vec::new(), Vec::new(), Vec::new());
-    for record in records {
-        if record.probabilities.as_slice().is_empty() {
-            definitions.push(0);
-            repetitions.push(0);
-        }
-        for (i, p) in record.probabilities.as_slice().iter().enumerate() {
-            values.push(f64::from(*p));
-            definitions.push(1);
-            repetitions.push(i16::from(i > 0));
-        }
-    }
-    columns.push(Column::List(values, definitions, repetitions));
+    .map(|_| ())
+    .map_err(parquet_error)
+}
 
+/// Encodes batches of one model's predictions (of one kind, served by
+/// `replica`) as one Parquet file (one row group, Snappy pages), a column
+/// at a time, with no copy of the batches.
+pub fn encode(model: &str, replica: &str, batches: &[LogBatch]) -> Result<Vec<u8>> {
+    let Some(kind) = batches.first().map(LogBatch::kind) else {
+        return Err(Error::Store("parquet: no predictions to encode".into()));
+    };
+    if batches.iter().any(|batch| batch.kind != kind) {
+        return Err(Error::Store(
+            "parquet: predictions of different kinds in one file; this is a bug".into(),
+        ));
+    }
+    let rows: usize = batches.iter().map(LogBatch::len).sum();
     // NOTE: dictionaries only where values repeat (model, arm, replica,
-    // lead ids), statistics per column chunk (enough for engines to prune
-    // files by served_at or version): together about half the encoding cost
-    // of the defaults.
+    // lead ids), statistics only where engines prune files by them
+    // (served_at, version): together about half the encoding cost of the
+    // defaults.
     let mut properties = WriterProperties::builder()
         .set_compression(parquet::basic::Compression::SNAPPY)
-        .set_statistics_enabled(parquet::file::properties::EnabledStatistics::Chunk)
+        .set_statistics_enabled(parquet::file::properties::EnabledStatistics::None)
         .set_dictionary_enabled(false)
         .set_created_by("nurture-server".to_owned());
     for column in ["model", "arm", "replica", "lead_id", "version"] {
         properties = properties
             .set_column_dictionary_enabled(parquet::schema::types::ColumnPath::from(column), true);
+    }
+    for column in ["served_at", "version"] {
+        properties = properties.set_column_statistics_enabled(
+            parquet::schema::types::ColumnPath::from(column),
+            parquet::file::properties::EnabledStatistics::Chunk,
+        );
     }
     // Ids are signed, so random: compressing them costs half the encoding
     // and saves nothing.
@@ -362,48 +470,22 @@ pub fn encode(
         parquet::basic::Compression::UNCOMPRESSED,
     );
     let properties = properties.build();
-    let mut writer =
-        SerializedFileWriter::new(Vec::new(), Arc::new(schema(kind)?), Arc::new(properties))
-            .map_err(parquet_error)?;
+    // About what a row takes once encoded, so the file grows in place.
+    let estimate = rows * (128 + 8 * batches[0].features.len());
+    let mut writer = SerializedFileWriter::new(
+        Vec::with_capacity(estimate),
+        Arc::new(schema(kind)?),
+        Arc::new(properties),
+    )
+    .map_err(parquet_error)?;
     let mut group = writer.next_row_group().map_err(parquet_error)?;
-    let mut columns = columns.into_iter();
+    let mut index = 0;
     while let Some(mut column) = group.next_column().map_err(parquet_error)? {
-        let data = columns.next().ok_or_else(|| {
-            Error::Store("parquet: more columns than values; this is a bug".into())
-        })?;
-        match data {
-            Column::Strings(values, levels) => {
-                column
-                    .typed::<ByteArrayType>()
-                    .write_batch(&values, levels.as_deref(), None)
-                    .map_err(parquet_error)?;
-            }
-            Column::Int64(values) => {
-                column
-                    .typed::<Int64Type>()
-                    .write_batch(&values, None, None)
-                    .map_err(parquet_error)?;
-            }
-            Column::Int32(values) => {
-                column
-                    .typed::<Int32Type>()
-                    .write_batch(&values, None, None)
-                    .map_err(parquet_error)?;
-            }
-            Column::Doubles(values, levels) => {
-                column
-                    .typed::<DoubleType>()
-                    .write_batch(&values, levels.as_deref(), None)
-                    .map_err(parquet_error)?;
-            }
-            Column::List(values, definitions, repetitions) => {
-                column
-                    .typed::<DoubleType>()
-                    .write_batch(&values, Some(&definitions), Some(&repetitions))
-                    .map_err(parquet_error)?;
-            }
+        for batch in batches {
+            write(&mut column, batch.column(index, model, replica))?;
         }
         column.close().map_err(parquet_error)?;
+        index += 1;
     }
     group.close().map_err(parquet_error)?;
     writer.into_inner().map_err(parquet_error)
@@ -415,33 +497,50 @@ mod tests {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::Field;
 
-    fn record(id: &str, lead: Vec<Option<f64>>, probabilities: Vec<f32>) -> PredictionRecord {
-        let mut features = [f64::NAN; LEAD_FEATURES.len()];
-        for (slot, value) in features.iter_mut().zip(lead) {
-            *slot = value.unwrap_or(f64::NAN);
+    /// Id, lead features, probabilities, text.
+    type Served<'a> = (&'a str, Vec<Option<f64>>, Vec<f32>, Option<&'a str>);
+
+    fn batch(kind: ModelKind, rows: &[Served<'_>]) -> LogBatch {
+        let mut batch = LogBatch::new(kind);
+        for (id, lead, probabilities, text) in rows {
+            let features: Vec<f64> = lead.iter().map(|v| v.unwrap_or(f64::NAN)).collect();
+            let lead_id = format!("lead-{id}");
+            batch.push(&Row {
+                prediction_id: id,
+                version: 3,
+                arm: Arm::Canary,
+                served_at_ms: 1_764_000_000_000,
+                lead_id: &lead_id,
+                features: &features,
+                text: *text,
+                probabilities,
+            });
         }
-        PredictionRecord {
-            prediction_id: InlineStr::new(id),
-            version: 3,
-            arm: Arm::Canary,
-            served_at_ms: 1_764_000_000_000,
-            lead_id: InlineStr::new(&format!("lead-{id}")),
-            lead: features,
-            extra: Inline::default(),
-            text: None,
-            probabilities: Inline::new(&probabilities),
-        }
+        batch
     }
 
     #[test]
     fn a_churn_log_reads_back_row_by_row() {
         let mut lead = vec![None; LEAD_FEATURES.len()];
         lead[3] = Some(0.25);
-        let records = vec![
-            record("a", lead.clone(), vec![0.9, 0.1]),
-            record("b", vec![Some(1.0); LEAD_FEATURES.len()], vec![0.2, 0.8]),
+        // Two batches in one file, as the writer gathers them.
+        let batches = [
+            batch(
+                ModelKind::Churn,
+                &[("a", lead.clone(), vec![0.9, 0.1], None)],
+            ),
+            batch(
+                ModelKind::Churn,
+                &[(
+                    "b",
+                    vec![Some(1.0); LEAD_FEATURES.len()],
+                    vec![0.2, 0.8],
+                    None,
+                )],
+            ),
         ];
-        let bytes = encode("churn", ModelKind::Churn, "replica-1", &records).unwrap();
+        assert_eq!(batches[1].prediction_id(0), Some("b"));
+        let bytes = encode("churn", "replica-1", &batches).unwrap();
         let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).unwrap();
         assert_eq!(reader.metadata().file_metadata().num_rows(), 2);
         let rows: Vec<_> = reader
@@ -475,9 +574,15 @@ mod tests {
     fn an_emotion_log_has_text_and_no_feature_columns() {
         let mut probabilities = vec![0.1; 10];
         probabilities[4] = 0.5;
-        let mut r = record("t", vec![], probabilities);
-        r.text = Some("so excited".into());
-        let bytes = encode("emotion", ModelKind::Emotion, "r", &[r]).unwrap();
+        let records = batch(
+            ModelKind::Emotion,
+            &[
+                ("t", vec![], probabilities.clone(), Some("so excited")),
+                ("u", vec![], probabilities.clone(), None),
+                ("v", vec![], probabilities, Some("déçu")),
+            ],
+        );
+        let bytes = encode("emotion", "r", &[records]).unwrap();
         let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).unwrap();
         let schema = reader.metadata().file_metadata().schema_descr_ptr();
         let names: Vec<String> = schema
@@ -487,11 +592,39 @@ mod tests {
             .collect();
         assert!(names.contains(&"text".to_owned()));
         assert!(!names.contains(&LEAD_FEATURES[0].name.to_owned()));
-        let row = reader.get_row_iter(None).unwrap().next().unwrap().unwrap();
-        let predicted = row
-            .get_column_iter()
-            .find(|(n, _)| n.as_str() == "predicted")
-            .map(|(_, f)| f.clone());
-        assert_eq!(predicted, Some(Field::Int(4)));
+        let rows: Vec<_> = reader
+            .get_row_iter(None)
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        let get = |row: usize, name: &str| {
+            rows[row]
+                .get_column_iter()
+                .find(|(n, _)| n.as_str() == name)
+                .map(|(_, f)| f.clone())
+                .unwrap()
+        };
+        assert_eq!(get(0, "predicted"), Field::Int(4));
+        assert_eq!(get(0, "text"), Field::Str("so excited".into()));
+        assert_eq!(get(1, "text"), Field::Null);
+        assert_eq!(get(2, "text"), Field::Str("déçu".into()));
+        assert_eq!(get(2, "lead_id"), Field::Str("lead-v".into()));
+        assert_eq!(get(2, "prediction_id"), Field::Str("v".into()));
+    }
+
+    #[test]
+    fn an_empty_file_is_refused() {
+        assert!(encode("churn", "r", &[]).is_err());
+        assert!(
+            encode(
+                "churn",
+                "r",
+                &[
+                    LogBatch::new(ModelKind::Churn),
+                    LogBatch::new(ModelKind::Emotion)
+                ]
+            )
+            .is_err()
+        );
     }
 }
