@@ -204,6 +204,20 @@ for pass in 1 2; do
     start_server
     scenario k-a64-log --rpc infer-churn --rows 1 --concurrency 64
     scenario k-typed-log --rpc churn --rows 1 --concurrency 64
+    # Answers the log dropped (a full buffer) and wrote, so a cheap log is
+    # not a log that kept nothing.
+    sleep 11  # one --prediction-log-flush
+    python3 - "$metrics_address" >> "$work/results.jsonl" <<'PY'
+import json, sys, urllib.request
+text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=10).read().decode()
+total = {"dropped": 0.0, "written": 0.0}
+for line in text.splitlines():
+    if line.startswith("nurture_prediction_log_dropped_total"):
+        total["dropped"] += float(line.rsplit(" ", 1)[1])
+    if line.startswith("nurture_prediction_log_records_total") and 'result="ok"' in line:
+        total["written"] += float(line.rsplit(" ", 1)[1])
+print(json.dumps({"scenario": "k-log-counts", **total}))
+PY
     start_server --prediction-log-sample 0
     scenario k-a64-nolog --rpc infer-churn --rows 1 --concurrency 64
     scenario k-typed-nolog --rpc churn --rows 1 --concurrency 64

@@ -920,7 +920,13 @@ struct Pending {
 #[derive(Debug, Default)]
 struct Shard {
     pending: Vec<Pending>,
-    records: usize,
+}
+
+/// The buffer: its shards, and how many predictions they hold together.
+#[derive(Debug, Default)]
+struct Buffer {
+    shards: Vec<std::sync::Mutex<Shard>>,
+    held: std::sync::atomic::AtomicUsize,
 }
 
 /// Shards of the buffer: about one per thread that answers, so appends
@@ -937,15 +943,15 @@ thread_local! {
 
 /// The prediction log's bounded buffer: answers append their predictions
 /// without waiting, column by column, to a shard (one per answering
-/// thread, under a lock only the writer also takes, every 50 ms); when a
-/// shard is full, predictions are dropped and counted
+/// thread, under a lock only the writer also takes, every 50 ms); when the
+/// buffer is full, predictions are dropped and counted
 /// (`nurture_prediction_log_dropped_total`), never queued without limit.
 #[derive(Debug)]
 pub struct PredictionLog {
-    /// Empty when the log is off.
-    shards: Arc<[std::sync::Mutex<Shard>]>,
-    /// Most predictions a shard holds.
-    shard_capacity: usize,
+    /// No shards when the log is off.
+    buffer: Arc<Buffer>,
+    /// Most predictions the buffer holds.
+    capacity: usize,
     /// Share of answers logged, in [0, 1].
     sample: f64,
 }
@@ -954,8 +960,8 @@ impl PredictionLog {
     /// A log that keeps nothing.
     pub fn off() -> Self {
         PredictionLog {
-            shards: Arc::new([]),
-            shard_capacity: 0,
+            buffer: Arc::default(),
+            capacity: 0,
             sample: 0.0,
         }
     }
@@ -963,27 +969,32 @@ impl PredictionLog {
     /// A log buffering up to `capacity` predictions, keeping `sample` of the
     /// answers; the returned writer drains it into the store.
     pub fn new(capacity: usize, sample: f64, writer: LogWriter) -> (Self, LogWriterTask) {
-        let shards: Arc<[std::sync::Mutex<Shard>]> =
-            (0..SHARDS).map(|_| std::sync::Mutex::default()).collect();
+        let buffer = Arc::new(Buffer {
+            shards: (0..SHARDS).map(|_| std::sync::Mutex::default()).collect(),
+            held: Default::default(),
+        });
         (
             PredictionLog {
-                shards: shards.clone(),
-                shard_capacity: capacity.max(1).div_ceil(SHARDS),
+                buffer: buffer.clone(),
+                capacity: capacity.max(1),
                 sample: sample.clamp(0.0, 1.0),
             },
-            LogWriterTask { shards, writer },
+            LogWriterTask {
+                buffer,
+                writer: Arc::new(writer),
+            },
         )
     }
 
     /// Whether any answer is logged.
     pub fn is_on(&self) -> bool {
-        !self.shards.is_empty() && self.sample > 0.0
+        !self.buffer.shards.is_empty() && self.sample > 0.0
     }
 
     /// Whether the answer with this id is logged: a stable share of ids
     /// (the same id always decides the same way).
     pub fn sampled(&self, id: &str) -> bool {
-        if self.shards.is_empty() {
+        if self.buffer.shards.is_empty() {
             return false;
         }
         if self.sample >= 1.0 {
@@ -993,8 +1004,8 @@ impl PredictionLog {
         draw < self.sample
     }
 
-    /// Appends a prediction of `model`; `false` when this thread's shard is
-    /// full (the caller counts the drop).
+    /// Appends a prediction of `model`; `false` when the buffer is full
+    /// (the caller counts the drop).
     fn push(
         &self,
         model: &Arc<str>,
@@ -1002,15 +1013,15 @@ impl PredictionLog {
         reference: &Option<Arc<Reference>>,
         row: &Row<'_>,
     ) -> bool {
-        if self.shards.is_empty() {
+        let shards = &self.buffer.shards;
+        // Checked before it is counted, so the bound can be passed by at
+        // most one prediction per answering thread.
+        if shards.is_empty() || self.buffer.held.load(Ordering::Relaxed) >= self.capacity {
             return false;
         }
-        let shard = SHARD.with(|shard| *shard) % self.shards.len();
-        let mut shard = self.shards[shard].lock().expect("log shard lock");
-        if shard.records >= self.shard_capacity {
-            return false;
-        }
-        shard.records += 1;
+        self.buffer.held.fetch_add(1, Ordering::Relaxed);
+        let shard = SHARD.with(|shard| *shard) % shards.len();
+        let mut shard = shards[shard].lock().expect("log shard lock");
         let day = row.served_at_ms.div_euclid(DAY_MS);
         let found = shard.pending.iter().position(|p| {
             let origin = &p.origin;
@@ -1067,9 +1078,13 @@ pub struct InputDrift {
 /// The task draining the buffer (see [`PredictionLog::new`]).
 #[derive(Debug)]
 pub struct LogWriterTask {
-    shards: Arc<[std::sync::Mutex<Shard>]>,
-    writer: LogWriter,
+    buffer: Arc<Buffer>,
+    writer: Arc<LogWriter>,
 }
+
+/// Files being encoded and written at once; past this the writer waits
+/// (and the buffer, no longer drained, drops) rather than hold more.
+const FLUSHES_IN_FLIGHT: usize = 2;
 
 /// How often the writer drains the buffer.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
@@ -1101,6 +1116,9 @@ impl LogWriterTask {
             view: self.writer.input_drift_view.clone(),
             ..Monitors::default()
         };
+        // Files are encoded and written off the drain loop, so the buffer
+        // keeps being drained every 50 ms while the store is slow.
+        let mut flushes = tokio::task::JoinSet::new();
         let mut drain = tokio::time::interval(DRAIN_EVERY);
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let (mut flushed, mut checked) = (Instant::now(), Instant::now());
@@ -1113,24 +1131,26 @@ impl LogWriterTask {
                 monitors.observe(&origin, &batch);
                 files.add(origin.model, origin.day, batch);
             }
-            if files.records >= self.writer.max_records
-                || (!stop && flushed.elapsed() >= self.writer.flush_every)
-            {
-                self.flush(&mut files).await;
-                flushed = Instant::now();
-            }
             if stop {
                 break;
+            }
+            if files.records >= self.writer.max_records
+                || flushed.elapsed() >= self.writer.flush_every
+            {
+                while flushes.len() >= FLUSHES_IN_FLIGHT {
+                    flushes.join_next().await;
+                }
+                flushes.spawn(flush(self.writer.clone(), std::mem::take(&mut files)));
+                flushed = Instant::now();
             }
             if checked.elapsed() >= self.writer.input_drift.every {
                 monitors.check(self.writer.input_drift);
                 checked = Instant::now();
             }
         }
-        if tokio::time::timeout(last_flush, self.flush(&mut files))
-            .await
-            .is_err()
-        {
+        flushes.spawn(flush(self.writer.clone(), files));
+        let last = async { while flushes.join_next().await.is_some() {} };
+        if tokio::time::timeout(last_flush, last).await.is_err() {
             tracing::warn!("the prediction log's last records were not written before shutdown");
         }
     }
@@ -1141,58 +1161,56 @@ impl LogWriterTask {
     /// last take leaves its shard.
     fn take(&self) -> Vec<(Origin, LogBatch)> {
         let mut taken = Vec::new();
-        for shard in self.shards.iter() {
+        for shard in &self.buffer.shards {
             let mut shard = shard.lock().expect("log shard lock");
-            shard.records = 0;
             shard.pending.retain_mut(|pending| {
                 if pending.batch.is_empty() {
                     return false;
                 }
                 let fresh = LogBatch::with_capacity(pending.batch.kind(), pending.batch.len());
                 let batch = std::mem::replace(&mut pending.batch, fresh);
+                self.buffer.held.fetch_sub(batch.len(), Ordering::Relaxed);
                 taken.push((pending.origin.clone(), batch));
                 true
             });
         }
         taken
     }
+}
 
-    async fn flush(&self, files: &mut Files) {
-        let batches = std::mem::take(&mut files.batches);
-        files.records = 0;
-        for ((model, day), batches) in batches {
-            let date = chrono::DateTime::from_timestamp_millis(day * DAY_MS)
-                .unwrap_or_default()
-                .format("%Y-%m-%d")
-                .to_string();
-            let model = model.to_string();
-            let count = batches.iter().map(LogBatch::len).sum::<usize>() as u64;
-            let replica = self.writer.replica.clone();
-            let name = model.clone();
-            let encoded = tokio::task::spawn_blocking(move || {
-                nurture_models::feedback::log::encode(&name, &replica, &batches)
-            })
-            .await;
-            let written = match encoded {
-                Ok(Ok(bytes)) => self
-                    .writer
-                    .store
-                    .write_predictions(&model, &date, bytes)
-                    .await
-                    .map(|_| ()),
-                Ok(Err(error)) => Err(error),
-                Err(error) => Err(nurture_models::Error::Store(error.to_string())),
-            };
-            let result = match written {
-                Ok(()) => "ok",
-                Err(error) => {
-                    tracing::warn!(model, %error, records = count, "cannot write the prediction log");
-                    "error"
-                }
-            };
-            metrics::counter!("nurture_prediction_log_records_total", "model" => model.clone(), "result" => result)
+/// Encodes and writes one file per model and day.
+async fn flush(writer: Arc<LogWriter>, files: Files) {
+    for ((model, day), batches) in files.batches {
+        let date = chrono::DateTime::from_timestamp_millis(day * DAY_MS)
+            .unwrap_or_default()
+            .format("%Y-%m-%d")
+            .to_string();
+        let model = model.to_string();
+        let count = batches.iter().map(LogBatch::len).sum::<usize>() as u64;
+        let replica = writer.replica.clone();
+        let name = model.clone();
+        let encoded = tokio::task::spawn_blocking(move || {
+            nurture_models::feedback::log::encode(&name, &replica, &batches)
+        })
+        .await;
+        let written = match encoded {
+            Ok(Ok(bytes)) => writer
+                .store
+                .write_predictions(&model, &date, bytes)
+                .await
+                .map(|_| ()),
+            Ok(Err(error)) => Err(error),
+            Err(error) => Err(nurture_models::Error::Store(error.to_string())),
+        };
+        let result = match written {
+            Ok(()) => "ok",
+            Err(error) => {
+                tracing::warn!(model, %error, records = count, "cannot write the prediction log");
+                "error"
+            }
+        };
+        metrics::counter!("nurture_prediction_log_records_total", "model" => model.clone(), "result" => result)
                 .increment(count);
-        }
     }
 }
 
@@ -1231,15 +1249,18 @@ mod tests {
 
     #[test]
     fn a_full_buffer_drops_instead_of_waiting() {
-        // 16 predictions over 8 shards: this thread's shard holds 2.
-        let (log, task) = PredictionLog::new(16, 1.0, writer());
+        // Room for 2, shared by every thread's shard.
+        let (log, task) = PredictionLog::new(2, 1.0, writer());
         let churn: Arc<str> = Arc::from("churn");
         assert!(log.push(&churn, ModelKind::Churn, &None, &row("a", 1)));
-        assert!(log.push(&churn, ModelKind::Churn, &None, &row("b", 2)));
+        std::thread::scope(|scope| {
+            scope.spawn(|| assert!(log.push(&churn, ModelKind::Churn, &None, &row("b", 2))));
+        });
         assert!(!log.push(&churn, ModelKind::Churn, &None, &row("c", 1)));
         assert!(!PredictionLog::off().push(&churn, ModelKind::Churn, &None, &row("d", 1)));
-        // The writer takes one batch per version, and the shard has room again.
-        let taken = task.take();
+        // The writer takes one batch per version, and the buffer has room again.
+        let mut taken = task.take();
+        taken.sort_by_key(|(origin, _)| origin.version);
         let ids: Vec<(u64, Option<&str>)> = taken
             .iter()
             .map(|(origin, batch)| (origin.version, batch.prediction_id(0)))
