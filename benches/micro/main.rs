@@ -91,6 +91,7 @@ fn tabular_model() -> Vec<u8> {
 fn start_batcher(onnx: &[u8], classes: usize, text_rank: usize, model: &str) -> Batcher {
     let environment = runtime::environment(None).expect("ONNX Runtime (scripts/fetch-ort.sh)");
     let config = BatchConfig {
+        background: false,
         max_batch: 256,
         max_delay: Duration::ZERO,
         linger: nurture_server::batcher::LINGER,
@@ -190,6 +191,7 @@ fn prediction_log(c: &mut Criterion) {
         prediction_id: &ids[i],
         version: 1,
         arm: Arm::Live,
+        mirror_of: None,
         served_at_ms: 1_764_000_000_000 + i as i64,
         lead_id: "",
         features: &features,

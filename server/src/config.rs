@@ -162,9 +162,10 @@ pub struct Config {
     #[arg(long, env = "NURTURE_PREDICTION_LOG_SAMPLE", default_value_t = 1.0)]
     pub prediction_log_sample: f64,
 
-    /// Records the prediction log buffers before it drops (and counts) new
+    /// Answers the prediction log buffers per answering thread (about 300
+    /// bytes each, drained every 50 ms) before it drops (and counts) new
     /// ones; answers never wait for the log.
-    #[arg(long, env = "NURTURE_PREDICTION_LOG_BUFFER", default_value_t = 16_384)]
+    #[arg(long, env = "NURTURE_PREDICTION_LOG_BUFFER", default_value_t = 8_192)]
     pub prediction_log_buffer: usize,
 
     /// Longest a logged prediction waits before its file is written.
@@ -172,7 +173,7 @@ pub struct Config {
     pub prediction_log_flush: Duration,
 
     /// Most records per prediction-log file (one row group). Records wait
-    /// in memory until their file is written (about 750 bytes each), so this
+    /// in memory until their file is written (about 300 bytes each), so this
     /// bounds the log's memory.
     #[arg(
         long,
@@ -180,6 +181,13 @@ pub struct Config {
         default_value_t = 10_000
     )]
     pub prediction_log_file_records: usize,
+
+    /// Shadow answers remembered for scoring the shadow on the outcomes of
+    /// the live answers they mirror (about 150 bytes each; oldest forgotten
+    /// first). Outcomes that come back later do not score the shadow here;
+    /// the prediction log keeps every shadow answer for an offline join.
+    #[arg(long, env = "NURTURE_SHADOW_MEMORY", default_value_t = 100_000)]
+    pub shadow_memory: usize,
 
     /// How often label-free drift is checked: the PSI of each input feature
     /// and of the score of every served version against its manifest's

@@ -28,6 +28,10 @@ pub struct Deployment {
     pub canary: Option<(Arc<LoadedVersion>, u8)>,
     /// The previous live version, kept warm for rollback.
     pub previous: Option<Arc<LoadedVersion>>,
+    /// Receives a copy of `percent` of the live version's requests, off the
+    /// response path (its own instance, whose workers run at the lowest
+    /// priority; not routable, not among [`Deployment::loaded`]).
+    pub shadow: Option<(Arc<LoadedVersion>, u8)>,
 }
 
 impl Deployment {
@@ -64,6 +68,8 @@ pub struct SlotStatus {
     pub desired_live: Option<u64>,
     /// Canary according to the release log.
     pub desired_canary: Option<(u64, u8)>,
+    /// Shadow according to the release log.
+    pub desired_shadow: Option<(u64, u8)>,
     /// Revoked versions: never served, not even when pinned.
     pub revoked: BTreeSet<u64>,
     /// Every version the release log names (what a pin may load).

@@ -242,6 +242,13 @@ fn drift_counter(model: &str, (version, arm): (u64, Arm)) -> metrics::Counter {
 pub struct Fleet {
     store: FeedbackStore,
     models: RwLock<BTreeMap<String, Followed>>,
+    /// This replica's recent shadow answers, by the live answer they mirror.
+    mirrors: std::sync::Mutex<crate::shadow::MirrorMemory>,
+    /// Shadow outcomes found while folding, waiting to be recorded.
+    shadow_outcomes: std::sync::Mutex<Vec<(String, ScoredOutcome)>>,
+    /// How long another writer's unfinished outcome is waited for (see
+    /// `FeedbackStore::record`); for the shadow outcomes this replica records.
+    pub adopt_after: Duration,
     /// Figures need at least this many outcomes.
     pub min_outcomes: u64,
     /// Concept-drift detection on each version's error stream.
@@ -259,6 +266,9 @@ impl Fleet {
         Fleet {
             drift,
             store,
+            mirrors: std::sync::Mutex::new(crate::shadow::MirrorMemory::new(0)),
+            shadow_outcomes: std::sync::Mutex::default(),
+            adopt_after: Duration::from_secs(600),
             models: RwLock::new(
                 models
                     .iter()
@@ -272,6 +282,81 @@ impl Fleet {
     /// The store outcomes are written to.
     pub fn store(&self) -> &FeedbackStore {
         &self.store
+    }
+
+    /// Remembers up to `capacity` mirrored answers for scoring the shadow.
+    pub fn with_mirror_memory(self, capacity: usize) -> Self {
+        *self.mirrors.lock().expect("mirrors lock") = crate::shadow::MirrorMemory::new(capacity);
+        self
+    }
+
+    /// Remembers the shadow's answer `shadow_id` (of `version`) to the item
+    /// answered as `live_id`, so that item's outcomes score the shadow too.
+    pub fn remember_mirror(
+        &self,
+        live_id: &str,
+        shadow_id: &str,
+        version: u64,
+        prediction: Prediction,
+    ) {
+        self.mirrors.lock().expect("mirrors lock").remember(
+            live_id,
+            crate::shadow::Remembered {
+                id: shadow_id.to_owned(),
+                version,
+                prediction,
+            },
+        );
+    }
+
+    /// Notes the shadow outcomes of a batch just folded (outcomes of live
+    /// answers this replica mirrored).
+    fn note_shadow_outcomes(&self, model: &str, batch: &OutcomeBatch) {
+        let mirrors = self.mirrors.lock().expect("mirrors lock");
+        if mirrors.is_empty() {
+            return;
+        }
+        let found: Vec<(String, ScoredOutcome)> = batch
+            .outcomes
+            .iter()
+            .filter_map(|outcome| mirrors.shadow_outcome(model, outcome))
+            .map(|outcome| (model.to_owned(), outcome))
+            .collect();
+        drop(mirrors);
+        if !found.is_empty() {
+            self.shadow_outcomes
+                .lock()
+                .expect("shadow outcomes lock")
+                .extend(found);
+        }
+    }
+
+    /// Records the shadow outcomes noted so far (durably and idempotently,
+    /// as any outcome) and folds them.
+    pub async fn record_shadow_outcomes(&self) {
+        let noted =
+            std::mem::take(&mut *self.shadow_outcomes.lock().expect("shadow outcomes lock"));
+        let mut by_model: BTreeMap<String, Vec<ScoredOutcome>> = BTreeMap::new();
+        for (model, outcome) in noted {
+            by_model.entry(model).or_default().push(outcome);
+        }
+        for (model, outcomes) in by_model {
+            let count = outcomes.len();
+            match self
+                .store
+                .record(&model, outcomes, self.adopt_after.as_millis() as i64)
+                .await
+            {
+                Ok(recorded) => {
+                    for (key, batch) in &recorded.batches {
+                        self.apply_own(&model, key.clone(), batch);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(model, %error, outcomes = count, "cannot record the shadow's outcomes");
+                }
+            }
+        }
     }
 
     /// Reads the batches written since the last refresh (by any replica)
@@ -292,6 +377,7 @@ impl Fleet {
             for (key, batch) in &batches {
                 if followed.applied.insert(key.clone()) {
                     followed.fold(model, batch, self.drift);
+                    self.note_shadow_outcomes(model, batch);
                 }
             }
             followed.newest = newest.max(followed.newest);
@@ -320,6 +406,7 @@ impl Fleet {
         let followed = models.entry(model.to_owned()).or_default();
         if followed.applied.insert(key) {
             followed.fold(model, batch, self.drift);
+            self.note_shadow_outcomes(model, batch);
         }
     }
 
@@ -426,6 +513,10 @@ impl Fleet {
                         .increment(1);
                     tracing::warn!(model, %error, "cannot read outcome batches");
                 }
+            }
+            tokio::select! {
+                _ = self.record_shadow_outcomes() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
             }
         }
     }
@@ -816,6 +907,8 @@ pub struct Served {
     pub ids: Arc<PredictionIds>,
     /// The prediction log.
     pub log: PredictionLog,
+    /// Shadow traffic: which live answers are mirrored.
+    pub shadows: crate::shadow::Shadows,
 }
 
 /// An item's inputs, as the prediction log keeps them.
@@ -832,6 +925,8 @@ pub struct Inputs<'a> {
     /// A row of model columns (Open Inference Protocol requests), spread
     /// back over lead features and extras by the version's layout.
     pub columns: Option<(&'a nurture_models::input::FeatureLayout, &'a [f32])>,
+    /// A shadow's answer: the live answer it mirrors.
+    pub mirror_of: Option<&'a str>,
 }
 
 impl Served {
@@ -878,6 +973,7 @@ impl Served {
                 prediction_id: &id,
                 version,
                 arm,
+                mirror_of: inputs.mirror_of,
                 served_at_ms,
                 lead_id,
                 features: &features[..width],
@@ -920,13 +1016,13 @@ struct Pending {
 #[derive(Debug, Default)]
 struct Shard {
     pending: Vec<Pending>,
+    held: usize,
 }
 
-/// The buffer: its shards, and how many predictions they hold together.
+/// The buffer: its shards.
 #[derive(Debug, Default)]
 struct Buffer {
     shards: Vec<std::sync::Mutex<Shard>>,
-    held: std::sync::atomic::AtomicUsize,
 }
 
 /// Shards of the buffer: about one per thread that answers, so appends
@@ -943,14 +1039,19 @@ thread_local! {
 
 /// The prediction log's bounded buffer: answers append their predictions
 /// without waiting, column by column, to a shard (one per answering
-/// thread, under a lock only the writer also takes, every 50 ms); when the
-/// buffer is full, predictions are dropped and counted
+/// thread, under a lock only the writer also takes, every 50 ms); when a
+/// shard is full, predictions are dropped and counted
 /// (`nurture_prediction_log_dropped_total`), never queued without limit.
+///
+/// NOTE: each shard has the whole capacity, so a thread never loses room to
+/// shards no thread uses; the buffer holds at most `SHARDS` times it. A
+/// count shared by the shards was measurable on every answer (two threads
+/// taking turns on one cache line).
 #[derive(Debug)]
 pub struct PredictionLog {
     /// No shards when the log is off.
     buffer: Arc<Buffer>,
-    /// Most predictions the buffer holds.
+    /// Most predictions a shard holds.
     capacity: usize,
     /// Share of answers logged, in [0, 1].
     sample: f64,
@@ -966,12 +1067,12 @@ impl PredictionLog {
         }
     }
 
-    /// A log buffering up to `capacity` predictions, keeping `sample` of the
-    /// answers; the returned writer drains it into the store.
+    /// A log buffering up to `capacity` predictions per answering thread,
+    /// keeping `sample` of the answers; the returned writer drains it into
+    /// the store.
     pub fn new(capacity: usize, sample: f64, writer: LogWriter) -> (Self, LogWriterTask) {
         let buffer = Arc::new(Buffer {
             shards: (0..SHARDS).map(|_| std::sync::Mutex::default()).collect(),
-            held: Default::default(),
         });
         (
             PredictionLog {
@@ -1004,8 +1105,8 @@ impl PredictionLog {
         draw < self.sample
     }
 
-    /// Appends a prediction of `model`; `false` when the buffer is full
-    /// (the caller counts the drop).
+    /// Appends a prediction of `model`; `false` when this thread's shard is
+    /// full (the caller counts the drop).
     fn push(
         &self,
         model: &Arc<str>,
@@ -1014,14 +1115,15 @@ impl PredictionLog {
         row: &Row<'_>,
     ) -> bool {
         let shards = &self.buffer.shards;
-        // Checked before it is counted, so the bound can be passed by at
-        // most one prediction per answering thread.
-        if shards.is_empty() || self.buffer.held.load(Ordering::Relaxed) >= self.capacity {
+        if shards.is_empty() {
             return false;
         }
-        self.buffer.held.fetch_add(1, Ordering::Relaxed);
         let shard = SHARD.with(|shard| *shard) % shards.len();
         let mut shard = shards[shard].lock().expect("log shard lock");
+        if shard.held >= self.capacity {
+            return false;
+        }
+        shard.held += 1;
         let day = row.served_at_ms.div_euclid(DAY_MS);
         let found = shard.pending.iter().position(|p| {
             let origin = &p.origin;
@@ -1127,8 +1229,11 @@ impl LogWriterTask {
                 _ = drain.tick() => false,
                 _ = async { let _ = shutdown.wait_for(|stop| *stop).await; } => true,
             };
+            // How far the drift check's window has gone, for its sampling.
+            let elapsed = checked.elapsed().as_secs_f64()
+                / self.writer.input_drift.every.as_secs_f64().max(1e-3);
             for (origin, batch) in self.take() {
-                monitors.observe(&origin, &batch);
+                monitors.observe(&origin, &batch, elapsed);
                 files.add(origin.model, origin.day, batch);
             }
             if stop {
@@ -1163,13 +1268,13 @@ impl LogWriterTask {
         let mut taken = Vec::new();
         for shard in &self.buffer.shards {
             let mut shard = shard.lock().expect("log shard lock");
+            shard.held = 0;
             shard.pending.retain_mut(|pending| {
                 if pending.batch.is_empty() {
                     return false;
                 }
                 let fresh = LogBatch::with_capacity(pending.batch.kind(), pending.batch.len());
                 let batch = std::mem::replace(&mut pending.batch, fresh);
-                self.buffer.held.fetch_sub(batch.len(), Ordering::Relaxed);
                 taken.push((pending.origin.clone(), batch));
                 true
             });
@@ -1239,6 +1344,7 @@ mod tests {
             prediction_id: id,
             version,
             arm: Arm::Live,
+            mirror_of: None,
             served_at_ms: 0,
             lead_id: "",
             features: &[],
@@ -1249,14 +1355,14 @@ mod tests {
 
     #[test]
     fn a_full_buffer_drops_instead_of_waiting() {
-        // Room for 2, shared by every thread's shard.
-        let (log, task) = PredictionLog::new(2, 1.0, writer());
+        // Room for 1 per answering thread.
+        let (log, task) = PredictionLog::new(1, 1.0, writer());
         let churn: Arc<str> = Arc::from("churn");
         assert!(log.push(&churn, ModelKind::Churn, &None, &row("a", 1)));
+        assert!(!log.push(&churn, ModelKind::Churn, &None, &row("c", 1)));
         std::thread::scope(|scope| {
             scope.spawn(|| assert!(log.push(&churn, ModelKind::Churn, &None, &row("b", 2))));
         });
-        assert!(!log.push(&churn, ModelKind::Churn, &None, &row("c", 1)));
         assert!(!PredictionLog::off().push(&churn, ModelKind::Churn, &None, &row("d", 1)));
         // The writer takes one batch per version, and the buffer has room again.
         let mut taken = task.take();
@@ -1310,7 +1416,7 @@ struct Monitors {
 }
 
 impl Monitors {
-    fn observe(&mut self, origin: &Origin, batch: &LogBatch) {
+    fn observe(&mut self, origin: &Origin, batch: &LogBatch, elapsed: f64) {
         let Some(reference) = &origin.reference else {
             return;
         };
@@ -1331,7 +1437,7 @@ impl Monitors {
                 }
                 monitor
             });
-        if !monitor.sample(batch.len() as u64) {
+        if !monitor.sample(batch.len() as u64, elapsed) {
             return;
         }
         let width = LEAD_FEATURES.len() + batch.kind().extra_features().len();

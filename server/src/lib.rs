@@ -20,6 +20,7 @@ pub mod model;
 pub mod planner;
 pub mod security;
 pub mod services;
+pub mod shadow;
 pub mod watcher;
 
 use std::sync::Arc;
@@ -96,6 +97,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         loader: Loader {
             environment,
             batch: BatchConfig {
+                background: false,
                 max_batch: config.max_batch,
                 max_delay: config.max_delay,
                 linger: batcher::LINGER,
@@ -466,15 +468,18 @@ async fn start_feedback(
     }
     .install(ids.clone(), config.poll_interval, shutdown.clone())
     .await?;
-    let fleet = Arc::new(feedback::Fleet::new(
-        feedback_store,
-        &slots.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-        config.quality_min_outcomes,
-        nurture_models::feedback::drift::AdwinConfig {
-            delta: config.drift_delta,
-            ..nurture_models::feedback::drift::SERVER
-        },
-    ));
+    let fleet = Arc::new(
+        feedback::Fleet::new(
+            feedback_store,
+            &slots.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+            config.quality_min_outcomes,
+            nurture_models::feedback::drift::AdwinConfig {
+                delta: config.drift_delta,
+                ..nurture_models::feedback::drift::SERVER
+            },
+        )
+        .with_mirror_memory(config.shadow_memory),
+    );
     let fleet_task = tokio::spawn(
         fleet
             .clone()
@@ -503,10 +508,15 @@ async fn start_feedback(
     } else {
         (feedback::PredictionLog::off(), None)
     };
+    let (shadows, mirrors) = shadow::Shadows::new();
     let served = Arc::new(feedback::Served {
         ids: ids.clone(),
         log,
+        shadows,
     });
+    tokio::spawn(
+        shadow::Collector::new(mirrors, served.clone(), fleet.clone()).run(shutdown.clone()),
+    );
 
     Ok(Feedback {
         ids,

@@ -218,8 +218,31 @@ impl VersionSource {
         kind: ModelKind,
         version: u64,
     ) -> Result<LoadedVersion, LoadError> {
+        self.load_with(model, kind, version, self.loader).await
+    }
+
+    /// As [`VersionSource::load`], as its own instance whose workers run at
+    /// the lowest priority (a shadow).
+    pub async fn load_background(
+        &self,
+        model: &str,
+        kind: ModelKind,
+        version: u64,
+    ) -> Result<LoadedVersion, LoadError> {
+        let mut loader = self.loader;
+        loader.batch.background = true;
+        self.load_with(model, kind, version, loader).await
+    }
+
+    async fn load_with(
+        &self,
+        model: &str,
+        kind: ModelKind,
+        version: u64,
+        loader: Loader,
+    ) -> Result<LoadedVersion, LoadError> {
         let started = Instant::now();
-        let result = self.fetch_and_load(model, kind, version).await;
+        let result = self.fetch_and_load(model, kind, version, loader).await;
         metrics::histogram!("nurture_model_load_duration_seconds", "model" => model.to_owned())
             .record(started.elapsed().as_secs_f64());
         match &result {
@@ -228,6 +251,7 @@ impl VersionSource {
                 tracing::info!(
                     model,
                     version,
+                    background = loader.batch.background,
                     seconds = loaded.load_time.as_secs_f64(),
                     "version loaded"
                 );
@@ -266,6 +290,7 @@ impl VersionSource {
         model: &str,
         kind: ModelKind,
         version: u64,
+        loader: Loader,
     ) -> Result<LoadedVersion, LoadError> {
         let fail = |error_type: &'static str, message: String| LoadError {
             version,
@@ -287,7 +312,6 @@ impl VersionSource {
                 fetched
             }
         };
-        let loader = self.loader;
         let name = model.to_owned();
         tokio::task::spawn_blocking(move || loader.load(&name, kind, fetched))
             .await

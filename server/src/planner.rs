@@ -17,6 +17,8 @@ pub struct Desired {
     pub previous: Option<u64>,
     /// Revoked versions: never served.
     pub revoked: BTreeSet<u64>,
+    /// Shadow version and percent (of live requests mirrored).
+    pub shadow: Option<(u64, u8)>,
 }
 
 /// What a slot holds now.
@@ -32,6 +34,9 @@ pub struct Held {
     pub pinned: BTreeSet<u64>,
     /// Versions refused for what they are (not for an unreachable store).
     pub refused: BTreeSet<u64>,
+    /// The version loaded as the shadow (its own instance, whose workers
+    /// run at the lowest priority; never shared with live, canary or pins).
+    pub shadow: Option<u64>,
 }
 
 impl Held {
@@ -98,6 +103,35 @@ pub fn target(desired: &Desired, held: &Held, available: &BTreeSet<u64>) -> Targ
         canary,
         previous,
     }
+}
+
+/// What to do about the shadow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShadowPlan {
+    /// No shadow (none wanted, or it cannot be served).
+    None,
+    /// Keep the loaded shadow instance.
+    Keep,
+    /// Load this version as the shadow.
+    Load(u64),
+}
+
+/// The shadow: wanted, not live, not revoked and not refused before; the
+/// held instance is kept when it is the wanted version.
+pub fn shadow(desired: &Desired, held: &Held) -> ShadowPlan {
+    let Some((version, _)) = desired.shadow else {
+        return ShadowPlan::None;
+    };
+    if desired.live == Some(version) || desired.revoked.contains(&version) {
+        return ShadowPlan::None;
+    }
+    if held.shadow == Some(version) {
+        return ShadowPlan::Keep;
+    }
+    if held.refused.contains(&version) {
+        return ShadowPlan::None;
+    }
+    ShadowPlan::Load(version)
 }
 
 #[cfg(test)]
@@ -238,5 +272,48 @@ mod tests {
             "load failed"
         );
         assert_eq!(target(&other, &held, &set(&[1, 2])).canary, Some((2, 20)));
+    }
+
+    #[test]
+    fn a_shadow_is_its_own_instance_and_never_a_revoked_or_live_version() {
+        let want = Desired {
+            shadow: Some((2, 100)),
+            ..desired(1)
+        };
+        // Held as live elsewhere does not count: the shadow is loaded apart.
+        let held = Held {
+            live: Some(1),
+            pinned: set(&[2]),
+            ..Held::default()
+        };
+        assert_eq!(shadow(&want, &held), ShadowPlan::Load(2));
+        let held = Held {
+            shadow: Some(2),
+            ..held
+        };
+        assert_eq!(shadow(&want, &held), ShadowPlan::Keep);
+        // Another version replaces it.
+        let other = Desired {
+            shadow: Some((3, 50)),
+            ..desired(1)
+        };
+        assert_eq!(shadow(&other, &held), ShadowPlan::Load(3));
+        // Revoked, live, refused or not wanted: none.
+        let revoked = Desired {
+            revoked: set(&[2]),
+            ..want.clone()
+        };
+        assert_eq!(shadow(&revoked, &held), ShadowPlan::None);
+        let live = Desired {
+            shadow: Some((2, 100)),
+            ..desired(2)
+        };
+        assert_eq!(shadow(&live, &held), ShadowPlan::None);
+        let refused = Held {
+            refused: set(&[3]),
+            ..held.clone()
+        };
+        assert_eq!(shadow(&other, &refused), ShadowPlan::None);
+        assert_eq!(shadow(&desired(1), &held), ShadowPlan::None);
     }
 }

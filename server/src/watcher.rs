@@ -350,6 +350,7 @@ impl Watcher {
             status.known = state.versions.keys().copied().collect();
             status.desired_live = state.live;
             status.desired_canary = state.canary.map(|c| (c.version, c.percent));
+            status.desired_shadow = state.shadow.map(|c| (c.version, c.percent));
             status.revoked = revoked.clone();
         }
         let current = slot.deployment.load_full();
@@ -368,6 +369,7 @@ impl Watcher {
             canary: state.canary.map(|c| (c.version, c.percent)),
             previous: previous_good,
             revoked,
+            shadow: state.shadow.map(|c| (c.version, c.percent)),
         };
         let held = {
             let status = slot.status.lock().expect("status lock");
@@ -382,6 +384,7 @@ impl Watcher {
                     .filter(|e| !e.is_transient())
                     .map(|e| e.version)
                     .collect(),
+                shadow: current.shadow.as_ref().map(|(v, _)| v.version),
             }
         };
         let mut loaded: Vec<Arc<LoadedVersion>> = Vec::new();
@@ -421,6 +424,26 @@ impl Watcher {
             .canary
             .and_then(|(version, percent)| find(version).map(|v| (v, percent)));
         let previous = target.previous.and_then(find);
+        let shadow = match planner::shadow(&desired, &held) {
+            planner::ShadowPlan::None => None,
+            planner::ShadowPlan::Keep => current.shadow.clone(),
+            planner::ShadowPlan::Load(_) if cached_only => None,
+            planner::ShadowPlan::Load(version) => {
+                match self
+                    .source
+                    .load_background(&slot.name, slot.kind, version)
+                    .await
+                {
+                    Ok(loaded) => Some((Arc::new(loaded), 0)),
+                    Err(error) => {
+                        slot.record_load_error(error);
+                        None
+                    }
+                }
+            }
+        }
+        .zip(desired.shadow)
+        .map(|((loaded, _), (_, percent))| (loaded, percent));
 
         let same = |a: &Option<Arc<LoadedVersion>>, b: &Option<Arc<LoadedVersion>>| {
             a.as_ref().map(|v| v.version) == b.as_ref().map(|v| v.version)
@@ -428,12 +451,14 @@ impl Watcher {
         let live_changed = !same(&current.live, &live);
         let canary_changed = current.canary.as_ref().map(|(v, p)| (v.version, *p))
             != canary.as_ref().map(|(v, p)| (v.version, *p));
+        let shadow_changed = current.shadow.as_ref().map(|(v, p)| (v.version, *p))
+            != shadow.as_ref().map(|(v, p)| (v.version, *p));
         // NOTE: no `.await` between this check and the store below, so the
         // store's answer cannot be overwritten by the cached state.
         if cached_only && slot.deployment.load().live.is_some() {
             return;
         }
-        if live_changed || canary_changed || !same(&current.previous, &previous) {
+        if live_changed || canary_changed || shadow_changed || !same(&current.previous, &previous) {
             let version_of = |v: &Option<Arc<LoadedVersion>>| v.as_ref().map_or(0, |v| v.version);
             let (from_version, to_version) = (version_of(&current.live), version_of(&live));
             metrics::gauge!("nurture_live_version", "model" => slot.name.clone())
@@ -443,6 +468,7 @@ impl Watcher {
                 live,
                 canary,
                 previous,
+                shadow,
             }));
             let swap_done = SystemTime::now();
             if live_changed {

@@ -798,7 +798,7 @@ async fn the_prediction_log_is_parquet_that_duckdb_reads_where_it_lies() {
     let leads = labelled_leads(&fixture.data().join("churn.csv"), "churned");
     answers_with_ids(&channel, &leads[0].0).await;
     let served = predict_churn(&channel, &leads[..300]).await;
-    let oip = oip_churn(&channel, &[0.25, 0.5]).await;
+    let oip = nurture_tests::oip_churn(&channel, &[0.25, 0.5]).await;
     let root = fixture.dir.path().join("registry");
     let root = root.to_str().unwrap();
     let mut log = serde_json::Value::Null;
@@ -870,55 +870,6 @@ async fn a_full_log_buffer_drops_and_counts_and_every_answer_stands() {
         (80.0..=100.0).contains(&dropped),
         "{dropped} of 100 records dropped by an 8-record buffer"
     );
-}
-
-/// Churn through the Open Inference Protocol, one row per value (every
-/// model column set to it): each row's prediction id and probability.
-async fn oip_churn(channel: &Channel, values: &[f32]) -> Vec<(String, f32)> {
-    use nurture_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-    use nurture_proto::inference::{self as kserve, infer_parameter::ParameterChoice};
-    let mut client = GrpcInferenceServiceClient::new(channel.clone());
-    let metadata = client
-        .model_metadata(kserve::ModelMetadataRequest {
-            name: "churn".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let width = metadata.inputs[0].shape[1] as usize;
-    let response = client
-        .model_infer(kserve::ModelInferRequest {
-            model_name: "churn".into(),
-            inputs: vec![kserve::model_infer_request::InferInputTensor {
-                name: "features".into(),
-                datatype: "FP32".into(),
-                shape: vec![values.len() as i64, width as i64],
-                contents: Some(kserve::InferTensorContents {
-                    fp32_contents: values
-                        .iter()
-                        .flat_map(|v| std::iter::repeat_n(*v, width))
-                        .collect(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(ParameterChoice::StringParam(ids)) = response.parameters["prediction_ids"]
-        .parameter_choice
-        .clone()
-    else {
-        panic!("no prediction ids: {:?}", response.parameters);
-    };
-    let probabilities = &response.outputs[0].contents.as_ref().unwrap().fp32_contents;
-    ids.split(',')
-        .zip(probabilities.chunks(2))
-        .map(|(id, row)| (id.to_owned(), row[1]))
-        .collect()
 }
 
 /// Sum of `nurture_input_drift_alarms_total` per variable.

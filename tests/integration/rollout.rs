@@ -125,20 +125,23 @@ impl Fixture {
 
     /// A server polling the release log every `poll`.
     fn server(&self, poll: &str) -> ServerProcess {
-        ServerProcess::start(
-            &self.registry(),
-            &self.dir.path().join("cache"),
-            &[
-                "--models",
-                "churn",
-                "--poll-interval",
-                poll,
-                "--feedback-refresh",
-                "200ms",
-                "--guard-every",
-                "200ms",
-            ],
-        )
+        self.server_with(poll, &[])
+    }
+
+    /// The same with `extra` arguments.
+    fn server_with(&self, poll: &str, extra: &[&str]) -> ServerProcess {
+        let mut args = vec![
+            "--models",
+            "churn",
+            "--poll-interval",
+            poll,
+            "--feedback-refresh",
+            "200ms",
+            "--guard-every",
+            "200ms",
+        ];
+        args.extend_from_slice(extra);
+        ServerProcess::start(&self.registry(), &self.dir.path().join("cache"), &args)
     }
 
     async fn state(&self) -> nurture_models::ModelState {
@@ -534,4 +537,291 @@ async fn three_replicas_on_s3_follow_one_guard_decision() {
         decision.actor,
         after.join(", ")
     );
+}
+
+/// Churn probabilities of `leads`, answered by live (version 1): in order.
+async fn probabilities(channel: &Channel, leads: &[(v1::LeadProfile, String)]) -> Vec<f64> {
+    let mut churn = ChurnServiceClient::new(channel.clone());
+    let mut out = Vec::new();
+    for chunk in leads.chunks(100) {
+        let response = churn
+            .predict_churn(v1::PredictChurnRequest {
+                leads: chunk.iter().map(|(lead, _)| lead.clone()).collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for prediction in response.predictions {
+            assert_eq!(prediction.model.unwrap().version, 1, "live answers");
+            out.push(prediction.churn_probability);
+        }
+    }
+    out
+}
+
+/// The sum of a counter's series whose labels contain every one of `labels`.
+fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(name) && labels.iter().all(|l| line.contains(l)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A shadow at 100% on an idle server: every live answer is mirrored off
+/// the response path, no answer changes, and the shadow (trained on
+/// shuffled labels) is scored on the outcomes of the live answers it
+/// mirrored, beside live, in the quality RPC; the status RPC shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_mirrors_every_answer_changes_none_and_is_scored_on_their_outcomes() {
+    let fixture = Fixture::new();
+    let shuffled = fixture.shuffled_churn_csv();
+    fixture.train(&shuffled, "40", &["--publish"]);
+    let server = fixture.server_with("200ms", &["--prediction-log-flush", "300ms"]);
+    let channel = server.channel().await;
+    let leads = labelled_leads(&fixture.churn_csv(), "churned");
+    let leads = &leads[..600];
+    serving(&channel, leads, 1).await;
+    let alone = probabilities(&channel, leads).await;
+
+    fixture.run("nurturectl", &["shadow", "churn", "2", "--percent", "100"]);
+    let mut status =
+        nurture_proto::v1::status_service_client::StatusServiceClient::new(channel.clone());
+    eventually(
+        "the shadow is loaded",
+        Duration::from_secs(60),
+        async || {
+            let response = status
+                .get_status(v1::GetStatusRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            response.models.iter().any(|m| {
+                m.name == "churn"
+                    && m.shadow_version == 2
+                    && m.shadow_percent == 100
+                    && m.desired_shadow_version == 2
+            })
+        },
+    )
+    .await;
+    let mirrored_before = counter(
+        &server.metrics(),
+        "nurture_shadow_requests_total",
+        &["result=\"mirrored\""],
+    );
+    let shadowed = probabilities(&channel, leads).await;
+    assert_eq!(shadowed, alone, "a shadow changes no answer");
+    eventually(
+        "every request is mirrored",
+        Duration::from_secs(30),
+        async || {
+            counter(
+                &server.metrics(),
+                "nurture_shadow_requests_total",
+                &["result=\"mirrored\""],
+            ) - mirrored_before
+                >= 6.0
+        },
+    )
+    .await;
+    // Open Inference Protocol requests to the typed model are mirrored too.
+    let oip = nurture_tests::oip_churn(&channel, &[0.25, 0.5]).await;
+    assert_eq!(oip.len(), 2);
+    eventually(
+        "the protocol's request is mirrored",
+        Duration::from_secs(30),
+        async || {
+            counter(
+                &server.metrics(),
+                "nurture_shadow_requests_total",
+                &["result=\"mirrored\""],
+            ) - mirrored_before
+                >= 7.0
+        },
+    )
+    .await;
+    let metrics = server.metrics();
+    eprintln!(
+        "mirrored {} requests, shed {}",
+        counter(
+            &metrics,
+            "nurture_shadow_requests_total",
+            &["result=\"mirrored\""]
+        ) - mirrored_before,
+        counter(
+            &metrics,
+            "nurture_shadow_requests_total",
+            &["result=\"shed\""]
+        )
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            "nurture_shadow_requests_total",
+            &["result=\"shed\""]
+        ),
+        0.0,
+        "an idle server sheds none"
+    );
+
+    // Outcomes of the live answers score the shadow's mirrors of them.
+    let outcomes = answer_with_outcomes(&channel, leads).await;
+    report(&channel, &outcomes).await;
+    let mut feedback = FeedbackServiceClient::new(channel.clone());
+    let quality = eventually_quality(&mut feedback, 600).await;
+    let arm = |version: u64, arm: &str| {
+        quality
+            .iter()
+            .find(|q| q.version == version && q.arm == arm)
+            .cloned()
+            .unwrap_or_else(|| panic!("version {version} on {arm} in {quality:?}"))
+    };
+    let (live, shadow) = (arm(1, "live"), arm(2, "shadow"));
+    assert_eq!((live.outcomes, shadow.outcomes), (600, 600));
+    let auc = |q: &v1::VersionQuality| q.auc.unwrap().value;
+    eprintln!(
+        "AUC on the same outcomes: live {:.3}, shadow {:.3}",
+        auc(&live),
+        auc(&shadow)
+    );
+    assert!(
+        auc(&live) > auc(&shadow) + 0.1,
+        "live {} shadow {}",
+        auc(&live),
+        auc(&shadow)
+    );
+    // Replaying the outcomes scores neither twice.
+    report(&channel, &outcomes).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let quality = eventually_quality(&mut feedback, 600).await;
+    let outcomes_of = |arm: &str| quality.iter().find(|q| q.arm == arm).unwrap().outcomes;
+    assert_eq!(
+        (outcomes_of("live"), outcomes_of("shadow")),
+        (600, 600),
+        "{quality:?}"
+    );
+
+    // The log holds the shadow's answers with ids of their own, each naming
+    // the live answer it mirrors.
+    let root = fixture.dir.path().join("registry");
+    let mut shadow_rows = Vec::new();
+    eventually(
+        "the shadow's answers are logged",
+        Duration::from_secs(30),
+        async || {
+            let output = nurture_tests::run_python(
+                "analysis-venv",
+                "tests/feedback/duckdb_log.py",
+                &[root.to_str().unwrap(), "churn"],
+                &[],
+            );
+            let log: serde_json::Value = serde_json::from_slice(&output).unwrap();
+            shadow_rows = log["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|row| row["arm"] == "shadow")
+                .cloned()
+                .collect();
+            shadow_rows.len() >= 1200
+        },
+    )
+    .await;
+    let mirrored: std::collections::HashSet<&str> = shadow_rows
+        .iter()
+        .map(|row| {
+            assert_eq!(row["version"], 2);
+            assert_ne!(row["prediction_id"], row["mirror_of"]);
+            row["mirror_of"].as_str().unwrap()
+        })
+        .collect();
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| mirrored.contains(o.prediction_id.as_str()))
+    );
+
+    // Clearing the shadow stops the mirroring.
+    fixture.run("nurturectl", &["shadow-clear", "churn"]);
+    eventually("the shadow is gone", Duration::from_secs(30), async || {
+        let response = status
+            .get_status(v1::GetStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        response
+            .models
+            .iter()
+            .any(|m| m.name == "churn" && m.shadow_version == 0)
+    })
+    .await;
+}
+
+/// The quality figures once the shadow has `outcomes` of them.
+async fn eventually_quality(
+    feedback: &mut FeedbackServiceClient<Channel>,
+    outcomes: u64,
+) -> Vec<v1::VersionQuality> {
+    let mut last = Vec::new();
+    eventually(
+        "the shadow is scored",
+        Duration::from_secs(30),
+        async || {
+            last = feedback
+                .get_quality(v1::GetQualityRequest {
+                    model: "churn".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .versions;
+            last.iter()
+                .any(|q| q.arm == "shadow" && q.outcomes >= outcomes)
+        },
+    )
+    .await;
+    last
+}
+
+/// Predicts `leads` (live answers them) and returns their true outcomes.
+async fn answer_with_outcomes(
+    channel: &Channel,
+    leads: &[(v1::LeadProfile, String)],
+) -> Vec<v1::OutcomeReport> {
+    let mut churn = ChurnServiceClient::new(channel.clone());
+    let mut outcomes = Vec::new();
+    for chunk in leads.chunks(100) {
+        let response = churn
+            .predict_churn(v1::PredictChurnRequest {
+                leads: chunk.iter().map(|(lead, _)| lead.clone()).collect(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for (prediction, (lead, label)) in response.predictions.iter().zip(chunk) {
+            assert_eq!(prediction.model.as_ref().unwrap().version, 1);
+            outcomes.push(v1::OutcomeReport {
+                prediction_id: prediction.prediction_id.clone(),
+                outcome_id: format!("observed-{}", lead.lead_id),
+                label: Some(Label::Churned(label == "1")),
+                ..Default::default()
+            });
+        }
+    }
+    outcomes
+}
+
+async fn report(channel: &Channel, outcomes: &[v1::OutcomeReport]) {
+    let mut feedback = FeedbackServiceClient::new(channel.clone());
+    for chunk in outcomes.chunks(100) {
+        feedback
+            .record_outcomes(v1::RecordOutcomesRequest {
+                outcomes: chunk.to_vec(),
+            })
+            .await
+            .unwrap();
+    }
 }

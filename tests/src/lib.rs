@@ -171,3 +171,52 @@ pub async fn write_bypassing_publish(
         .await
         .unwrap();
 }
+
+/// Churn through the Open Inference Protocol, one row per value (every
+/// model column set to it): each row's prediction id and probability.
+pub async fn oip_churn(channel: &tonic::transport::Channel, values: &[f32]) -> Vec<(String, f32)> {
+    use nurture_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use nurture_proto::inference::{self as kserve, infer_parameter::ParameterChoice};
+    let mut client = GrpcInferenceServiceClient::new(channel.clone());
+    let metadata = client
+        .model_metadata(kserve::ModelMetadataRequest {
+            name: "churn".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let width = metadata.inputs[0].shape[1] as usize;
+    let response = client
+        .model_infer(kserve::ModelInferRequest {
+            model_name: "churn".into(),
+            inputs: vec![kserve::model_infer_request::InferInputTensor {
+                name: "features".into(),
+                datatype: "FP32".into(),
+                shape: vec![values.len() as i64, width as i64],
+                contents: Some(kserve::InferTensorContents {
+                    fp32_contents: values
+                        .iter()
+                        .flat_map(|v| std::iter::repeat_n(*v, width))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(ParameterChoice::StringParam(ids)) = response.parameters["prediction_ids"]
+        .parameter_choice
+        .clone()
+    else {
+        panic!("no prediction ids: {:?}", response.parameters);
+    };
+    let probabilities = &response.outputs[0].contents.as_ref().unwrap().fp32_contents;
+    ids.split(',')
+        .zip(probabilities.chunks(2))
+        .map(|(id, row)| (id.to_owned(), row[1]))
+        .collect()
+}

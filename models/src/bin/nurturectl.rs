@@ -162,6 +162,29 @@ enum Command {
         #[arg(long)]
         expect_seq: Option<u64>,
     },
+    /// Mirror a share of the live version's requests to VERSION, off the
+    /// response path: its answers are logged and scored on outcomes, never
+    /// returned (docs/rollouts.md, "Shadow").
+    Shadow {
+        /// Model name.
+        model: String,
+        /// Version number.
+        version: u64,
+        /// Percent of live requests mirrored, 1 to 100.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+        percent: u8,
+        /// Fail with a conflict unless the release log ends at this sequence number.
+        #[arg(long)]
+        expect_seq: Option<u64>,
+    },
+    /// Remove the shadow.
+    ShadowClear {
+        /// Model name.
+        model: String,
+        /// Fail with a conflict unless the release log ends at this sequence number.
+        #[arg(long)]
+        expect_seq: Option<u64>,
+    },
     /// Remove the canary.
     CanaryClear {
         /// Model name.
@@ -555,6 +578,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?;
             report(json, &name, event, "");
         }
+        Command::Shadow {
+            model,
+            version,
+            percent,
+            expect_seq,
+        } => {
+            let name = ModelName::new(&model)?;
+            let event = registry
+                .set_shadow(&name, version, percent, &actor, expect_seq)
+                .await?;
+            report(json, &name, event, "");
+        }
+        Command::ShadowClear { model, expect_seq } => {
+            let name = ModelName::new(&model)?;
+            let event = registry.clear_shadow(&name, &actor, expect_seq).await?;
+            report(json, &name, event, "no shadow is set; nothing written");
+        }
         Command::CanaryClear { model, expect_seq } => {
             let name = ModelName::new(&model)?;
             let event = registry.clear_canary(&name, &actor, expect_seq).await?;
@@ -721,6 +761,8 @@ fn version_role(state: &ModelState, version: u64) -> &'static str {
         "live"
     } else if state.canary.is_some_and(|c| c.version == version) {
         "canary"
+    } else if state.shadow.is_some_and(|c| c.version == version) {
+        "shadow"
     } else if state
         .versions
         .get(&version)
@@ -738,6 +780,7 @@ fn state_summary(state: &ModelState) -> serde_json::Value {
         "kind": state.kind,
         "live": state.live,
         "canary": state.canary,
+        "shadow": state.shadow,
         "rollout": state.rollout,
         "versions": state.versions.len(),
         "seq": state.seq,
@@ -762,6 +805,10 @@ fn describe(kind: &EventKind) -> String {
             format!("version {version} canary at {percent}%")
         }
         EventKind::CanaryCleared {} => "canary removed".to_owned(),
+        EventKind::ShadowSet { version, percent } => {
+            format!("version {version} shadows {percent}% of live requests")
+        }
+        EventKind::ShadowCleared {} => "shadow removed".to_owned(),
         EventKind::RolledBack { from, to, reason } => {
             format!("{from} -> {to}, {from} revoked: {reason}")
         }
@@ -840,6 +887,12 @@ fn print_status(state: &ModelState, replicas: &[ReplicaReport]) {
             );
         }
         None => println!("canary    -"),
+    }
+    if let Some(shadow) = state.shadow {
+        println!(
+            "shadow    {} mirrors {}% of live requests",
+            shadow.version, shadow.percent
+        );
     }
     if let Some(rollout) = &state.rollout {
         println!(

@@ -9,6 +9,7 @@
 //! model           STRING      (required)
 //! version         INT64       (required)
 //! arm             STRING      (required: live, canary, shadow, pinned)
+//! mirror_of       STRING      (optional: a shadow row's live prediction id)
 //! served_at       TIMESTAMP(MILLIS, UTC) (required)
 //! replica         STRING      (required)
 //! lead_id         STRING      (optional)
@@ -43,6 +44,8 @@ pub struct Row<'a> {
     pub version: u64,
     /// Arm that answered.
     pub arm: Arm,
+    /// A shadow's answer: the id of the live answer it mirrors.
+    pub mirror_of: Option<&'a str>,
     /// When (ms since the Unix epoch).
     pub served_at_ms: i64,
     /// The lead, if the request named one (empty: none).
@@ -117,6 +120,7 @@ pub struct LogBatch {
     ids: Texts,
     versions: Vec<i64>,
     arms: Vec<Arm>,
+    mirrors: Texts,
     served_at: Vec<i64>,
     lead_ids: Texts,
     /// One column per feature of a tabular kind (NaN: absent); none for text.
@@ -146,6 +150,7 @@ impl LogBatch {
             ids: Texts::with_capacity(rows, 80),
             versions: Vec::with_capacity(rows),
             arms: Vec::with_capacity(rows),
+            mirrors: Texts::with_capacity(rows, 0),
             served_at: Vec::with_capacity(rows),
             lead_ids: Texts::with_capacity(rows, 0),
             features: (0..width).map(|_| Vec::with_capacity(rows)).collect(),
@@ -176,6 +181,7 @@ impl LogBatch {
         self.ids.push(Some(row.prediction_id));
         self.versions.push(row.version as i64);
         self.arms.push(row.arm);
+        self.mirrors.push(row.mirror_of);
         self.served_at.push(row.served_at_ms);
         self.lead_ids
             .push(Some(row.lead_id).filter(|id| !id.is_empty()));
@@ -263,6 +269,7 @@ pub fn schema(kind: ModelKind) -> Result<Type> {
         string("model", Repetition::REQUIRED)?,
         primitive("version", Physical::INT64, Repetition::REQUIRED)?,
         string("arm", Repetition::REQUIRED)?,
+        string("mirror_of", Repetition::OPTIONAL)?,
         Arc::new(
             Type::primitive_type_builder("served_at", Physical::INT64)
                 .with_repetition(Repetition::REQUIRED)
@@ -355,20 +362,21 @@ impl LogBatch {
                     .collect(),
                 None,
             ),
-            4 => Column::Int64(&self.served_at),
-            5 => Column::Constant(ByteArray::from(replica), rows),
-            6 => self.lead_ids.column(true),
-            i if i < 7 + width => {
-                let values = &self.features[i - 7];
+            4 => self.mirrors.column(true),
+            5 => Column::Int64(&self.served_at),
+            6 => Column::Constant(ByteArray::from(replica), rows),
+            7 => self.lead_ids.column(true),
+            i if i < 8 + width => {
+                let values = &self.features[i - 8];
                 let present = values.iter().copied().filter(|v| !v.is_nan()).collect();
                 let levels = values.iter().map(|v| i16::from(!v.is_nan())).collect();
                 Column::Doubles(present, Some(levels))
             }
-            i if i < 7 + width + text => self.texts.column(true),
-            i if i == 7 + width + text => {
+            i if i < 8 + width + text => self.texts.column(true),
+            i if i == 8 + width + text => {
                 Column::Int32((0..rows).map(|row| self.predicted(row) as i32).collect())
             }
-            i if i == 8 + width + text => {
+            i if i == 9 + width + text => {
                 Column::Doubles((0..rows).map(|row| self.score(row)).collect(), None)
             }
             _ => {
@@ -509,6 +517,7 @@ mod tests {
                 prediction_id: id,
                 version: 3,
                 arm: Arm::Canary,
+                mirror_of: (*id == "b").then_some("live-b"),
                 served_at_ms: 1_764_000_000_000,
                 lead_id: &lead_id,
                 features: &features,
@@ -557,6 +566,8 @@ mod tests {
         };
         assert_eq!(get(0, "prediction_id"), Field::Str("a".into()));
         assert_eq!(get(0, "arm"), Field::Str("canary".into()));
+        assert_eq!(get(0, "mirror_of"), Field::Null);
+        assert_eq!(get(1, "mirror_of"), Field::Str("live-b".into()));
         assert_eq!(get(0, "version"), Field::Long(3));
         assert_eq!(get(0, LEAD_FEATURES[3].name), Field::Double(0.25));
         assert_eq!(get(0, LEAD_FEATURES[4].name), Field::Null);

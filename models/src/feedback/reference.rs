@@ -116,10 +116,8 @@ pub struct Monitor {
     pub window: u64,
     /// Predictions offered in the current window (counted or not).
     offered: u64,
-    /// Batches offered in the current window.
-    batches: u64,
-    /// One batch in this many is counted (see [`Monitor::sample`]).
-    stride: u64,
+    /// Batches owed a count (see [`Monitor::sample`]).
+    credit: f64,
 }
 
 /// About how many predictions a window counts: past this, batches are
@@ -155,8 +153,7 @@ impl Monitor {
             score,
             window: 0,
             offered: 0,
-            batches: 0,
-            stride: 1,
+            credit: 1.0,
         }
     }
 
@@ -165,13 +162,20 @@ impl Monitor {
         self.variables.iter().map(|(name, _, _)| name.as_str())
     }
 
-    /// Whether to count the next batch of `rows` predictions: every batch
-    /// while the last window offered at most [`WINDOW_TARGET`], else one in
-    /// `offered / WINDOW_TARGET` of them, evenly through the window.
-    pub fn sample(&mut self, rows: u64) -> bool {
+    /// Whether to count the next batch of `rows` predictions, offered when
+    /// `elapsed` of the window's time has gone (0 to 1): every batch while
+    /// the window is on course to offer at most [`WINDOW_TARGET`]
+    /// predictions at the rate so far, else a share of the batches that
+    /// keeps it near that, spread evenly through the window.
+    pub fn sample(&mut self, rows: u64, elapsed: f64) -> bool {
         self.offered += rows;
-        self.batches += 1;
-        (self.batches - 1).is_multiple_of(self.stride)
+        let projected = self.offered as f64 / elapsed.clamp(1e-4, 1.0);
+        self.credit += (WINDOW_TARGET as f64 / projected).min(1.0);
+        if self.credit >= 1.0 {
+            self.credit -= 1.0;
+            return true;
+        }
+        false
     }
 
     /// Counts served values of the input at `position` (in the order given
@@ -219,10 +223,9 @@ impl Monitor {
                 (name.clone(), value)
             })
             .collect();
-        self.stride = (self.offered / WINDOW_TARGET).max(1);
         self.window = 0;
         self.offered = 0;
-        self.batches = 0;
+        self.credit = 1.0;
         Some(psi)
     }
 }
@@ -347,38 +350,57 @@ mod tests {
         assert!(psi["visits"] < 0.1 && psi["open_rate"] < 0.1, "{psi:?}");
     }
 
-    /// A busy window is thinned to about [`WINDOW_TARGET`] values, a quiet
-    /// one is counted whole, and a shift still shows in the thinned window.
+    /// A busy window is thinned to about [`WINDOW_TARGET`] values from its
+    /// first second on, evenly: its PSI is that of the whole window (a
+    /// shift in its second half weighs half, as unthinned); a quiet window
+    /// is counted whole.
     #[test]
-    fn a_busy_window_is_thinned_evenly_and_still_sees_a_shift() {
+    fn a_busy_window_is_thinned_evenly() {
         let mut rng = ChaCha8Rng::seed_from_u64(9);
         let (reference, synthetic) = reference(&mut rng);
-        let mut monitor = Monitor::new(&reference, &["days", "visits", "open_rate"]);
-        let mut offer = |monitor: &mut Monitor, batches: usize, shift: f64| {
-            for _ in 0..batches {
-                if monitor.sample(1_000) {
+        let names = ["days", "visits", "open_rate"];
+        let (mut thinned, mut whole) = (
+            Monitor::new(&reference, &names),
+            Monitor::new(&reference, &names),
+        );
+        // `batches` of 1,000 spread over the window, the second half with
+        // days since first contact +1.25 sd when `shift`.
+        let mut offer =
+            |thinned: &mut Monitor, whole: &mut Monitor, batches: usize, shift: bool| {
+                for batch in 0..batches {
+                    let counted = thinned.sample(1_000, (batch + 1) as f64 / batches as f64);
                     for _ in 0..1_000 {
                         let mut row = synthetic.draw(&mut rng);
-                        row[0] += shift;
-                        feed(monitor, row);
+                        if shift && batch >= batches / 2 {
+                            row[0] += 15.0;
+                        }
+                        feed(whole, row);
+                        if counted {
+                            feed(thinned, row);
+                        }
                     }
                 }
-            }
+            };
+        let psi = |monitor: &mut Monitor| -> BTreeMap<String, f64> {
+            monitor.check(500).unwrap().into_iter().collect()
         };
         // Quiet: 20 batches of 1,000, all counted.
-        offer(&mut monitor, 20, 0.0);
-        assert_eq!(monitor.window, 20_000);
-        monitor.check(500).unwrap();
-        assert_eq!(monitor.window, 0);
-        // Busy: 400 batches; the next window counts every one (the stride
-        // follows the last window), then it is thinned to one in eight.
-        offer(&mut monitor, 400, 0.0);
-        assert_eq!(monitor.window, 400_000);
-        monitor.check(500).unwrap();
-        offer(&mut monitor, 400, 15.0);
-        assert_eq!(monitor.window, 50_000);
-        let psi: BTreeMap<String, f64> = monitor.check(500).unwrap().into_iter().collect();
-        assert!(psi["days"] > 0.25, "{psi:?}");
-        assert!(psi["visits"] < 0.1, "{psi:?}");
+        offer(&mut thinned, &mut whole, 20, false);
+        assert_eq!(thinned.window, 20_000);
+        assert_eq!(psi(&mut thinned), psi(&mut whole));
+        // Busy from the start: 2,000 batches (2 million predictions).
+        offer(&mut thinned, &mut whole, 2_000, true);
+        assert!(
+            (45_000..=56_000).contains(&thinned.window),
+            "{}",
+            thinned.window
+        );
+        let (ours, all) = (psi(&mut thinned), psi(&mut whole));
+        assert!(all["days"] > 0.1, "{all:?}");
+        assert!(
+            (ours["days"] / all["days"] - 1.0).abs() < 0.1,
+            "thinned {ours:?} whole {all:?}"
+        );
+        assert!(ours["visits"] < 0.01, "{ours:?}");
     }
 }

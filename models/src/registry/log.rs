@@ -46,6 +46,17 @@ pub enum EventKind {
     },
     /// The canary was removed.
     CanaryCleared {},
+    /// `percent` of the live version's requests are mirrored to a shadow
+    /// version, off the response path; its answers are logged and scored,
+    /// never returned.
+    ShadowSet {
+        /// The shadow version.
+        version: u64,
+        /// Share of live requests mirrored to it, 1..=100.
+        percent: u8,
+    },
+    /// The shadow was removed.
+    ShadowCleared {},
     /// The live version was found bad: it is revoked and `to` is live again.
     /// Any canary is cleared with it.
     RolledBack {
@@ -97,6 +108,8 @@ impl EventKind {
             EventKind::Promoted { .. } => "promoted",
             EventKind::CanarySet { .. } => "canary_set",
             EventKind::CanaryCleared {} => "canary_cleared",
+            EventKind::ShadowSet { .. } => "shadow_set",
+            EventKind::ShadowCleared {} => "shadow_cleared",
             EventKind::RolledBack { .. } => "rolled_back",
             EventKind::Revoked { .. } => "revoked",
             EventKind::RolloutStarted { .. } => "rollout_started",
@@ -172,6 +185,9 @@ pub struct ModelState {
     pub live: Option<u64>,
     /// Canary, if any.
     pub canary: Option<Canary>,
+    /// Shadow, if any (its share is of the live version's requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Canary>,
     /// Every version that has been live, in order (a version may repeat).
     pub live_history: Vec<u64>,
     /// The guarded rollout under way, if any.
@@ -270,6 +286,16 @@ impl ModelState {
                 self.rollout = None;
             }
             EventKind::CanaryCleared {} => self.canary = None,
+            EventKind::ShadowSet { version, percent } => {
+                if !self.versions.contains_key(version) {
+                    return Err(corrupt(format!("version {version} was never published")));
+                }
+                self.shadow = Some(Canary {
+                    version: *version,
+                    percent: *percent,
+                });
+            }
+            EventKind::ShadowCleared {} => self.shadow = None,
             EventKind::RolledBack { from, to, reason } => {
                 if !self.versions.contains_key(to) {
                     return Err(corrupt(format!("rollback target {to} was never published")));
@@ -350,6 +376,12 @@ impl ModelState {
                     self.rollout = None;
                 }
             }
+        }
+        // A shadow lasts only while it is servable and not the live version.
+        if let Some(shadow) = self.shadow
+            && (self.live == Some(shadow.version) || !self.is_servable(shadow.version))
+        {
+            self.shadow = None;
         }
         // A rollout lasts only as long as its version is the canary (a
         // person may clear, replace, promote or revoke it by hand).
@@ -547,6 +579,38 @@ impl ModelState {
             reason: reason.to_owned(),
             evidence,
         })
+    }
+
+    /// The event that mirrors `percent` of the live version's requests to
+    /// `version`. A revoked version is never shadowed.
+    pub fn plan_shadow(&self, version: u64, percent: u8) -> Result<EventKind> {
+        if !(1..=100).contains(&percent) {
+            return Err(Error::invalid(
+                "percent",
+                format!("must be 1 to 100, got {percent}"),
+            ));
+        }
+        let record = self.record(version)?;
+        if let Some(message) = self.revoked_message(record) {
+            return Err(Error::Refused(format!("{message}; it is not shadowed")));
+        }
+        let Some(live) = self.live else {
+            return Err(Error::Refused(format!(
+                "model {} has no live version to mirror; promote one first",
+                self.name
+            )));
+        };
+        if live == version {
+            return Err(Error::Refused(format!(
+                "version {version} is live; a shadow must differ from it"
+            )));
+        }
+        Ok(EventKind::ShadowSet { version, percent })
+    }
+
+    /// The event that removes the shadow; `None` when there is none.
+    pub fn plan_shadow_clear(&self) -> Option<EventKind> {
+        self.shadow.map(|_| EventKind::ShadowCleared {})
     }
 
     /// The event that removes the canary; `Ok(None)` when there is none.
@@ -981,6 +1045,54 @@ mod tests {
         log.promote(2);
         assert_eq!(log.state.canary, None);
         assert_eq!(log.state.plan_canary_clear(), None);
+    }
+
+    #[test]
+    fn shadow_rules() {
+        let mut log = Log::new();
+        log.publish(1).publish(2).publish(3);
+        let refused = |log: &Log, version, percent| {
+            log.state
+                .plan_shadow(version, percent)
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(refused(&log, 2, 50).contains("no live version"));
+        log.promote(1);
+        assert!(refused(&log, 1, 50).contains("is live"));
+        assert!(refused(&log, 9, 50).contains("version 9"));
+        assert!(matches!(
+            log.state.plan_shadow(2, 0),
+            Err(Error::Invalid { .. })
+        ));
+        let event = log.state.plan_shadow(2, 100).unwrap();
+        log.push(event);
+        assert_eq!(
+            log.state.shadow,
+            Some(Canary {
+                version: 2,
+                percent: 100
+            })
+        );
+        // A shadow and a canary are independent.
+        let canary = log.state.plan_canary(3, 10, false).unwrap();
+        log.push(canary);
+        assert_eq!(log.state.shadow.map(|s| s.version), Some(2));
+        // Promoting the shadow ends it; so does revoking it.
+        log.promote(2);
+        assert_eq!(log.state.shadow, None);
+        assert_eq!(log.state.plan_shadow_clear(), None);
+        let event = log.state.plan_shadow(1, 20).unwrap();
+        log.push(event);
+        let revoke = log.state.plan_revoke(1, "bad").unwrap();
+        log.push(revoke);
+        assert_eq!(log.state.shadow, None);
+        assert!(refused(&log, 1, 20).contains("not shadowed"));
+        let event = log.state.plan_shadow(3, 20).unwrap();
+        log.push(event);
+        let clear = log.state.plan_shadow_clear().unwrap();
+        log.push(clear);
+        assert_eq!(log.state.shadow, None);
     }
 
     #[test]

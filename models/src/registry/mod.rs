@@ -441,6 +441,34 @@ impl Registry {
         .await
     }
 
+    /// Mirrors `percent` of the live version's requests to `version`.
+    pub async fn set_shadow(
+        &self,
+        name: &ModelName,
+        version: u64,
+        percent: u8,
+        actor: &str,
+        expect_seq: Option<u64>,
+    ) -> Result<Option<Event>> {
+        self.change(name, actor, expect_seq, |state| {
+            state.plan_shadow(version, percent).map(Some)
+        })
+        .await
+    }
+
+    /// Removes the shadow (`None` when there is none).
+    pub async fn clear_shadow(
+        &self,
+        name: &ModelName,
+        actor: &str,
+        expect_seq: Option<u64>,
+    ) -> Result<Option<Event>> {
+        self.change(name, actor, expect_seq, |state| {
+            Ok(state.plan_shadow_clear())
+        })
+        .await
+    }
+
     /// Revokes the live version and makes `to` (default: the previous good
     /// live version) live.
     pub async fn rollback(

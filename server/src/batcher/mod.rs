@@ -211,6 +211,9 @@ pub struct BatchConfig {
     pub queue_capacity: usize,
     /// Longest estimated queue wait before a request is refused.
     pub max_queue_delay: Option<Duration>,
+    /// Workers run at the lowest scheduling class (Linux `SCHED_IDLE`):
+    /// they get a core only when nothing else wants it. For shadows.
+    pub background: bool,
 }
 
 /// Labels of the version a batcher serves, for metrics.
@@ -400,6 +403,20 @@ fn worker<R: Runner>(
     labels: Labels,
     shared: Arc<Shared>,
 ) {
+    if config.background {
+        use thread_priority::{
+            NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+            set_thread_priority_and_policy, thread_native_id,
+        };
+        if let Err(error) = set_thread_priority_and_policy(
+            thread_native_id(),
+            ThreadPriority::Min,
+            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+        ) {
+            tracing::warn!(model = %labels.model, version = %labels.version, ?error,
+                "cannot lower a shadow worker's priority; it competes with live requests");
+        }
+    }
     let mut carry: Option<Job> = None;
     // Requests in the previous batch: more than one means concurrent traffic,
     // worth lingering for; one means a lone caller who would only wait.
@@ -613,6 +630,7 @@ mod tests {
 
     fn config(max_batch: usize, queue_capacity: usize) -> BatchConfig {
         BatchConfig {
+            background: false,
             max_batch,
             max_delay: Duration::ZERO,
             linger: LINGER,

@@ -248,7 +248,14 @@ impl ChurnService for Churn {
                         ),
                     }
                 })
-                .collect();
+                .collect::<Vec<_>>();
+            super::mirror_leads(
+                &self.served,
+                &self.slot,
+                &scores,
+                &values,
+                predictions.iter().map(|p| p.prediction_id.clone()),
+            );
             Ok((v1::PredictChurnResponse { predictions }, versions))
         })
         .await

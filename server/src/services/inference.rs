@@ -29,6 +29,7 @@ use crate::edge;
 use crate::error::ServeError;
 use crate::feedback::Inputs;
 use crate::model::LoadedVersion;
+use crate::shadow::{Mirror, MirrorInputs};
 
 /// Most elements one input tensor may hold.
 pub const MAX_ELEMENTS: usize = 16 * 1024 * 1024;
@@ -588,7 +589,12 @@ impl GrpcInferenceService for Inference {
             slot.prepare_pin(pin).await?;
             // The request id doubles as the sticky canary key. The guard is
             // dropped at once: nothing holds it across an `.await`.
-            let (version, arm) = slot.route(&slot.deployment.load(), &id, pin)?;
+            let (version, arm, shadow) = {
+                let deployment = slot.deployment.load();
+                let (version, arm) = slot.route(&deployment, &id, pin)?;
+                let shadow = self.served.shadows.wants(&deployment, arm);
+                (version, arm, shadow)
+            };
             let (declared_inputs, declared_outputs) = signature(&version);
             let raw = !raw_input_contents.is_empty();
             if raw && raw_input_contents.len() != inputs.len() {
@@ -659,9 +665,19 @@ impl GrpcInferenceService for Inference {
                     .into_iter()
                     .next()
                     .ok_or_else(|| invalid("inputs", "missing input"))?;
-                // What the prediction log keeps of each row: model columns
-                // or texts (a copy, only when the log is on).
-                let logged = self.served.log.is_on().then(|| input.data.clone());
+                // A shadow takes the same rows only if it takes the same
+                // columns.
+                let shadow = shadow.filter(|shadow| {
+                    let same = shadow.layout == version.layout;
+                    if !same {
+                        self.served.shadows.incompatible(shadow);
+                    }
+                    same
+                });
+                // What the prediction log (and a shadow) keeps of each row:
+                // model columns or texts (a copy, only when needed).
+                let logged =
+                    (self.served.log.is_on() || shadow.is_some()).then(|| input.data.clone());
                 let scored = version
                     .score(typed_rows(&version, input)?, deadline)
                     .await?;
@@ -697,6 +713,20 @@ impl GrpcInferenceService for Inference {
                         )
                     })
                     .collect();
+                if let (Some(shadow), Some(data)) = (shadow, logged) {
+                    let inputs = match data {
+                        TensorData::F32(values) => Some(MirrorInputs::Columns(values)),
+                        TensorData::Str(texts) => Some(MirrorInputs::Texts(texts)),
+                        _ => None,
+                    };
+                    if let Some(inputs) = inputs {
+                        self.served.shadows.offer(Mirror {
+                            shadow,
+                            inputs,
+                            live_ids: prediction_ids.clone(),
+                        });
+                    }
+                }
                 vec![NamedTensor {
                     name: PROBABILITIES_OUTPUT.to_owned(),
                     shape: vec![scored.probabilities.len() / classes.max(1), classes],

@@ -75,7 +75,14 @@ impl JourneyService for Journey {
                         ),
                     }
                 })
-                .collect();
+                .collect::<Vec<_>>();
+            super::mirror_leads(
+                &self.served,
+                &self.slot,
+                &scores,
+                &values,
+                predictions.iter().map(|p| p.prediction_id.clone()),
+            );
             Ok((v1::ClassifyStageResponse { predictions }, versions))
         })
         .await

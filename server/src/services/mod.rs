@@ -172,6 +172,36 @@ pub async fn score_items(
         .collect())
 }
 
+/// Mirrors the items of a typed request that the live version answered
+/// (one row per lead, built with the shadow's layout off the request path)
+/// to the model's shadow, if any and if this request is in its share.
+pub fn mirror_leads(
+    served: &Served,
+    slot: &Slot,
+    scores: &[ItemScore],
+    leads: &[nurture_models::input::LeadValues],
+    prediction_ids: impl Iterator<Item = String>,
+) {
+    if !scores.iter().any(|score| score.arm == Arm::Live) {
+        return;
+    }
+    let Some(shadow) = served.shadows.wants(&slot.deployment.load(), Arm::Live) else {
+        return;
+    };
+    let (leads, live_ids): (Vec<_>, Vec<_>) = scores
+        .iter()
+        .zip(leads)
+        .zip(prediction_ids)
+        .filter(|((score, _), _)| score.arm == Arm::Live)
+        .map(|((_, lead), id)| (lead.clone(), id))
+        .unzip();
+    served.shadows.offer(crate::shadow::Mirror {
+        shadow,
+        inputs: crate::shadow::MirrorInputs::Leads(leads),
+        live_ids,
+    });
+}
+
 /// Records a finished RPC in the metrics: once per (version, arm) that
 /// answered some of its items, with the number of items each answered, so a
 /// request split between live and canary counts under both versions. A

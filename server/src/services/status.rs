@@ -50,6 +50,9 @@ impl StatusRpc {
                     desired_version: status.desired_live.unwrap_or(0),
                     desired_canary_version: status.desired_canary.map_or(0, |(v, _)| v),
                     desired_canary_percent: status.desired_canary.map_or(0, |(_, p)| u32::from(p)),
+                    shadow_version: deployment.shadow.as_ref().map_or(0, |(v, _)| v.version),
+                    shadow_percent: deployment.shadow.as_ref().map_or(0, |(_, p)| u32::from(*p)),
+                    desired_shadow_version: status.desired_shadow.map_or(0, |(v, _)| v),
                     replicas: self
                         .replicas
                         .read()
