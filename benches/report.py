@@ -82,6 +82,10 @@ def main():
         ("k-a64-nolog", "as a64 with --prediction-log-sample 0"),
         ("k-typed-log", "as a64-typed (prediction log on, the default)"),
         ("k-typed-nolog", "as a64-typed with --prediction-log-sample 0"),
+        ("s-a64-off", "as a64, alternating with s-a64-shadow"),
+        ("s-a64-shadow", "as a64 with churn version 3 shadowing 100% of requests"),
+        ("s-open-off", "as a64, open loop at half the a64 rate"),
+        ("s-open-shadow", "as s-open-off with the 100% shadow"),
         ("b256", "churn via ModelInfer, 256 rows, concurrency 4"),
         ("b256-c16", "same, concurrency 16"),
         ("b256-c64", "same, concurrency 64"),
@@ -185,6 +189,14 @@ def main():
         for what, on_rps, off_rps, _, _, loss in costs.values():
             w(f"| feedback loop on (prediction log, label-free drift) loses ≤ 3% throughput, {what} at c=64 | {loss * 100:.1f}% ({on_rps:.0f} vs {off_rps:.0f} req/s) | {'yes' if loss <= 0.03 else 'no'} |")
         w(f"| one concept-drift (ADWIN) update ≤ 100 ns | {adwin:.0f} ns | {'yes' if adwin <= 100 else 'no'} |")
+        if "s-a64-shadow" in runs:
+            shadow_loss = 1 - med("s-a64-shadow", "requests_per_second") / med("s-a64-off", "requests_per_second")
+            p99_ratio = lat("s-open-shadow", "p99") / lat("s-open-off", "p99")
+            open_runs = runs["s-open-shadow"]
+            mirrored_share = sum(r["shadow_mirrored"] for r in open_runs) / max(sum(r.get("total_requests", r["requests"]) for r in open_runs), 1)
+            w(f"| shadow at 100%, open loop at half the saturated rate: live p99 ≤ 1.1× shadow off | {p99_ratio:.2f}× | {'yes' if p99_ratio <= 1.1 else 'no'} |")
+            w(f"| same: ≥ 99% of requests mirrored | {mirrored_share * 100:.1f}% | {'yes' if mirrored_share >= 0.99 else 'no'} |")
+            w(f"| shadow at 100% at saturation (a64): live throughput drops ≤ 3% | {shadow_loss * 100:.1f}% | {'yes' if shadow_loss <= 0.03 else 'no'} |")
         w("")
         w("## The feedback loop's cost")
         w("")
@@ -208,6 +220,25 @@ def main():
         w("one or two microseconds is at the edge of what one run resolves: compare several runs before")
         w("reading a sign into it. One ADWIN update (the server's setting: 64 buckets per level, a check every 64; a window of 10 million")
         w(f"outcomes) costs {adwin:.0f} ns (`nurture-drift cost`).")
+    if "s-a64-shadow" in runs:
+        w("")
+        w("## Shadow traffic")
+        w("")
+        rate = runs["s-half-rate"][0]["rate"] if runs.get("s-half-rate") else float("nan")
+        w("Churn version 3 shadows 100% of the live version's requests (`nurturectl shadow churn 3 --percent 100`),")
+        w(f"against no shadow, alternating on one server, {2 * int(repeats)} runs each; open loop at {rate:,} req/s, half the a64 rate.")
+        w("The shadow's answers are computed by its own instance at the lowest scheduling priority, so at")
+        w("saturation it is shed rather than served:")
+        w("")
+        w("| scenario | req/s | p50 ms | p99 ms | server CPU µs/req | mirrored | shed |")
+        w("|---|---|---|---|---|---|---|")
+        for name in ["s-a64-off", "s-a64-shadow", "s-open-off", "s-open-shadow"]:
+            total = sum(r.get("total_requests", r["requests"]) for r in runs[name])
+            mirrored = sum(r.get("shadow_mirrored", 0) for r in runs[name])
+            shed = sum(r.get("shadow_shed", 0) for r in runs[name])
+            w(f"| {name} | {med(name, 'requests_per_second'):.0f} | {lat(name, 'p50'):.2f} | {lat(name, 'p99'):.2f} | {cpu_per_request_us(name):.1f} | {mirrored / max(total, 1) * 100:.1f}% | {shed / max(total, 1) * 100:.1f}% |")
+        w("")
+        w("Mirrored and shed are shares of all requests of the scenario's runs (warm-up included).")
     w("")
     w("## Reading the misses")
     w("")

@@ -25,6 +25,8 @@ registry="file://$work/registry"
 "$bin/nurture-trainer" --json train all --data "$work/data" --registry "$registry" --promote > "$work/train.json"
 # A second churn version, for hot-swap scenarios.
 "$bin/nurture-trainer" --json train churn --data "$work/data/churn.csv" --registry "$registry" --publish --seed 9 > /dev/null
+# A third, the shadow of the shadow scenarios.
+"$bin/nurture-trainer" --json train churn --data "$work/data/churn.csv" --registry "$registry" --publish --seed 11 > /dev/null
 
 server_pid=""
 start_server() {
@@ -71,6 +73,20 @@ for line in text.splitlines():
 print(total["sum"], total["count"])
 PY
 }
+# "MIRRORED SHED" of the server's nurture_shadow_requests_total so far.
+shadow_counts() {
+    python3 - "$metrics_address" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=10).read().decode()
+total = {"mirrored": 0.0, "shed": 0.0}
+for line in text.splitlines():
+    if line.startswith("nurture_shadow_requests_total"):
+        for result in total:
+            if f'result="{result}"' in line:
+                total[result] += float(line.rsplit(" ", 1)[1])
+print(total["mirrored"], total["shed"])
+PY
+}
 # Context switches (voluntary and not) of every server thread so far.
 context_switches() {
     cat /proc/"$server_pid"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'
@@ -87,15 +103,19 @@ scenario() {
         # by total_requests (warm-up included too).
         before="$(cpu_ticks)"
         switches_before="$(context_switches)"
-        local batches_before batches_after
+        local batches_before batches_after shadow_before shadow_after
         batches_before="$(batch_rows)"
+        shadow_before="$(shadow_counts)"
         local json
         json="$("$bin/nurture-load" run --target "$target" --duration "$duration" --warmup 1 --json "$@")"
         after="$(cpu_ticks)"
         switches_after="$(context_switches)"
         batches_after="$(batch_rows)"
-        python3 -c 'import json,sys,os; d=json.loads(sys.argv[1]); d["scenario"]=sys.argv[2]; d["repeat"]=int(sys.argv[3]); d["server_cpu_seconds"]=(int(sys.argv[5])-int(sys.argv[4]))/os.sysconf("SC_CLK_TCK"); d["server_context_switches"]=int(sys.argv[7])-int(sys.argv[6]); b0=[float(x) for x in sys.argv[8].split()]; b1=[float(x) for x in sys.argv[9].split()]; d["mean_batch_rows"]=(b1[0]-b0[0])/max(b1[1]-b0[1],1); print(json.dumps(d))' \
-            "$json" "$name" "$r" "$before" "$after" "$switches_before" "$switches_after" "$batches_before" "$batches_after" >> "$work/results.jsonl"
+        # Mirrors finish on idle cores after the load stops: counted then.
+        sleep 0.5
+        shadow_after="$(shadow_counts)"
+        python3 -c 'import json,sys,os; d=json.loads(sys.argv[1]); d["scenario"]=sys.argv[2]; d["repeat"]=int(sys.argv[3]); d["server_cpu_seconds"]=(int(sys.argv[5])-int(sys.argv[4]))/os.sysconf("SC_CLK_TCK"); d["server_context_switches"]=int(sys.argv[7])-int(sys.argv[6]); b0=[float(x) for x in sys.argv[8].split()]; b1=[float(x) for x in sys.argv[9].split()]; d["mean_batch_rows"]=(b1[0]-b0[0])/max(b1[1]-b0[1],1); s0=[float(x) for x in sys.argv[10].split()]; s1=[float(x) for x in sys.argv[11].split()]; d["shadow_mirrored"]=s1[0]-s0[0]; d["shadow_shed"]=s1[1]-s0[1]; print(json.dumps(d))' \
+            "$json" "$name" "$r" "$before" "$after" "$switches_before" "$switches_after" "$batches_before" "$batches_after" "$shadow_before" "$shadow_after" >> "$work/results.jsonl"
         echo "$name #$r done" >&2
     done
 }
@@ -225,6 +245,30 @@ done
 "$bin/nurture-drift" cost --delta 0.001 --clock 64 --max-buckets 64 \
     | python3 -c 'import json,sys; d=json.load(sys.stdin); d["scenario"]="k-adwin-update"; print(json.dumps(d))' \
     >> "$work/results.jsonl"
+
+# (s) Shadow traffic: version 3 shadows 100% of live churn requests, against
+# no shadow, alternating on one server: at saturation (a64) and open loop
+# at half the saturated rate.
+half_rate="$(python3 - "$work/results.jsonl" <<'PY'
+import json, statistics, sys
+rates = [json.loads(l)["requests_per_second"] for l in open(sys.argv[1]) if json.loads(l).get("scenario") == "a64"]
+print(int(statistics.median(rates) / 2))
+PY
+)"
+start_server
+set_shadow() {
+    "$bin/nurturectl" --registry "$registry" "$@" >/dev/null
+    sleep 3  # a poll, and the shadow's load
+}
+for pass in 1 2; do
+    scenario s-a64-off --rpc infer-churn --rows 1 --concurrency 64
+    scenario s-open-off --rpc infer-churn --rows 1 --rate "$half_rate" --concurrency 64
+    set_shadow shadow churn 3 --percent 100
+    scenario s-a64-shadow --rpc infer-churn --rows 1 --concurrency 64
+    scenario s-open-shadow --rpc infer-churn --rows 1 --rate "$half_rate" --concurrency 64
+    set_shadow shadow-clear churn
+done
+echo "{\"scenario\":\"s-half-rate\",\"rate\":$half_rate}" >> "$work/results.jsonl"
 
 # Two async-runtime threads (every core of a 2-core machine) instead of the default.
 start_server --io-threads 2

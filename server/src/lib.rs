@@ -514,9 +514,7 @@ async fn start_feedback(
         log,
         shadows,
     });
-    tokio::spawn(
-        shadow::Collector::new(mirrors, served.clone(), fleet.clone()).run(shutdown.clone()),
-    );
+    shadow::Collector::new(mirrors, served.clone(), fleet.clone()).start(shutdown.clone());
 
     Ok(Feedback {
         ids,

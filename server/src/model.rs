@@ -58,6 +58,9 @@ pub struct LoadedVersion {
     /// `nurture_prediction_log_dropped_total` of the model, resolved once
     /// (a full buffer must cost an answer as little as possible).
     pub log_dropped: metrics::Counter,
+    /// `nurture_shadow_requests_total` of the model by result, resolved once
+    /// (mirrors are counted on busy paths).
+    pub shadow_counts: crate::shadow::Counts,
 }
 
 impl LoadedVersion {
@@ -186,6 +189,7 @@ impl Loader {
             layout,
             batcher,
             load_time: started.elapsed(),
+            shadow_counts: crate::shadow::Counts::new(name),
             log_dropped: metrics::counter!(
                 "nurture_prediction_log_dropped_total",
                 "model" => name.to_owned()

@@ -5,32 +5,37 @@
 //! outcomes reported for the live answers they mirror.
 //!
 //! Nothing of the shadow delays an answer: the request path only decides
-//! (share, room) and hands a copy of the rows to a bounded queue; a
-//! collector task submits them to the shadow's own instance, whose workers
-//! run at the lowest scheduling priority, so the shadow gets a core only when
-//! live traffic leaves one free. When it falls behind, mirrors are shed
-//! (counted) before they cost anything more.
+//! (share, room) and hands a copy of the items to a bounded queue, waking
+//! nobody. Everything else runs at the lowest scheduling priority, so the
+//! shadow gets a core only when live traffic leaves one free: a collector
+//! thread takes the queue every millisecond, builds the shadow's rows,
+//! scores them on the shadow's own instance (whose workers run at that
+//! priority too), mints the shadow's ids, logs its answers and remembers them
+//! for scoring. When it falls behind, the queue fills and mirrors are shed
+//! (counted) before anything is built for them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
+use std::time::Duration;
+
 use nurture_models::feedback::{Arm, Prediction, ScoredOutcome, outcome_key};
 use nurture_models::input::LeadValues;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::batcher::Rows;
 use crate::deployment::Deployment;
 use crate::feedback::{Inputs, Served};
 use crate::model::LoadedVersion;
 
-/// Mirrored requests waiting for the collector; past this they are shed.
+/// Mirrored requests waiting for the collector; past this they are shed (it
+/// runs only on idle cores, so a full queue means a busy machine).
 const QUEUE: usize = 1024;
-/// Rows the shadow's own queue may hold; past this mirrors are shed (its
-/// workers run only on idle cores, so a full queue means a busy machine).
-const SHADOW_QUEUE_ROWS: usize = 256;
+/// How often the collector takes the queue (the request path never wakes it).
+const TAKE_EVERY: Duration = Duration::from_millis(1);
+/// Most rows scored in one call to the shadow.
+const MOST_ROWS: usize = 256;
 
 /// What a mirrored request's items were, for the shadow's log rows.
 #[derive(Debug)]
@@ -84,18 +89,18 @@ impl Mirror {
 /// them over without waiting.
 #[derive(Debug)]
 pub struct Shadows {
-    sender: mpsc::Sender<Mirror>,
+    sender: crossbeam_channel::Sender<Mirror>,
     requests: AtomicU64,
 }
 
 /// Mirrors handed over and not yet taken by the collector.
 #[derive(Debug)]
-pub struct MirrorQueue(mpsc::Receiver<Mirror>);
+pub struct MirrorQueue(crossbeam_channel::Receiver<Mirror>);
 
 impl Shadows {
     /// The handle, and the queue its collector takes mirrors from.
     pub fn new() -> (Self, MirrorQueue) {
-        let (sender, receiver) = mpsc::channel(QUEUE);
+        let (sender, receiver) = crossbeam_channel::bounded(QUEUE);
         (
             Shadows {
                 sender,
@@ -114,14 +119,16 @@ impl Shadows {
         if arm != Arm::Live {
             return None;
         }
-        let n = self.requests.fetch_add(1, Ordering::Relaxed);
-        // Request n is mirrored when the running share crosses a whole one.
-        let share = |n: u64| n * u64::from(*percent) / 100;
-        if share(n + 1) == share(n) {
-            return None;
+        if *percent < 100 {
+            let n = self.requests.fetch_add(1, Ordering::Relaxed);
+            // Request n is mirrored when the running share crosses a whole one.
+            let share = |n: u64| n * u64::from(*percent) / 100;
+            if share(n + 1) == share(n) {
+                return None;
+            }
         }
-        if self.sender.capacity() == 0 || shadow.batcher.queued_rows() >= SHADOW_QUEUE_ROWS {
-            count(&shadow.name, "shed");
+        if self.sender.is_full() {
+            shadow.shadow_counts.shed.increment(1);
             return None;
         }
         Some(shadow.clone())
@@ -130,30 +137,53 @@ impl Shadows {
     /// Hands a mirror over (shed and counted if the queue just filled).
     pub fn offer(&self, mirror: Mirror) {
         if let Err(error) = self.sender.try_send(mirror) {
-            let mirror = match error {
-                mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m) => m,
-            };
-            count(&mirror.shadow.name, "shed");
+            error.into_inner().shadow.shadow_counts.shed.increment(1);
         }
     }
 
     /// Counts a request that could not be mirrored because the shadow
     /// takes other inputs than the live version (another feature layout).
     pub fn incompatible(&self, shadow: &LoadedVersion) {
-        count(&shadow.name, "incompatible");
+        shadow.shadow_counts.incompatible.increment(1);
     }
 }
 
-fn count(model: &str, result: &'static str) {
-    metrics::counter!("nurture_shadow_requests_total", "model" => model.to_owned(), "result" => result)
-        .increment(1);
+/// `nurture_shadow_requests_total{model,result}` of one model.
+#[derive(Debug, Clone)]
+pub struct Counts {
+    /// Scored by the shadow, logged, remembered.
+    pub mirrored: metrics::Counter,
+    /// Dropped: the shadow was behind.
+    pub shed: metrics::Counter,
+    /// Not mirrored: the shadow takes other inputs.
+    pub incompatible: metrics::Counter,
+    /// The shadow failed to answer.
+    pub failed: metrics::Counter,
 }
 
-/// Submits mirrors to the shadow and, as answers come back, mints their
-/// ids, logs them and remembers them for scoring.
+impl Counts {
+    /// The counters of `model`, created at zero.
+    pub fn new(model: &str) -> Self {
+        let counter = |result: &'static str| {
+            let counter = metrics::counter!("nurture_shadow_requests_total", "model" => model.to_owned(), "result" => result);
+            counter.increment(0);
+            counter
+        };
+        Counts {
+            mirrored: counter("mirrored"),
+            shed: counter("shed"),
+            incompatible: counter("incompatible"),
+            failed: counter("failed"),
+        }
+    }
+}
+
+/// Scores mirrors on the shadow and, as answers come back, mints their
+/// ids, logs them and remembers them for scoring: on a thread of its own at
+/// the lowest priority.
 #[derive(Debug)]
 pub struct Collector {
-    receiver: mpsc::Receiver<Mirror>,
+    receiver: crossbeam_channel::Receiver<Mirror>,
     served: Arc<Served>,
     fleet: Arc<crate::feedback::Fleet>,
 }
@@ -161,11 +191,7 @@ pub struct Collector {
 impl Collector {
     /// The collector of `queue`'s mirrors: their ids are minted and logged
     /// through `served`, and remembered for scoring in `fleet`.
-    pub fn new(
-        queue: MirrorQueue,
-        served: Arc<Served>,
-        fleet: Arc<crate::feedback::Fleet>,
-    ) -> Self {
+    pub fn new(queue: MirrorQueue, served: Arc<Served>, fleet: Arc<crate::feedback::Fleet>) -> Self {
         Collector {
             receiver: queue.0,
             served,
@@ -173,35 +199,93 @@ impl Collector {
         }
     }
 
-    /// Runs until `shutdown`.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut running = FuturesUnordered::new();
-        loop {
-            tokio::select! {
-                mirror = self.receiver.recv() => {
-                    let Some(mirror) = mirror else { return };
-                    // Checked again: the queue may have filled meanwhile.
-                    if mirror.shadow.batcher.queued_rows() >= SHADOW_QUEUE_ROWS {
-                        count(&mirror.shadow.name, "shed");
-                        continue;
-                    }
-                    let Some(rows) = mirror.rows() else {
-                        count(&mirror.shadow.name, "incompatible");
-                        continue;
-                    };
-                    match mirror.shadow.batcher.submit(rows, None) {
-                        Ok(answer) => running.push(async move { (mirror, answer.await) }),
-                        Err(_) => count(&mirror.shadow.name, "shed"),
-                    }
+    /// Starts its thread, which stops at `shutdown`.
+    pub fn start(self, shutdown: watch::Receiver<bool>) -> std::thread::JoinHandle<()> {
+        std::thread::Builder::new()
+            .name("shadow-collector".to_owned())
+            .spawn(move || {
+                crate::batcher::lower_priority("shadow collector");
+                while !*shutdown.borrow() {
+                    self.take();
+                    std::thread::sleep(TAKE_EVERY);
                 }
-                Some((mirror, answer)) = running.next(), if !running.is_empty() => {
-                    match answer {
-                        Ok(Ok(scored)) => self.answered(&mirror, &scored.probabilities),
-                        _ => count(&mirror.shadow.name, "failed"),
-                    }
-                }
-                _ = shutdown.wait_for(|stop| *stop) => return,
+            })
+            .expect("the OS can start a thread")
+    }
+
+    /// Scores what the queue holds, a few mirrors of one shadow per call.
+    fn take(&self) {
+        let mut group: Vec<Mirror> = Vec::new();
+        let mut rows = 0;
+        for mirror in self.receiver.try_iter() {
+            let same = group.first().is_none_or(|first| {
+                Arc::ptr_eq(&first.shadow, &mirror.shadow)
+                    && std::mem::discriminant(&first.inputs) == std::mem::discriminant(&mirror.inputs)
+            });
+            if !same || rows + mirror.live_ids.len() > MOST_ROWS {
+                self.score(std::mem::take(&mut group));
+                rows = 0;
             }
+            rows += mirror.live_ids.len();
+            group.push(mirror);
+        }
+        self.score(group);
+    }
+
+    /// Scores mirrors of one shadow (inputs of one sort) in one call.
+    fn score(&self, group: Vec<Mirror>) {
+        let Some(first) = group.first() else {
+            return;
+        };
+        let shadow = first.shadow.clone();
+        let mut all: Option<Rows> = None;
+        let mut scored: Vec<&Mirror> = Vec::new();
+        for mirror in &group {
+            let Some(rows) = mirror.rows() else {
+                shadow.shadow_counts.incompatible.increment(1);
+                continue;
+            };
+            match (&mut all, rows) {
+                (None, rows) => all = Some(rows),
+                (
+                    Some(Rows::Features { values, width }),
+                    Rows::Features {
+                        values: more,
+                        width: w,
+                    },
+                ) if *width == w => values.extend(more),
+                (Some(Rows::Texts(texts)), Rows::Texts(more)) => texts.extend(more),
+                _ => {
+                    shadow.shadow_counts.incompatible.increment(1);
+                    continue;
+                }
+            }
+            scored.push(mirror);
+        }
+        let Some(rows) = all else {
+            return;
+        };
+        let answer = shadow
+            .batcher
+            .submit(rows, None)
+            .ok()
+            .and_then(|answer| answer.blocking_recv().ok())
+            .and_then(Result::ok);
+        let Some(answer) = answer else {
+            for mirror in &scored {
+                mirror.shadow.shadow_counts.failed.increment(1);
+            }
+            return;
+        };
+        let classes = shadow.manifest.labels.len().max(1);
+        let mut offset = 0;
+        for mirror in scored {
+            let end = offset + mirror.live_ids.len() * classes;
+            match answer.probabilities.get(offset..end) {
+                Some(probabilities) => self.answered(mirror, probabilities),
+                None => mirror.shadow.shadow_counts.failed.increment(1),
+            }
+            offset = end;
         }
     }
 
@@ -210,7 +294,7 @@ impl Collector {
         let classes = shadow.manifest.labels.len().max(1);
         let rows = probabilities.len() / classes;
         if rows != mirror.live_ids.len() {
-            count(&shadow.name, "failed");
+            shadow.shadow_counts.failed.increment(1);
             return;
         }
         let width = match &mirror.inputs {
@@ -248,7 +332,7 @@ impl Collector {
             self.fleet
                 .remember_mirror(live_id, &id, shadow.version, prediction);
         }
-        count(&shadow.name, "mirrored");
+        shadow.shadow_counts.mirrored.increment(1);
     }
 }
 

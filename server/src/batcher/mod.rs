@@ -358,6 +358,23 @@ impl Batcher {
     }
 }
 
+/// Moves the calling thread to the lowest scheduling class (Linux
+/// `SCHED_IDLE`): it gets a core only when nothing else wants it. For shadow
+/// work; `what` names it in the warning when the OS refuses.
+pub fn lower_priority(what: &str) {
+    use thread_priority::{
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id,
+    };
+    if let Err(error) = set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+    ) {
+        tracing::warn!(what, ?error, "cannot lower a shadow thread's priority; it competes with live requests");
+    }
+}
+
 /// The thread that joins retired workers (see [`Batcher`]'s drop).
 fn reaper() -> Option<&'static Sender<JoinHandle<()>>> {
     static REAPER: OnceLock<Option<Sender<JoinHandle<()>>>> = OnceLock::new();
@@ -404,18 +421,7 @@ fn worker<R: Runner>(
     shared: Arc<Shared>,
 ) {
     if config.background {
-        use thread_priority::{
-            NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
-            set_thread_priority_and_policy, thread_native_id,
-        };
-        if let Err(error) = set_thread_priority_and_policy(
-            thread_native_id(),
-            ThreadPriority::Min,
-            ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
-        ) {
-            tracing::warn!(model = %labels.model, version = %labels.version, ?error,
-                "cannot lower a shadow worker's priority; it competes with live requests");
-        }
+        lower_priority(&format!("{} v{}", labels.model, labels.version));
     }
     let mut carry: Option<Job> = None;
     // Requests in the previous batch: more than one means concurrent traffic,

@@ -654,6 +654,8 @@ impl GrpcInferenceService for Inference {
 
             let kind = version.manifest.kind;
             let mut prediction_ids = Vec::new();
+            // What goes to the shadow, once the answer is built.
+            let mut mirror = None;
             let results: Vec<NamedTensor> = if kind == ModelKind::Generic {
                 let key = batch_key(&version, &tensors);
                 version
@@ -714,18 +716,11 @@ impl GrpcInferenceService for Inference {
                     })
                     .collect();
                 if let (Some(shadow), Some(data)) = (shadow, logged) {
-                    let inputs = match data {
-                        TensorData::F32(values) => Some(MirrorInputs::Columns(values)),
-                        TensorData::Str(texts) => Some(MirrorInputs::Texts(texts)),
+                    mirror = match data {
+                        TensorData::F32(values) => Some((shadow, MirrorInputs::Columns(values))),
+                        TensorData::Str(texts) => Some((shadow, MirrorInputs::Texts(texts))),
                         _ => None,
                     };
-                    if let Some(inputs) = inputs {
-                        self.served.shadows.offer(Mirror {
-                            shadow,
-                            inputs,
-                            live_ids: prediction_ids.clone(),
-                        });
-                    }
                 }
                 vec![NamedTensor {
                     name: PROBABILITIES_OUTPUT.to_owned(),
@@ -763,6 +758,13 @@ impl GrpcInferenceService for Inference {
             }
             // Typed models count each row as an item; a generic request is one.
             let items = prediction_ids.len().max(1);
+            if let Some((shadow, inputs)) = mirror {
+                self.served.shadows.offer(Mirror {
+                    shadow,
+                    inputs,
+                    live_ids: prediction_ids,
+                });
+            }
             Ok((response, vec![(version.version, arm); items]))
         })
         .await
