@@ -45,6 +45,14 @@ def main():
         values = [r["server_context_switches"] / max(r.get("total_requests", r["requests"]), 1) for r in runs.get(name, []) if "server_context_switches" in r]
         return statistics.median(values) if values else float("nan")
 
+    def paired(on, off, value):
+        """Median over adjacent (on, off) runs of value(on run, off run)."""
+        pairs = list(zip(runs.get(on, []), runs.get(off, [])))
+        return statistics.median(value(a, b) for a, b in pairs) if pairs else float("nan")
+
+    def paired_loss(on, off):
+        return paired(on, off, lambda a, b: 1 - a["requests_per_second"] / b["requests_per_second"])
+
     def batch_rows(name):
         return med(name, "mean_batch_rows")
 
@@ -184,14 +192,14 @@ def main():
             costs[name] = (
                 what, on_rps, off_rps,
                 cpu_per_request_us(f"k-{name}-log"), cpu_per_request_us(f"k-{name}-nolog"),
-                1 - on_rps / off_rps,
+                paired_loss(f"k-{name}-log", f"k-{name}-nolog"),
             )
         for what, on_rps, off_rps, _, _, loss in costs.values():
             w(f"| feedback loop on (prediction log, label-free drift) loses ≤ 3% throughput, {what} at c=64 | {loss * 100:.1f}% ({on_rps:.0f} vs {off_rps:.0f} req/s) | {'yes' if loss <= 0.03 else 'no'} |")
         w(f"| one concept-drift (ADWIN) update ≤ 100 ns | {adwin:.0f} ns | {'yes' if adwin <= 100 else 'no'} |")
         if "s-a64-shadow" in runs:
-            shadow_loss = 1 - med("s-a64-shadow", "requests_per_second") / med("s-a64-off", "requests_per_second")
-            p99_ratio = lat("s-open-shadow", "p99") / lat("s-open-off", "p99")
+            shadow_loss = paired_loss("s-a64-shadow", "s-a64-off")
+            p99_ratio = paired("s-open-shadow", "s-open-off", lambda a, b: a["latency_ms"]["p99"] / b["latency_ms"]["p99"])
             open_runs = runs["s-open-shadow"]
             mirrored_share = sum(r["shadow_mirrored"] for r in open_runs) / max(sum(r.get("total_requests", r["requests"]) for r in open_runs), 1)
             w(f"| shadow at 100%, open loop at half the saturated rate: live p99 ≤ 1.1× shadow off | {p99_ratio:.2f}× | {'yes' if p99_ratio <= 1.1 else 'no'} |")
@@ -202,7 +210,8 @@ def main():
         w("")
         w("Concurrency 64, alternating servers with the prediction log on (the default: every answer logged,")
         w("its inputs counted for label-free drift) and off (`--prediction-log-sample 0`; prediction ids are")
-        w(f"minted either way), {2 * int(repeats)} runs each:")
+        w(f"minted either way), {2 * int(repeats)} pairs of adjacent runs; the loss is the median of the pairs' losses")
+        w("(the machine's speed drifts by several percent over the benchmark; within a pair it mostly cancels):")
         w("")
         w("| requests | on req/s | off req/s | loss | on CPU µs/req | off CPU µs/req | CPU per logged answer |")
         w("|---|---|---|---|---|---|---|")
@@ -226,7 +235,8 @@ def main():
         w("")
         rate = runs["s-half-rate"][0]["rate"] if runs.get("s-half-rate") else float("nan")
         w("Churn version 3 shadows 100% of the live version's requests (`nurturectl shadow churn 3 --percent 100`),")
-        w(f"against no shadow, alternating on one server, {2 * int(repeats)} runs each; open loop at {rate:,} req/s, half the a64 rate.")
+        w(f"against no shadow, alternating on one server, {2 * int(repeats)} pairs of adjacent runs (ratios in the targets are")
+        w(f"medians over the pairs); open loop at {rate:,} req/s, half the a64 rate.")
         w("The shadow's answers are computed by its own instance at the lowest scheduling priority, so at")
         w("saturation it is shed rather than served:")
         w("")

@@ -112,6 +112,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let slots: Vec<Arc<Slot>> = models
         .iter()
         .map(|(name, kind)| {
+            metrics::zero_model(name.as_str());
             Arc::new(Slot::with_pins(
                 name.as_str(),
                 *kind,

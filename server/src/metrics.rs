@@ -3,25 +3,9 @@
 //! Names follow Vector's instrumentation conventions: `nurture_` prefix,
 //! counters end in `_total`, durations in `_seconds`, bounded labels.
 //!
-//! | metric | type | labels |
-//! |---|---|---|
-//! | `nurture_requests_total` | counter | model, version, arm, rpc, code |
-//! | `nurture_request_items_total` | counter | model, version, arm, rpc |
-//! | `nurture_request_duration_seconds` | histogram | model, version, arm, rpc |
-//! | `nurture_outcomes_total` | counter | model, result |
-//! | `nurture_quality_{outcomes,auc,log_loss,brier,ece,accuracy,macro_f1,value_per_prediction}` | gauge | model, version, arm |
-//! | `nurture_queue_duration_seconds` | histogram | model |
-//! | `nurture_inference_duration_seconds` | histogram | model |
-//! | `nurture_batch_rows` | histogram | model |
-//! | `nurture_shed_requests_total` | counter | model, reason |
-//! | `nurture_queue_rows` | gauge | model, version |
-//! | `nurture_batch_isolations_total` | counter | model |
-//! | `nurture_dropped_requests_total` | counter | model, reason |
-//! | `nurture_model_loads_total` | counter | model, result |
-//! | `nurture_model_load_duration_seconds` | histogram | model |
-//! | `nurture_model_swaps_total` | counter | model, change |
-//! | `nurture_live_version` | gauge | model |
-//! | `nurture_registry_poll_errors_total` | counter | model |
+//! Every series, its type and its HELP text: [`DESCRIBED`]. Counters whose
+//! label values are known in advance are created at zero as soon as their
+//! model is ([`zero_model`]), so an `increase()` alert sees the first event.
 
 use std::net::SocketAddr;
 
@@ -41,12 +25,283 @@ const ROW_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
 ];
 
-/// Installs the process-wide Prometheus recorder.
+/// Every series the server exports, with its type and HELP text.
+pub const DESCRIBED: &[(&str, Kind, &str)] = &[
+    (
+        "nurture_auth_token_reloads_total",
+        Kind::Counter,
+        "Reloads of the bearer-token file, by result.",
+    ),
+    (
+        "nurture_tls_reloads_total",
+        Kind::Counter,
+        "Reloads of the TLS certificate and key, by result.",
+    ),
+    (
+        "nurture_build_info",
+        Kind::Gauge,
+        "Always 1; the labels name the build (version).",
+    ),
+    (
+        "nurture_requests_total",
+        Kind::Counter,
+        "RPCs finished, by the version and arm that answered (version none: failed before any answered) and gRPC code.",
+    ),
+    (
+        "nurture_request_items_total",
+        Kind::Counter,
+        "Items (leads, texts, rows) answered, by version and arm.",
+    ),
+    (
+        "nurture_request_duration_seconds",
+        Kind::Histogram,
+        "RPC latency on the server, by version and arm.",
+    ),
+    (
+        "nurture_queue_duration_seconds",
+        Kind::Histogram,
+        "Time a request waited in its version's batch queue.",
+    ),
+    (
+        "nurture_inference_duration_seconds",
+        Kind::Histogram,
+        "ONNX Runtime time per batched call.",
+    ),
+    (
+        "nurture_batch_rows",
+        Kind::Histogram,
+        "Rows per batched ONNX Runtime call.",
+    ),
+    (
+        "nurture_queue_rows",
+        Kind::Gauge,
+        "Rows admitted to a version's queue and not yet answered.",
+    ),
+    (
+        "nurture_shed_requests_total",
+        Kind::Counter,
+        "Requests refused at admission (RESOURCE_EXHAUSTED), by reason.",
+    ),
+    (
+        "nurture_dropped_requests_total",
+        Kind::Counter,
+        "Requests dropped before an answer (deadline passed or caller gone), by reason.",
+    ),
+    (
+        "nurture_batch_isolations_total",
+        Kind::Counter,
+        "Batched calls that failed and were re-run member by member.",
+    ),
+    (
+        "nurture_model_loads_total",
+        Kind::Counter,
+        "Version loads, by result (ok or the refusal's error type).",
+    ),
+    (
+        "nurture_model_load_duration_seconds",
+        Kind::Histogram,
+        "Time to fetch, check and warm up a version.",
+    ),
+    (
+        "nurture_model_swaps_total",
+        Kind::Counter,
+        "Changes of what a model serves, by change (live, canary).",
+    ),
+    (
+        "nurture_live_version",
+        Kind::Gauge,
+        "Version this replica serves as live (0: none).",
+    ),
+    (
+        "nurture_registry_poll_errors_total",
+        Kind::Counter,
+        "Failed reads of a model's release log.",
+    ),
+    (
+        "nurture_auth_failures_total",
+        Kind::Counter,
+        "Requests refused for a missing or wrong bearer token.",
+    ),
+    (
+        "nurture_outcomes_total",
+        Kind::Counter,
+        "Outcome reports, by result (recorded, duplicate, late, unknown_id, forged, garbled...).",
+    ),
+    (
+        "nurture_feedback_read_errors_total",
+        Kind::Counter,
+        "Failed reads of the fleet's outcome batches.",
+    ),
+    (
+        "nurture_quality_outcomes",
+        Kind::Gauge,
+        "Outcomes folded into a version's live quality, by arm.",
+    ),
+    (
+        "nurture_quality_auc",
+        Kind::Gauge,
+        "Live AUC of a version on its outcomes, by arm.",
+    ),
+    (
+        "nurture_quality_log_loss",
+        Kind::Gauge,
+        "Live log-loss of a version on its outcomes, by arm.",
+    ),
+    (
+        "nurture_quality_brier",
+        Kind::Gauge,
+        "Live Brier score of a version on its outcomes, by arm.",
+    ),
+    (
+        "nurture_quality_ece",
+        Kind::Gauge,
+        "Live expected calibration error of a version, by arm.",
+    ),
+    (
+        "nurture_quality_accuracy",
+        Kind::Gauge,
+        "Live accuracy of a multiclass version, by arm.",
+    ),
+    (
+        "nurture_quality_macro_f1",
+        Kind::Gauge,
+        "Live macro-F1 of a multiclass version, by arm.",
+    ),
+    (
+        "nurture_quality_value_per_prediction",
+        Kind::Gauge,
+        "Mean outcome value (e.g. revenue) per scored prediction, by arm.",
+    ),
+    (
+        "nurture_drift_alarms_total",
+        Kind::Counter,
+        "Concept-drift (ADWIN) alarms on a version's error stream, by arm.",
+    ),
+    (
+        "nurture_drift_window_error_rate",
+        Kind::Gauge,
+        "Error rate over a version's current ADWIN window, by arm.",
+    ),
+    (
+        "nurture_input_drift_alarms_total",
+        Kind::Counter,
+        "Label-free drift alarms (PSI above the level), by version and variable.",
+    ),
+    (
+        "nurture_input_psi",
+        Kind::Gauge,
+        "Last PSI of a served version's input or score against its training reference.",
+    ),
+    (
+        "nurture_prediction_log_records_total",
+        Kind::Counter,
+        "Answers written to the prediction log, by result.",
+    ),
+    (
+        "nurture_prediction_log_dropped_total",
+        Kind::Counter,
+        "Answers not logged: the log's buffer was full.",
+    ),
+    (
+        "nurture_rollout_decisions_total",
+        Kind::Counter,
+        "Guarded-rollout decisions this replica wrote, by decision.",
+    ),
+    (
+        "nurture_shadow_requests_total",
+        Kind::Counter,
+        "Live requests offered to a shadow, by result (mirrored, shed, incompatible, failed).",
+    ),
+    (
+        "nurture_experiment_choices_total",
+        Kind::Counter,
+        "Message-optimization variants chosen, by experiment and variant.",
+    ),
+    (
+        "nurture_experiment_outcomes_total",
+        Kind::Counter,
+        "Message-optimization outcomes, by experiment and variant.",
+    ),
+    (
+        "nurture_experiment_leader",
+        Kind::Gauge,
+        "1 for an experiment's leading variant.",
+    ),
+];
+
+/// Creates `model`'s counters at zero for every label value known in
+/// advance (failure reasons and results), so they exist before any traffic.
+pub fn zero_model(model: &str) {
+    let zero = |name: &'static str, label: &'static str, values: &[&'static str]| {
+        for value in values {
+            metrics::counter!(name, "model" => model.to_owned(), label => *value).increment(0);
+        }
+    };
+    zero(
+        "nurture_shed_requests_total",
+        "reason",
+        &["queue_full", "queue_delay", "deadline"],
+    );
+    zero(
+        "nurture_dropped_requests_total",
+        "reason",
+        &["expired", "cancelled"],
+    );
+    zero("nurture_model_loads_total", "result", &["ok"]);
+    zero("nurture_model_swaps_total", "change", &["live", "canary"]);
+    zero(
+        "nurture_outcomes_total",
+        "result",
+        &[
+            "recorded",
+            "duplicate",
+            "late",
+            "unknown_id",
+            "forged_id",
+            "garbled_id",
+        ],
+    );
+    zero(
+        "nurture_prediction_log_records_total",
+        "result",
+        &["ok", "error"],
+    );
+    metrics::counter!("nurture_registry_poll_errors_total", "model" => model.to_owned())
+        .increment(0);
+    metrics::counter!("nurture_feedback_read_errors_total", "model" => model.to_owned())
+        .increment(0);
+    metrics::counter!("nurture_batch_isolations_total", "model" => model.to_owned()).increment(0);
+}
+
+/// A series' type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Observations in buckets.
+    Histogram,
+}
+
+/// Installs the process-wide Prometheus recorder, with HELP text for every
+/// series and `nurture_build_info`.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), DURATION_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full("nurture_batch_rows".to_owned()), ROW_BUCKETS)?
         .install_recorder()?;
+    for (name, kind, help) in DESCRIBED {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(*name, *help),
+            Kind::Gauge => metrics::describe_gauge!(*name, *help),
+            Kind::Histogram => metrics::describe_histogram!(*name, *help),
+        }
+    }
+    metrics::gauge!("nurture_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    for reason in ["missing_token", "wrong_token"] {
+        metrics::counter!("nurture_auth_failures_total", "reason" => reason).increment(0);
+    }
     Ok(handle)
 }
 
@@ -87,4 +342,43 @@ pub fn local(listener: &TcpListener) -> SocketAddr {
     listener
         .local_addr()
         .expect("a bound listener has an address")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every series named anywhere in the server's source has HELP text
+    /// (fails when a metric is added without one).
+    #[test]
+    fn every_metric_in_the_source_is_described() {
+        let mut missing = Vec::new();
+        let mut files = vec![std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src")];
+        while let Some(path) = files.pop() {
+            if path.is_dir() {
+                files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (at, _) in text.match_indices("\"nurture_") {
+                let name: String = text[at + 1..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                let known = DESCRIBED.iter().any(|(n, _, _)| *n == name);
+                // Prefixes built at run time and names of other things.
+                let other = [
+                    "nurture_server",
+                    "nurture_models",
+                    "nurture_proto",
+                    "nurture_",
+                ]
+                .contains(&name.as_str());
+                if !known && !other && !missing.contains(&name) {
+                    missing.push(name);
+                }
+            }
+        }
+        assert!(missing.is_empty(), "series without HELP text: {missing:?}");
+    }
 }

@@ -191,7 +191,11 @@ pub struct Collector {
 impl Collector {
     /// The collector of `queue`'s mirrors: their ids are minted and logged
     /// through `served`, and remembered for scoring in `fleet`.
-    pub fn new(queue: MirrorQueue, served: Arc<Served>, fleet: Arc<crate::feedback::Fleet>) -> Self {
+    pub fn new(
+        queue: MirrorQueue,
+        served: Arc<Served>,
+        fleet: Arc<crate::feedback::Fleet>,
+    ) -> Self {
         Collector {
             receiver: queue.0,
             served,
@@ -220,7 +224,8 @@ impl Collector {
         for mirror in self.receiver.try_iter() {
             let same = group.first().is_none_or(|first| {
                 Arc::ptr_eq(&first.shadow, &mirror.shadow)
-                    && std::mem::discriminant(&first.inputs) == std::mem::discriminant(&mirror.inputs)
+                    && std::mem::discriminant(&first.inputs)
+                        == std::mem::discriminant(&mirror.inputs)
             });
             if !same || rows + mirror.live_ids.len() > MOST_ROWS {
                 self.score(std::mem::take(&mut group));

@@ -901,6 +901,30 @@ async fn health_is_honest_and_metrics_follow_traffic() {
             .status;
         assert_eq!(status, ServingStatus::NotServing as i32, "{service:?}");
     }
+    // Before any traffic: every series has HELP text, and the failure
+    // counters an alert's increase() watches exist at zero.
+    let metrics = server.metrics();
+    let types: Vec<&str> = metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split(' ').next())
+        .collect();
+    assert!(types.contains(&"nurture_build_info"), "{metrics}");
+    for name in &types {
+        assert!(
+            metrics.contains(&format!("# HELP {name} ")),
+            "{name} has no HELP text in\n{metrics}"
+        );
+    }
+    for zero in [
+        "nurture_shed_requests_total{model=\"churn\",reason=\"queue_full\"} 0",
+        "nurture_model_loads_total{model=\"churn\",result=\"ok\"} 0",
+        "nurture_outcomes_total{model=\"churn\",result=\"forged_id\"} 0",
+        "nurture_registry_poll_errors_total{model=\"emotion\"} 0",
+        "nurture_auth_failures_total{reason=\"wrong_token\"} 0",
+    ] {
+        assert!(metrics.contains(zero), "missing {zero} in\n{metrics}");
+    }
     let mut churn = ChurnServiceClient::new(server.channel().await);
     assert_eq!(
         churn_version(&mut churn, "a").await.unwrap_err().code(),

@@ -371,7 +371,11 @@ pub fn lower_priority(what: &str) {
         ThreadPriority::Min,
         ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
     ) {
-        tracing::warn!(what, ?error, "cannot lower a shadow thread's priority; it competes with live requests");
+        tracing::warn!(
+            what,
+            ?error,
+            "cannot lower a shadow thread's priority; it competes with live requests"
+        );
     }
 }
 
