@@ -174,9 +174,21 @@ async fn serve_here_report_there(
     report: &Channel,
     leads: &[(v1::LeadProfile, String)],
 ) -> Vec<u64> {
-    let mut churn = ChurnServiceClient::new(serve.clone());
-    let mut feedback = FeedbackServiceClient::new(report.clone());
-    let mut versions = Vec::new();
+    let predictions = predict(serve, leads).await;
+    report_outcomes(report, &true_outcomes(&predictions, leads)).await;
+    predictions
+        .iter()
+        .map(|p| p.model.as_ref().unwrap().version)
+        .collect()
+}
+
+/// Churn predictions of `leads`, 100 per request, in lead order.
+async fn predict(
+    channel: &Channel,
+    leads: &[(v1::LeadProfile, String)],
+) -> Vec<v1::ChurnPrediction> {
+    let mut churn = ChurnServiceClient::new(channel.clone());
+    let mut predictions = Vec::new();
     for chunk in leads.chunks(100) {
         let response = churn
             .predict_churn(v1::PredictChurnRequest {
@@ -186,23 +198,39 @@ async fn serve_here_report_there(
             .await
             .unwrap()
             .into_inner();
-        let mut outcomes = Vec::new();
-        for (prediction, (lead, label)) in response.predictions.iter().zip(chunk) {
-            versions.push(prediction.model.as_ref().unwrap().version);
-            outcomes.push(v1::OutcomeReport {
-                prediction_id: prediction.prediction_id.clone(),
-                // Outcomes are keyed by prediction id and outcome id together.
-                outcome_id: format!("observed-{}", lead.lead_id),
-                label: Some(Label::Churned(label == "1")),
-                ..Default::default()
-            });
-        }
+        predictions.extend(response.predictions);
+    }
+    predictions
+}
+
+/// The true outcome of each prediction, from its lead's label.
+fn true_outcomes(
+    predictions: &[v1::ChurnPrediction],
+    leads: &[(v1::LeadProfile, String)],
+) -> Vec<v1::OutcomeReport> {
+    predictions
+        .iter()
+        .zip(leads)
+        .map(|(prediction, (lead, label))| v1::OutcomeReport {
+            prediction_id: prediction.prediction_id.clone(),
+            // Outcomes are keyed by prediction id and outcome id together.
+            outcome_id: format!("observed-{}", lead.lead_id),
+            label: Some(Label::Churned(label == "1")),
+            ..Default::default()
+        })
+        .collect()
+}
+
+async fn report_outcomes(channel: &Channel, outcomes: &[v1::OutcomeReport]) {
+    let mut feedback = FeedbackServiceClient::new(channel.clone());
+    for chunk in outcomes.chunks(100) {
         feedback
-            .record_outcomes(v1::RecordOutcomesRequest { outcomes })
+            .record_outcomes(v1::RecordOutcomesRequest {
+                outcomes: chunk.to_vec(),
+            })
             .await
             .unwrap();
     }
-    versions
 }
 
 /// Waits until churn answers with prediction ids and `version` answers
@@ -541,23 +569,14 @@ async fn three_replicas_on_s3_follow_one_guard_decision() {
 
 /// Churn probabilities of `leads`, answered by live (version 1): in order.
 async fn probabilities(channel: &Channel, leads: &[(v1::LeadProfile, String)]) -> Vec<f64> {
-    let mut churn = ChurnServiceClient::new(channel.clone());
-    let mut out = Vec::new();
-    for chunk in leads.chunks(100) {
-        let response = churn
-            .predict_churn(v1::PredictChurnRequest {
-                leads: chunk.iter().map(|(lead, _)| lead.clone()).collect(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        for prediction in response.predictions {
+    predict(channel, leads)
+        .await
+        .into_iter()
+        .map(|prediction| {
             assert_eq!(prediction.model.unwrap().version, 1, "live answers");
-            out.push(prediction.churn_probability);
-        }
-    }
-    out
+            prediction.churn_probability
+        })
+        .collect()
 }
 
 /// The sum of a counter's series whose labels contain every one of `labels`.
@@ -667,8 +686,14 @@ async fn a_shadow_mirrors_every_answer_changes_none_and_is_scored_on_their_outco
     );
 
     // Outcomes of the live answers score the shadow's mirrors of them.
-    let outcomes = answer_with_outcomes(&channel, leads).await;
-    report(&channel, &outcomes).await;
+    let predictions = predict(&channel, leads).await;
+    assert!(
+        predictions
+            .iter()
+            .all(|p| p.model.as_ref().unwrap().version == 1)
+    );
+    let outcomes = true_outcomes(&predictions, leads);
+    report_outcomes(&channel, &outcomes).await;
     let mut feedback = FeedbackServiceClient::new(channel.clone());
     let quality = eventually_quality(&mut feedback, 600).await;
     let arm = |version: u64, arm: &str| {
@@ -693,7 +718,7 @@ async fn a_shadow_mirrors_every_answer_changes_none_and_is_scored_on_their_outco
         auc(&shadow)
     );
     // Replaying the outcomes scores neither twice.
-    report(&channel, &outcomes).await;
+    report_outcomes(&channel, &outcomes).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let quality = eventually_quality(&mut feedback, 600).await;
     let outcomes_of = |arm: &str| quality.iter().find(|q| q.arm == arm).unwrap().outcomes;
@@ -783,45 +808,4 @@ async fn eventually_quality(
     )
     .await;
     last
-}
-
-/// Predicts `leads` (live answers them) and returns their true outcomes.
-async fn answer_with_outcomes(
-    channel: &Channel,
-    leads: &[(v1::LeadProfile, String)],
-) -> Vec<v1::OutcomeReport> {
-    let mut churn = ChurnServiceClient::new(channel.clone());
-    let mut outcomes = Vec::new();
-    for chunk in leads.chunks(100) {
-        let response = churn
-            .predict_churn(v1::PredictChurnRequest {
-                leads: chunk.iter().map(|(lead, _)| lead.clone()).collect(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        for (prediction, (lead, label)) in response.predictions.iter().zip(chunk) {
-            assert_eq!(prediction.model.as_ref().unwrap().version, 1);
-            outcomes.push(v1::OutcomeReport {
-                prediction_id: prediction.prediction_id.clone(),
-                outcome_id: format!("observed-{}", lead.lead_id),
-                label: Some(Label::Churned(label == "1")),
-                ..Default::default()
-            });
-        }
-    }
-    outcomes
-}
-
-async fn report(channel: &Channel, outcomes: &[v1::OutcomeReport]) {
-    let mut feedback = FeedbackServiceClient::new(channel.clone());
-    for chunk in outcomes.chunks(100) {
-        feedback
-            .record_outcomes(v1::RecordOutcomesRequest {
-                outcomes: chunk.to_vec(),
-            })
-            .await
-            .unwrap();
-    }
 }
