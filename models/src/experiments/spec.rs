@@ -47,6 +47,13 @@ impl VariantSpec {
     }
 }
 
+/// Exposures per variant before an early stop is recommended, when a
+/// request leaves it unset (0, as proto3 sends an unset field).
+pub const DEFAULT_MIN_SAMPLES: u64 = 100;
+/// Probability to be best at which an early stop is recommended, when a
+/// request leaves it unset (0).
+pub const DEFAULT_TARGET_CONFIDENCE: f64 = 0.95;
+
 /// An experiment: variants (the first is the control) and stopping rules.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExperimentSpec {

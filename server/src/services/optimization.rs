@@ -89,11 +89,19 @@ fn spec_from_proto(experiment: Option<v1::Experiment>) -> Result<ExperimentSpec,
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // Unset (0) means the default, as proto3 users expect.
     Ok(ExperimentSpec {
         name,
         variants,
-        min_samples,
-        target_confidence,
+        min_samples: match min_samples {
+            0 => nurture_models::experiments::spec::DEFAULT_MIN_SAMPLES,
+            n => n,
+        },
+        target_confidence: if target_confidence == 0.0 {
+            nurture_models::experiments::spec::DEFAULT_TARGET_CONFIDENCE
+        } else {
+            target_confidence
+        },
         created_at: Utc::now(),
     })
 }
@@ -418,5 +426,39 @@ impl OptimizationService for Optimization {
             Ok((response, Vec::new()))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn experiment(min_samples: u64, target_confidence: f64) -> v1::Experiment {
+        let variant = |id: &str| v1::Variant {
+            id: id.to_owned(),
+            tone: v1::Tone::Friendly as i32,
+            channel: v1::Channel::Email as i32,
+            length_words: 100,
+            ..Default::default()
+        };
+        v1::Experiment {
+            name: "spring-offer".to_owned(),
+            variants: vec![variant("a"), variant("b")],
+            min_samples,
+            target_confidence,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn unset_numbers_mean_the_defaults_as_proto3_users_expect() {
+        let spec = spec_from_proto(Some(experiment(0, 0.0))).unwrap();
+        assert_eq!(
+            (spec.min_samples, spec.target_confidence),
+            (100, 0.95),
+            "unset"
+        );
+        let spec = spec_from_proto(Some(experiment(40, 0.9))).unwrap();
+        assert_eq!((spec.min_samples, spec.target_confidence), (40, 0.9), "set");
     }
 }
