@@ -263,7 +263,7 @@ impl VersionSource {
             Err(error) => {
                 metrics::counter!("nurture_model_loads_total", "model" => model.to_owned(), "result" => error.error_type)
                     .increment(1);
-                tracing::error!(model, version, error_type = error.error_type, message = %error.message, "version refused");
+                tracing::error!(model, version, error_type = error.error_type, error = %error.message, "version refused");
             }
         }
         result

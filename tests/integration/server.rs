@@ -758,7 +758,7 @@ async fn wait_for_load_error(server: &ServerProcess, version: u64) -> v1::LoadEr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_or_contract_breaking_versions_are_refused_and_the_old_one_keeps_serving() {
     let fixture = Fixture::new();
-    let server = fixture.server(&["--poll-interval", "100ms"]);
+    let server = fixture.server(&["--poll-interval", "100ms", "--log-format", "json"]);
     wait_until_live(&server, 5).await;
     let mut churn = ChurnServiceClient::new(server.channel().await);
 
@@ -791,6 +791,20 @@ async fn corrupt_or_contract_breaking_versions_are_refused_and_the_old_one_keeps
     assert_eq!(state.live_version, 1);
     assert_eq!(state.desired_version, 3);
     assert_eq!(churn_version(&mut churn, "a").await.unwrap(), 1);
+    // The runbook's search finds the refusal in JSON logs: the event's name
+    // is its message, the error text a field of its own.
+    let refusals: Vec<serde_json::Value> = server
+        .log()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["message"] == "version refused")
+        .collect();
+    assert!(
+        refusals.iter().any(|e| e["error_type"] == "sha256_mismatch"
+            && e["version"] == 3
+            && e["error"].is_string()),
+        "{refusals:?}"
+    );
     let metrics = server.metrics();
     assert!(
         metrics
