@@ -356,6 +356,41 @@ fn missing_onnx_runtime_names_both_places() {
 }
 
 #[test]
+fn show_and_diff_two_versions() {
+    let ctl = Ctl::file();
+    ctl.publish_churn(1, &["--promote"]);
+    ctl.publish_churn(2, &[]);
+    let shown = ctl.ok(&["show", "churn", "1"]);
+    for expected in [
+        "version    1 (live)",
+        "features   20",
+        "labels     [\"retained\", \"churned\"]",
+        // Published without thresholds: the serving defaults.
+        "risk       thresholds 0.100 0.250 0.500 0.750",
+        "reference  none",
+    ] {
+        assert!(shown.contains(expected), "{expected} in\n{shown}");
+    }
+    let manifest = ctl.json(&["show", "churn", "2"]);
+    assert_eq!(manifest["state"], "available");
+    assert_eq!(manifest["manifest"]["version"], 2);
+
+    let differences = ctl.ok(&["diff", "churn", "1", "2"]);
+    assert!(differences.starts_with("sha256     1: "), "{differences}");
+    assert!(
+        !differences.contains("features"),
+        "same features: {differences}"
+    );
+    let json = ctl.json(&["diff", "churn", "1", "2"]);
+    assert_eq!(json["same_bytes"], false);
+    assert!(
+        ctl.ok(&["diff", "churn", "2", "2"])
+            .contains("versions 2 and 2 have the same manifest")
+    );
+    assert_ne!(code(&ctl.run(&["show", "churn", "9"])), 0);
+}
+
+#[test]
 fn ls_versions_fetch_and_canary() {
     let ctl = Ctl::file();
     ctl.publish_churn(1, &["--promote"]);

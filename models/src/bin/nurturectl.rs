@@ -81,6 +81,24 @@ enum Command {
         /// Model name (for the standard models, the kind: churn, emotion...).
         model: String,
     },
+    /// Show one version's manifest: what it takes, what it answers, how it
+    /// was trained and how it scored.
+    Show {
+        /// Model name.
+        model: String,
+        /// Version number.
+        version: u64,
+    },
+    /// Compare two versions' manifests: features, labels, thresholds,
+    /// metrics, golden examples, sha256.
+    Diff {
+        /// Model name.
+        model: String,
+        /// One version.
+        a: u64,
+        /// The other.
+        b: u64,
+    },
     /// Show a model's serving state.
     Status {
         /// Model name.
@@ -410,6 +428,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect();
                 print_table(&["MODEL", "KIND", "LIVE", "CANARY", "VERSIONS"], rows);
             }
+        }
+        Command::Show { model, version } => {
+            let name = ModelName::new(&model)?;
+            let state = existing_state(&registry, &name).await?;
+            let manifest = registry.manifest(&name, version).await?;
+            show(&state, &manifest, json);
+        }
+        Command::Diff { model, a, b } => {
+            let name = ModelName::new(&model)?;
+            existing_state(&registry, &name).await?;
+            let (a, b) = (
+                registry.manifest(&name, a).await?,
+                registry.manifest(&name, b).await?,
+            );
+            diff(&a, &b, json);
         }
         Command::Versions { model } => {
             let name = ModelName::new(&model)?;
@@ -750,6 +783,167 @@ async fn existing_state(registry: &Registry, name: &ModelName) -> anyhow::Result
         return Err(Error::NotFound(format!("model {name}")).into());
     }
     Ok(state)
+}
+
+/// `nurturectl show`.
+fn show(state: &ModelState, manifest: &nurture_models::Manifest, json: bool) {
+    let role = version_role(state, manifest.version);
+    if json {
+        print_json(&json!({ "state": role, "manifest": manifest }));
+        return;
+    }
+    let record = state.versions.get(&manifest.version);
+    println!("model      {} ({})", manifest.name, manifest.kind);
+    println!("version    {} ({role})", manifest.version);
+    if let Some(record) = record {
+        println!(
+            "published  {} by {}",
+            record.published_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            record.published_by
+        );
+        if let Some(revoked) = &record.revoked {
+            println!("revoked    by {}: {}", revoked.actor, revoked.reason);
+        }
+    }
+    println!(
+        "sha256     {} ({} bytes)",
+        manifest.sha256, manifest.size_bytes
+    );
+    println!(
+        "features   {} {:?}",
+        manifest.features.len(),
+        manifest.features
+    );
+    println!("labels     {:?}", manifest.labels);
+    if manifest.risk_thresholds.is_some() {
+        println!(
+            "risk       thresholds {}",
+            thresholds(manifest.risk_thresholds)
+        );
+    }
+    for (metric, value) in &manifest.metrics {
+        println!("metric     {metric} = {value:.4}");
+    }
+    println!(
+        "means      {} of {} features (churn factors use them)",
+        manifest.feature_means.len(),
+        manifest.features.len()
+    );
+    println!("golden     {} examples", manifest.golden.len());
+    println!(
+        "reference  {}",
+        if manifest.reference.is_some() {
+            "training distributions present (label-free drift is checked)"
+        } else {
+            "none (label-free drift is not checked)"
+        }
+    );
+    if let Some(hash) = &manifest.data_hash {
+        println!("data       sha256 {hash}");
+    }
+    if let Some(trainer) = &manifest.trainer_version {
+        println!("trainer    {trainer}");
+    }
+}
+
+/// Risk thresholds to three decimals.
+fn thresholds(thresholds: Option<[f64; 4]>) -> String {
+    thresholds.map_or("none".to_owned(), |t| {
+        format!("{:.3} {:.3} {:.3} {:.3}", t[0], t[1], t[2], t[3])
+    })
+}
+
+/// `nurturectl diff`: every difference between two manifests, one per line.
+fn diff(a: &nurture_models::Manifest, b: &nurture_models::Manifest, json: bool) {
+    let (va, vb) = (a.version, b.version);
+    let mut lines: Vec<String> = Vec::new();
+    if a.sha256 != b.sha256 {
+        lines.push(format!(
+            "sha256     {va}: {}  {vb}: {}",
+            &a.sha256[..12],
+            &b.sha256[..12]
+        ));
+    }
+    let only = |x: &[String], y: &[String]| -> Vec<String> {
+        x.iter().filter(|f| !y.contains(f)).cloned().collect()
+    };
+    let (removed, added) = (
+        only(&a.features, &b.features),
+        only(&b.features, &a.features),
+    );
+    if !removed.is_empty() {
+        lines.push(format!("features   only in {va}: {removed:?}"));
+    }
+    if !added.is_empty() {
+        lines.push(format!("features   only in {vb}: {added:?}"));
+    }
+    if removed.is_empty() && added.is_empty() && a.features != b.features {
+        lines.push("features   same names, another order".to_owned());
+    }
+    if a.labels != b.labels {
+        lines.push(format!(
+            "labels     {va}: {:?}  {vb}: {:?}",
+            a.labels, b.labels
+        ));
+    }
+    if a.risk_thresholds != b.risk_thresholds {
+        lines.push(format!(
+            "risk       {va}: {}  {vb}: {}",
+            thresholds(a.risk_thresholds),
+            thresholds(b.risk_thresholds)
+        ));
+    }
+    let metrics: std::collections::BTreeSet<&String> =
+        a.metrics.keys().chain(b.metrics.keys()).collect();
+    let mut metric_rows = Vec::new();
+    for metric in metrics {
+        let (x, y) = (a.metrics.get(metric), b.metrics.get(metric));
+        if x != y {
+            let show = |v: Option<&f64>| v.map_or("-".to_owned(), |v| format!("{v:.4}"));
+            let delta = match (x, y) {
+                (Some(x), Some(y)) => format!(" ({:+.4})", y - x),
+                _ => String::new(),
+            };
+            lines.push(format!(
+                "metric     {metric}: {} -> {}{delta}",
+                show(x),
+                show(y)
+            ));
+            metric_rows.push(json!({ "metric": metric, "a": x, "b": y }));
+        }
+    }
+    if a.golden != b.golden {
+        lines.push(format!(
+            "golden     {va}: {} examples  {vb}: {} examples (differ)",
+            a.golden.len(),
+            b.golden.len()
+        ));
+    }
+    if a.data_hash != b.data_hash {
+        lines.push(format!(
+            "data       {va}: {}  {vb}: {}",
+            a.data_hash.as_deref().unwrap_or("-"),
+            b.data_hash.as_deref().unwrap_or("-")
+        ));
+    }
+    if json {
+        print_json(&json!({
+            "a": va,
+            "b": vb,
+            "same_bytes": a.sha256 == b.sha256,
+            "features_only_in_a": removed,
+            "features_only_in_b": added,
+            "metrics": metric_rows,
+            "differences": lines,
+        }));
+        return;
+    }
+    if lines.is_empty() {
+        println!("versions {va} and {vb} have the same manifest");
+    }
+    for line in lines {
+        println!("{line}");
+    }
 }
 
 fn opt(value: Option<u64>) -> String {
