@@ -632,17 +632,17 @@ async fn a_shadow_mirrors_every_answer_changes_none_and_is_scored_on_their_outco
     );
     let shadowed = probabilities(&channel, leads).await;
     assert_eq!(shadowed, alone, "a shadow changes no answer");
+    let mirrored = |server: &ServerProcess| {
+        counter(
+            &server.metrics(),
+            "nurture_shadow_requests_total",
+            &["result=\"mirrored\""],
+        ) - mirrored_before
+    };
     eventually(
         "every request is mirrored",
         Duration::from_secs(30),
-        async || {
-            counter(
-                &server.metrics(),
-                "nurture_shadow_requests_total",
-                &["result=\"mirrored\""],
-            ) - mirrored_before
-                >= 6.0
-        },
+        async || mirrored(&server) >= 6.0,
     )
     .await;
     // Open Inference Protocol requests to the typed model are mirrored too.
@@ -651,39 +651,16 @@ async fn a_shadow_mirrors_every_answer_changes_none_and_is_scored_on_their_outco
     eventually(
         "the protocol's request is mirrored",
         Duration::from_secs(30),
-        async || {
-            counter(
-                &server.metrics(),
-                "nurture_shadow_requests_total",
-                &["result=\"mirrored\""],
-            ) - mirrored_before
-                >= 7.0
-        },
+        async || mirrored(&server) >= 7.0,
     )
     .await;
-    let metrics = server.metrics();
-    eprintln!(
-        "mirrored {} requests, shed {}",
-        counter(
-            &metrics,
-            "nurture_shadow_requests_total",
-            &["result=\"mirrored\""]
-        ) - mirrored_before,
-        counter(
-            &metrics,
-            "nurture_shadow_requests_total",
-            &["result=\"shed\""]
-        )
+    let shed = counter(
+        &server.metrics(),
+        "nurture_shadow_requests_total",
+        &["result=\"shed\""],
     );
-    assert_eq!(
-        counter(
-            &metrics,
-            "nurture_shadow_requests_total",
-            &["result=\"shed\""]
-        ),
-        0.0,
-        "an idle server sheds none"
-    );
+    eprintln!("mirrored {} requests, shed {shed}", mirrored(&server));
+    assert_eq!(shed, 0.0, "an idle server sheds none");
 
     // Outcomes of the live answers score the shadow's mirrors of them.
     let predictions = predict(&channel, leads).await;

@@ -528,6 +528,25 @@ mod tests {
         batch
     }
 
+    /// Every row of an encoded file.
+    fn read(bytes: Vec<u8>) -> Vec<parquet::record::Row> {
+        let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).unwrap();
+        reader
+            .get_row_iter(None)
+            .unwrap()
+            .map(|row| row.unwrap())
+            .collect()
+    }
+
+    /// Column `name` of `row`.
+    fn field(rows: &[parquet::record::Row], row: usize, name: &str) -> Field {
+        rows[row]
+            .get_column_iter()
+            .find(|(n, _)| n.as_str() == name)
+            .map(|(_, f)| f.clone())
+            .unwrap()
+    }
+
     #[test]
     fn a_churn_log_reads_back_row_by_row() {
         let mut lead = vec![None; LEAD_FEATURES.len()];
@@ -549,21 +568,9 @@ mod tests {
             ),
         ];
         assert_eq!(batches[1].prediction_id(0), Some("b"));
-        let bytes = encode("churn", "replica-1", &batches).unwrap();
-        let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).unwrap();
-        assert_eq!(reader.metadata().file_metadata().num_rows(), 2);
-        let rows: Vec<_> = reader
-            .get_row_iter(None)
-            .unwrap()
-            .map(|row| row.unwrap())
-            .collect();
-        let get = |row: usize, name: &str| {
-            rows[row]
-                .get_column_iter()
-                .find(|(n, _)| n.as_str() == name)
-                .map(|(_, f)| f.clone())
-                .unwrap()
-        };
+        let rows = read(encode("churn", "replica-1", &batches).unwrap());
+        assert_eq!(rows.len(), 2);
+        let get = |row: usize, name: &str| field(&rows, row, name);
         assert_eq!(get(0, "prediction_id"), Field::Str("a".into()));
         assert_eq!(get(0, "arm"), Field::Str("canary".into()));
         assert_eq!(get(0, "mirror_of"), Field::Null);
@@ -608,13 +615,7 @@ mod tests {
             .unwrap()
             .map(|r| r.unwrap())
             .collect();
-        let get = |row: usize, name: &str| {
-            rows[row]
-                .get_column_iter()
-                .find(|(n, _)| n.as_str() == name)
-                .map(|(_, f)| f.clone())
-                .unwrap()
-        };
+        let get = |row: usize, name: &str| field(&rows, row, name);
         assert_eq!(get(0, "predicted"), Field::Int(4));
         assert_eq!(get(0, "text"), Field::Str("so excited".into()));
         assert_eq!(get(1, "text"), Field::Null);
