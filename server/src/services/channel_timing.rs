@@ -418,4 +418,71 @@ mod tests {
                 .contains("inputs[2].do_not_contact[0]")
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn time_zone() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just(String::new()),
+                Just("America/Chicago".to_owned()),
+                Just("Asia/Kolkata".to_owned()),
+                ".{0,40}",
+            ]
+        }
+
+        fn input() -> impl Strategy<Value = v1::TimingInput> {
+            (
+                proptest::option::of(time_zone()),
+                any::<u32>(),
+                proptest::collection::vec(-2i32..7, 0..6),
+                proptest::option::of((0u32..30, 0u32..30)),
+            )
+                .prop_map(|(zone, top_k, do_not_contact, quiet)| v1::TimingInput {
+                    lead: zone.map(|time_zone| v1::LeadProfile {
+                        time_zone,
+                        ..Default::default()
+                    }),
+                    top_k: top_k % 1000,
+                    do_not_contact,
+                    quiet_hours: quiet.map(|(start_hour, end_hour)| v1::QuietHours {
+                        start_hour,
+                        end_hour,
+                    }),
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any timing input is planned (with at least one slot, at most
+            /// every slot) or refused as invalid naming its field.
+            #[test]
+            fn any_timing_input_is_planned_or_named(input in input(), index in 0usize..16) {
+                match plan(&input, index) {
+                    Ok(plan) => {
+                        prop_assert!(!plan.candidates.is_empty());
+                        prop_assert!((1..=ALL_SLOTS).contains(&plan.top_k));
+                    }
+                    Err(error) => {
+                        prop_assert_eq!(error.error_type(), "invalid_argument");
+                        let message = error.to_string();
+                        let field = format!("inputs[{index}]");
+                        prop_assert!(message.contains(&field), "{}", message);
+                    }
+                }
+            }
+
+            /// Any `as_of` is a moment or refused naming `as_of`.
+            #[test]
+            fn any_as_of_is_a_moment_or_named(seconds in any::<i64>(), nanos in any::<i32>()) {
+                let value = nurture_proto::prost_types::Timestamp { seconds, nanos };
+                if let Err(error) = as_of(Some(&value)) {
+                    prop_assert_eq!(error.error_type(), "invalid_argument");
+                    prop_assert!(error.to_string().contains("as_of"));
+                }
+            }
+        }
+    }
 }

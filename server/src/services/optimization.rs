@@ -461,4 +461,58 @@ mod tests {
         let spec = spec_from_proto(Some(experiment(40, 0.9))).unwrap();
         assert_eq!((spec.min_samples, spec.target_confidence), (40, 0.9), "set");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn variant() -> impl Strategy<Value = v1::Variant> {
+            (
+                "[a-z0-9_-]{0,8}|.{0,70}",
+                -1i32..6,
+                -1i32..6,
+                any::<u32>(),
+                any::<f64>(),
+            )
+                .prop_map(|(id, tone, channel, length_words, traffic_share)| {
+                    v1::Variant {
+                        id,
+                        tone,
+                        channel,
+                        length_words,
+                        traffic_share,
+                        ..Default::default()
+                    }
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any experiment a client sends is accepted whole or refused as
+            /// invalid naming a field of `experiment`.
+            #[test]
+            fn any_experiment_is_accepted_or_named(
+                present in any::<bool>(),
+                name in "[a-z0-9_-]{1,8}|.{0,70}",
+                variants in proptest::collection::vec(variant(), 0..5),
+                min_samples in any::<u64>(),
+                target_confidence in any::<f64>(),
+            ) {
+                let experiment = present.then(|| v1::Experiment {
+                    name,
+                    variants,
+                    min_samples,
+                    target_confidence,
+                    ..Default::default()
+                });
+                let checked = spec_from_proto(experiment)
+                    .and_then(|spec| spec.validate().map_err(ServeError::from));
+                if let Err(error) = checked {
+                    prop_assert_eq!(error.error_type(), "invalid_argument");
+                    prop_assert!(error.to_string().contains("experiment"), "{}", error);
+                }
+            }
+        }
+    }
 }
