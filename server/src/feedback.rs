@@ -939,6 +939,27 @@ impl Served {
         prediction: Prediction,
         probabilities: &[f32],
     ) -> String {
+        self.answer_into(loaded, arm, inputs, prediction, probabilities, |row| {
+            if !self
+                .log
+                .push(&loaded.shared_name, loaded.kind(), &loaded.reference, row)
+            {
+                loaded.log_dropped.increment(1);
+            }
+        })
+    }
+
+    /// Mints the id of one answer item of `loaded` and, if the log samples
+    /// it, hands its log row to `log`.
+    pub fn answer_into(
+        &self,
+        loaded: &crate::model::LoadedVersion,
+        arm: Arm,
+        inputs: Inputs<'_>,
+        prediction: Prediction,
+        probabilities: &[f32],
+        log: impl FnOnce(&Row<'_>),
+    ) -> String {
         let (model, version) = (loaded.name.as_str(), loaded.version);
         // One clock read serves the id and the log.
         let served_at_ms = Utc::now().timestamp_millis();
@@ -969,7 +990,7 @@ impl Served {
                 let extra_width = width.saturating_sub(LEAD_FEATURES.len());
                 layout.scatter(row, lead, &mut extra[..extra_width]);
             }
-            let row = Row {
+            log(&Row {
                 prediction_id: &id,
                 version,
                 arm,
@@ -979,13 +1000,7 @@ impl Served {
                 features: &features[..width],
                 text: inputs.text,
                 probabilities,
-            };
-            if !self
-                .log
-                .push(&loaded.shared_name, loaded.kind(), &loaded.reference, &row)
-            {
-                loaded.log_dropped.increment(1);
-            }
+            });
         }
         id
     }

@@ -515,7 +515,7 @@ async fn start_feedback(
         log,
         shadows,
     });
-    shadow::Collector::new(mirrors, served.clone(), fleet.clone()).start(shutdown.clone());
+    shadow::Collector::new(mirrors, served.clone(), fleet.clone(), replica).start(shutdown.clone());
 
     Ok(Feedback {
         ids,

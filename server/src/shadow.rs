@@ -186,42 +186,120 @@ pub struct Collector {
     receiver: crossbeam_channel::Receiver<Mirror>,
     served: Arc<Served>,
     fleet: Arc<crate::feedback::Fleet>,
+    log: ShadowLog,
+}
+
+/// The shadow's rows of the prediction log, written by the collector itself
+/// (so their encoding, too, runs at the lowest priority): a file per model
+/// and day every [`SHADOW_FLUSH`] or [`SHADOW_FILE_ROWS`].
+#[derive(Debug)]
+struct ShadowLog {
+    replica: String,
+    files: std::collections::BTreeMap<(Arc<str>, i64), nurture_models::feedback::log::LogBatch>,
+    rows: usize,
+    flushed: std::time::Instant,
+}
+
+/// How often the shadow's log rows are written.
+const SHADOW_FLUSH: Duration = Duration::from_secs(1);
+/// Most shadow rows per file.
+const SHADOW_FILE_ROWS: usize = 10_000;
+/// Milliseconds in a day: files are cut per UTC day.
+const DAY_MS: i64 = 86_400_000;
+
+impl ShadowLog {
+    fn push(&mut self, shadow: &LoadedVersion, row: &nurture_models::feedback::log::Row<'_>) {
+        let day = row.served_at_ms.div_euclid(DAY_MS);
+        self.files
+            .entry((shadow.shared_name.clone(), day))
+            .or_insert_with(|| nurture_models::feedback::log::LogBatch::new(shadow.kind()))
+            .push(row);
+        self.rows += 1;
+    }
+
+    /// Writes what waits, if it is time (or `now`), blocking on the store
+    /// from this thread.
+    fn flush(
+        &mut self,
+        fleet: &crate::feedback::Fleet,
+        runtime: &tokio::runtime::Handle,
+        now: bool,
+    ) {
+        if !now && self.rows < SHADOW_FILE_ROWS && self.flushed.elapsed() < SHADOW_FLUSH {
+            return;
+        }
+        self.flushed = std::time::Instant::now();
+        self.rows = 0;
+        for ((model, day), batch) in std::mem::take(&mut self.files) {
+            let date = chrono::DateTime::from_timestamp_millis(day * DAY_MS)
+                .unwrap_or_default()
+                .format("%Y-%m-%d")
+                .to_string();
+            let count = batch.len() as u64;
+            let written = nurture_models::feedback::log::encode(&model, &self.replica, &[batch])
+                .and_then(|bytes| {
+                    runtime.block_on(fleet.store().write_predictions(&model, &date, bytes))
+                });
+            let result = match written {
+                Ok(_) => "ok",
+                Err(error) => {
+                    tracing::warn!(model = %model, %error, records = count, "cannot write the shadow's prediction log");
+                    "error"
+                }
+            };
+            metrics::counter!("nurture_prediction_log_records_total", "model" => model.to_string(), "result" => result)
+                .increment(count);
+        }
+    }
 }
 
 impl Collector {
-    /// The collector of `queue`'s mirrors: their ids are minted and logged
-    /// through `served`, and remembered for scoring in `fleet`.
+    /// The collector of `queue`'s mirrors: their ids are minted through
+    /// `served` (and logged when its log samples them, as `replica`), and
+    /// remembered for scoring in `fleet`.
     pub fn new(
         queue: MirrorQueue,
         served: Arc<Served>,
         fleet: Arc<crate::feedback::Fleet>,
+        replica: &str,
     ) -> Self {
         Collector {
             receiver: queue.0,
             served,
             fleet,
+            log: ShadowLog {
+                replica: replica.to_owned(),
+                files: Default::default(),
+                rows: 0,
+                flushed: std::time::Instant::now(),
+            },
         }
     }
 
-    /// Starts its thread, which stops at `shutdown`.
-    pub fn start(self, shutdown: watch::Receiver<bool>) -> std::thread::JoinHandle<()> {
+    /// Starts its thread (call it on the async runtime, whose handle it
+    /// keeps for store writes), which stops at `shutdown`.
+    pub fn start(mut self, shutdown: watch::Receiver<bool>) -> std::thread::JoinHandle<()> {
+        let runtime = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("shadow-collector".to_owned())
             .spawn(move || {
                 crate::batcher::lower_priority("shadow collector");
                 while !*shutdown.borrow() {
                     self.take();
+                    self.log.flush(&self.fleet, &runtime, false);
                     std::thread::sleep(TAKE_EVERY);
                 }
+                self.log.flush(&self.fleet, &runtime, true);
             })
             .expect("the OS can start a thread")
     }
 
     /// Scores what the queue holds, a few mirrors of one shadow per call.
-    fn take(&self) {
+    fn take(&mut self) {
         let mut group: Vec<Mirror> = Vec::new();
         let mut rows = 0;
-        for mirror in self.receiver.try_iter() {
+        let waiting: Vec<Mirror> = self.receiver.try_iter().collect();
+        for mirror in waiting {
             let same = group.first().is_none_or(|first| {
                 Arc::ptr_eq(&first.shadow, &mirror.shadow)
                     && std::mem::discriminant(&first.inputs)
@@ -238,7 +316,7 @@ impl Collector {
     }
 
     /// Scores mirrors of one shadow (inputs of one sort) in one call.
-    fn score(&self, group: Vec<Mirror>) {
+    fn score(&mut self, group: Vec<Mirror>) {
         let Some(first) = group.first() else {
             return;
         };
@@ -294,7 +372,7 @@ impl Collector {
         }
     }
 
-    fn answered(&self, mirror: &Mirror, probabilities: &[f32]) {
+    fn answered(&mut self, mirror: &Mirror, probabilities: &[f32]) {
         let shadow = &mirror.shadow;
         let classes = shadow.manifest.labels.len().max(1);
         let rows = probabilities.len() / classes;
@@ -327,12 +405,14 @@ impl Collector {
                 MirrorInputs::Texts(texts) => inputs.text = texts.get(row).map(String::as_str),
             }
             let prediction = crate::services::prediction_of(row_probabilities);
-            let id = self.served.answer(
+            let log = &mut self.log;
+            let id = self.served.answer_into(
                 shadow,
                 Arm::Shadow,
                 inputs,
                 prediction.clone(),
                 row_probabilities,
+                |row| log.push(shadow, row),
             );
             self.fleet
                 .remember_mirror(live_id, &id, shadow.version, prediction);
