@@ -812,8 +812,20 @@ pub fn quality_of(fleet: &Fleet, model: &str) -> Vec<v1::VersionQuality> {
         .collect()
 }
 
-fn count(model: &str, result: v1::OutcomeResult) {
-    let label = match result {
+/// Every result an outcome report can get, as `nurture_outcomes_total`
+/// labels it.
+pub(crate) const OUTCOME_RESULTS: [v1::OutcomeResult; 6] = [
+    v1::OutcomeResult::Recorded,
+    v1::OutcomeResult::Duplicate,
+    v1::OutcomeResult::Late,
+    v1::OutcomeResult::UnknownId,
+    v1::OutcomeResult::ForgedId,
+    v1::OutcomeResult::GarbledId,
+];
+
+/// The metric label of an outcome's result.
+pub(crate) fn outcome_label(result: v1::OutcomeResult) -> &'static str {
+    match result {
         v1::OutcomeResult::Recorded => "recorded",
         v1::OutcomeResult::Duplicate => "duplicate",
         v1::OutcomeResult::Late => "late",
@@ -821,8 +833,11 @@ fn count(model: &str, result: v1::OutcomeResult) {
         v1::OutcomeResult::ForgedId => "forged_id",
         v1::OutcomeResult::GarbledId => "garbled_id",
         v1::OutcomeResult::Unspecified => "unspecified",
-    };
-    metrics::counter!("nurture_outcomes_total", "model" => model.to_owned(), "result" => label)
+    }
+}
+
+fn count(model: &str, result: v1::OutcomeResult) {
+    metrics::counter!("nurture_outcomes_total", "model" => model.to_owned(), "result" => outcome_label(result))
         .increment(1);
 }
 
@@ -1207,7 +1222,29 @@ const FLUSHES_IN_FLIGHT: usize = 2;
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
 
 /// Milliseconds in a day: files are cut per UTC day.
-const DAY_MS: i64 = 86_400_000;
+pub(crate) const DAY_MS: i64 = 86_400_000;
+
+/// The `date=` partition of UTC day `day` (days since the Unix epoch).
+pub(crate) fn log_date(day: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(day * DAY_MS)
+        .unwrap_or_default()
+        .format("%Y-%m-%d")
+        .to_string()
+}
+
+/// Counts the `count` answers of one log file as written or not (and says
+/// why not).
+pub(crate) fn count_log_file(model: &str, count: u64, written: nurture_models::Result<()>) {
+    let result = match written {
+        Ok(()) => "ok",
+        Err(error) => {
+            tracing::warn!(model, %error, records = count, "cannot write the prediction log");
+            "error"
+        }
+    };
+    metrics::counter!("nurture_prediction_log_records_total", "model" => model.to_owned(), "result" => result)
+        .increment(count);
+}
 
 /// Predictions waiting for their file: the batches of each model and day.
 #[derive(Debug, Default)]
@@ -1301,14 +1338,8 @@ impl LogWriterTask {
 /// Encodes and writes one file per model and day.
 async fn flush(writer: Arc<LogWriter>, files: Files) {
     for ((model, day), batches) in files.batches {
-        let date = chrono::DateTime::from_timestamp_millis(day * DAY_MS)
-            .unwrap_or_default()
-            .format("%Y-%m-%d")
-            .to_string();
-        let model = model.to_string();
         let count = batches.iter().map(LogBatch::len).sum::<usize>() as u64;
-        let replica = writer.replica.clone();
-        let name = model.clone();
+        let (name, replica) = (model.clone(), writer.replica.clone());
         let encoded = tokio::task::spawn_blocking(move || {
             nurture_models::feedback::log::encode(&name, &replica, &batches)
         })
@@ -1316,21 +1347,13 @@ async fn flush(writer: Arc<LogWriter>, files: Files) {
         let written = match encoded {
             Ok(Ok(bytes)) => writer
                 .store
-                .write_predictions(&model, &date, bytes)
+                .write_predictions(&model, &log_date(day), bytes)
                 .await
                 .map(|_| ()),
             Ok(Err(error)) => Err(error),
             Err(error) => Err(nurture_models::Error::Store(error.to_string())),
         };
-        let result = match written {
-            Ok(()) => "ok",
-            Err(error) => {
-                tracing::warn!(model, %error, records = count, "cannot write the prediction log");
-                "error"
-            }
-        };
-        metrics::counter!("nurture_prediction_log_records_total", "model" => model.clone(), "result" => result)
-                .increment(count);
+        count_log_file(&model, count, written);
     }
 }
 

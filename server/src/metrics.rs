@@ -252,14 +252,7 @@ pub fn zero_model(model: &str) {
     zero(
         "nurture_outcomes_total",
         "result",
-        &[
-            "recorded",
-            "duplicate",
-            "late",
-            "unknown_id",
-            "forged_id",
-            "garbled_id",
-        ],
+        &crate::feedback::OUTCOME_RESULTS.map(crate::feedback::outcome_label),
     );
     zero(
         "nurture_prediction_log_records_total",

@@ -204,12 +204,10 @@ struct ShadowLog {
 const SHADOW_FLUSH: Duration = Duration::from_secs(1);
 /// Most shadow rows per file.
 const SHADOW_FILE_ROWS: usize = 10_000;
-/// Milliseconds in a day: files are cut per UTC day.
-const DAY_MS: i64 = 86_400_000;
 
 impl ShadowLog {
     fn push(&mut self, shadow: &LoadedVersion, row: &nurture_models::feedback::log::Row<'_>) {
-        let day = row.served_at_ms.div_euclid(DAY_MS);
+        let day = row.served_at_ms.div_euclid(crate::feedback::DAY_MS);
         self.files
             .entry((shadow.shared_name.clone(), day))
             .or_insert_with(|| nurture_models::feedback::log::LogBatch::new(shadow.kind()))
@@ -231,24 +229,17 @@ impl ShadowLog {
         self.flushed = std::time::Instant::now();
         self.rows = 0;
         for ((model, day), batch) in std::mem::take(&mut self.files) {
-            let date = chrono::DateTime::from_timestamp_millis(day * DAY_MS)
-                .unwrap_or_default()
-                .format("%Y-%m-%d")
-                .to_string();
             let count = batch.len() as u64;
             let written = nurture_models::feedback::log::encode(&model, &self.replica, &[batch])
                 .and_then(|bytes| {
-                    runtime.block_on(fleet.store().write_predictions(&model, &date, bytes))
-                });
-            let result = match written {
-                Ok(_) => "ok",
-                Err(error) => {
-                    tracing::warn!(model = %model, %error, records = count, "cannot write the shadow's prediction log");
-                    "error"
-                }
-            };
-            metrics::counter!("nurture_prediction_log_records_total", "model" => model.to_string(), "result" => result)
-                .increment(count);
+                    runtime.block_on(fleet.store().write_predictions(
+                        &model,
+                        &crate::feedback::log_date(day),
+                        bytes,
+                    ))
+                })
+                .map(|_| ());
+            crate::feedback::count_log_file(&model, count, written);
         }
     }
 }
@@ -328,20 +319,9 @@ impl Collector {
                 shadow.shadow_counts.incompatible.increment(1);
                 continue;
             };
-            match (&mut all, rows) {
-                (None, rows) => all = Some(rows),
-                (
-                    Some(Rows::Features { values, width }),
-                    Rows::Features {
-                        values: more,
-                        width: w,
-                    },
-                ) if *width == w => values.extend(more),
-                (Some(Rows::Texts(texts)), Rows::Texts(more)) => texts.extend(more),
-                _ => {
-                    shadow.shadow_counts.incompatible.increment(1);
-                    continue;
-                }
+            if crate::services::append(&mut all, rows).is_err() {
+                shadow.shadow_counts.incompatible.increment(1);
+                continue;
             }
             scored.push(mirror);
         }

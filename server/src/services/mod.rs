@@ -84,7 +84,9 @@ struct Group {
     rows: Option<Rows>,
 }
 
-fn append(into: &mut Option<Rows>, rows: Rows) -> Result<(), ServeError> {
+/// Appends `rows` to `into` (rows of one shape: features of one width, or
+/// texts).
+pub(crate) fn append(into: &mut Option<Rows>, rows: Rows) -> Result<(), ServeError> {
     match (into.as_mut(), rows) {
         (None, rows) => *into = Some(rows),
         (
