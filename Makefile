@@ -32,6 +32,8 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## Build the binaries that end-to-end tests start as processes.
+## Build the binaries that end-to-end tests start as processes, and the
+## release binaries that the README's and docs' shell blocks use (tests/docs).
 build:
 	$(CARGO) build --workspace --bins
+	$(CARGO) build --release -p nurture-server -p nurture-trainer -p nurture-models
