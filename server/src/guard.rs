@@ -1,8 +1,10 @@
 //! The rollout guard: on every replica, every `--guard-every`, each model
 //! with a guarded rollout under way (release-log state) has its canary
-//! judged against live by the rollout's sequential test
-//! (`nurture_models::rollout::sequential`), on the fleet's outcomes of
-//! predictions both arms served since the current step began. A verdict is
+//! judged against live: first by the operational guards
+//! (`nurture_models::rollout::operations`: failed calls and p99 latency,
+//! summed over every replica's reports since the current step began), then
+//! by the rollout's sequential test (`nurture_models::rollout::sequential`)
+//! on the fleet's outcomes of predictions both arms served since then. A verdict is
 //! appended to the release log at exactly the sequence number after the
 //! state it was judged on, so when several replicas decide at once one
 //! decision is written and the others see a conflict and follow the log.
@@ -14,6 +16,7 @@ use std::time::Duration;
 use chrono::Utc;
 use nurture_models::feedback::Arm;
 use nurture_models::registry::{Event, ReplicaReport};
+use nurture_models::rollout::operations;
 use nurture_models::rollout::policy::Decision;
 use nurture_models::rollout::sequential::{Evidence, Verdict};
 use nurture_models::{Error, LogFollower, ModelName, ModelState, Registry};
@@ -129,6 +132,27 @@ impl Guard {
         }
         if rollout.paused.is_some() {
             return Ok(None);
+        }
+        // Operational guards first: they need requests, not outcomes.
+        let since_minute = rollout.step_started_at.timestamp().div_euclid(60);
+        let minutes: Vec<_> = reports
+            .iter()
+            .flat_map(|r| r.operations.iter().cloned())
+            .collect();
+        if let Some(breach) = operations::check(
+            &rollout.policy,
+            &operations::sum(&minutes, live, since_minute),
+            &operations::sum(&minutes, rollout.version, since_minute),
+        ) {
+            return self
+                .decide(
+                    &name,
+                    &state,
+                    Decision::RolledBack,
+                    breach.to_string(),
+                    None,
+                )
+                .await;
         }
         let metric = rollout.policy.metric;
         let since = rollout.step_started_at.timestamp_millis();

@@ -17,6 +17,7 @@ pub mod feedback;
 pub mod guard;
 pub mod metrics;
 pub mod model;
+pub mod operations;
 pub mod planner;
 pub mod security;
 pub mod services;

@@ -61,6 +61,9 @@ pub struct LoadedVersion {
     /// `nurture_shadow_requests_total` of the model by result, resolved once
     /// (mirrors are counted on busy paths).
     pub shadow_counts: crate::shadow::Counts,
+    /// Its scoring calls over the last minutes, for the rollout's
+    /// operational guards.
+    pub operations: crate::operations::Operations,
 }
 
 impl LoadedVersion {
@@ -69,9 +72,13 @@ impl LoadedVersion {
         self.manifest.kind
     }
 
-    /// Scores rows through the batcher.
+    /// Scores rows through the batcher, counting the call (and whether it
+    /// failed on the server's side) for the operational guards.
     pub async fn score(&self, rows: Rows, deadline: Option<Instant>) -> Result<Scored, ServeError> {
-        self.batcher.score(rows, deadline).await
+        let timing = self.operations.start();
+        let scored = self.batcher.score(rows, deadline).await;
+        timing.finish(scored.as_ref().is_err_and(crate::operations::server_side));
+        scored
     }
 }
 
@@ -190,6 +197,7 @@ impl Loader {
             batcher,
             load_time: started.elapsed(),
             shadow_counts: crate::shadow::Counts::new(name),
+            operations: crate::operations::Operations::default(),
             log_dropped: metrics::counter!(
                 "nurture_prediction_log_dropped_total",
                 "model" => name.to_owned()

@@ -214,12 +214,14 @@ impl Watcher {
                 canary_error: desired_canary
                     .and_then(|version| status.refused(version))
                     .map(|error| format!("{}: {}", error.error_type, error.message)),
+                operations: Vec::new(),
             }
         };
         let due = match self.reported.lock().expect("reports lock").get(&slot.name) {
             Some((last, written)) => {
                 ReplicaReport {
                     at: report.at,
+                    operations: Vec::new(),
                     ..last.clone()
                 } != report
                     || written.elapsed() >= REPORT_EVERY
@@ -229,6 +231,17 @@ impl Watcher {
         if !due {
             return;
         }
+        // The calls of live and canary go with every report written (they
+        // change with every request, so they do not make one due).
+        let mut report = report;
+        report.operations = [
+            deployment.live.as_ref(),
+            deployment.canary.as_ref().map(|(v, _)| v),
+        ]
+        .into_iter()
+        .flatten()
+        .flat_map(|v| v.operations.snapshot(v.version))
+        .collect();
         let name = ModelName::new(&slot.name).expect("slot names are validated at start");
         match self.registry.write_replica_report(&name, &report).await {
             Ok(()) => {

@@ -347,6 +347,94 @@ async fn the_guard_rolls_back_a_degraded_canary_and_promotes_a_good_one() {
     println!("promoted after {} leads: {:?}", served - 1000, event.kind);
 }
 
+/// A canary that answers the same but slowly is rolled back by the latency
+/// guard on requests alone, before any outcome comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operational_guard_rolls_back_a_slow_canary_without_outcomes() {
+    let fixture = Fixture::new();
+    let slow = nurture_tests::fixtures::Tabular {
+        slow: 200,
+        ..nurture_tests::fixtures::Tabular::new(
+            nurture_models::ModelKind::Churn.allowed_features().len(),
+            2,
+            7,
+        )
+    };
+    let path = fixture.dir.path().join("slow.onnx");
+    std::fs::write(&path, slow.build()).unwrap();
+    fixture.run("nurturectl", &["publish", "churn", path.to_str().unwrap()]);
+    let server = fixture.server("500ms");
+    let channel = server.channel().await;
+    fixture.rollout("2", &[]);
+    let leads = labelled_leads(&fixture.churn_csv(), "churned");
+    serving(&channel, &leads, 2).await;
+
+    // One-lead requests from four clients, no outcomes, until the guard
+    // decides (replicas report their calls every 10 s).
+    let mut answered = Vec::new();
+    let started = std::time::Instant::now();
+    for round in 0.. {
+        if fixture.state().await.rollout.is_none() || started.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        let clients: Vec<_> = (0..4)
+            .map(|client| {
+                let mut churn = ChurnServiceClient::new(channel.clone());
+                let leads: Vec<_> = leads
+                    .iter()
+                    .cycle()
+                    .skip((round * 200 + client * 50) % leads.len())
+                    .take(50)
+                    .map(|(lead, _)| lead.clone())
+                    .collect();
+                tokio::spawn(async move {
+                    let mut versions = Vec::new();
+                    for lead in leads {
+                        let answer = churn
+                            .predict_churn(v1::PredictChurnRequest {
+                                leads: vec![lead],
+                                ..Default::default()
+                            })
+                            .await
+                            .unwrap()
+                            .into_inner();
+                        versions.push(answer.predictions[0].model.as_ref().unwrap().version);
+                    }
+                    versions
+                })
+            })
+            .collect();
+        for client in clients {
+            answered.extend(client.await.unwrap());
+        }
+    }
+    let state = fixture.state().await;
+    let revoked = state.versions[&2].revoked.as_ref().unwrap_or_else(|| {
+        panic!(
+            "the slow canary is rolled back; {:?} after {} answers, {} by the canary",
+            state.rollout,
+            answered.len(),
+            answered.iter().filter(|v| **v == 2).count()
+        )
+    });
+    assert!(revoked.actor.starts_with("guard@"), "{}", revoked.actor);
+    assert!(
+        revoked.reason.contains("operational guard") && revoked.reason.contains("p99"),
+        "{}",
+        revoked.reason
+    );
+    let canary_calls = answered.iter().filter(|v| **v == 2).count();
+    assert!(
+        canary_calls >= 500,
+        "judged on {canary_calls} canary answers"
+    );
+    println!(
+        "rolled back after {} answers ({canary_calls} by the canary): {}",
+        answered.len(),
+        revoked.reason
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_that_fails_to_load_pauses_the_rollout_visibly() {
     let fixture = Fixture::new();

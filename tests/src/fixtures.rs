@@ -26,6 +26,10 @@ pub struct Tabular {
     pub softmax: bool,
     /// Seeds the weights, so different seeds give different bytes.
     pub seed: u64,
+    /// Extra work per row that does not change the answer: this many
+    /// 1024×1024 matrix products on the way to a zero added to the logits
+    /// (a slow model, for the latency guard).
+    pub slow: usize,
 }
 
 impl Tabular {
@@ -39,6 +43,7 @@ impl Tabular {
             dynamic_classes: false,
             softmax: true,
             seed,
+            slow: 0,
         }
     }
 
@@ -84,6 +89,54 @@ impl Tabular {
             "scores"
         };
         initializer.push(float_tensor("B", &[c], bias));
+        let logits_input = if self.slow > 0 && self.input_type == DataType::Float {
+            const WIDE: i64 = 1024;
+            let wide = WIDE as usize;
+            initializer.push(float_tensor(
+                "P",
+                &[f, WIDE],
+                pseudo_random(self.seed ^ 0x51, self.features * wide),
+            ));
+            initializer.push(float_tensor(
+                "M",
+                &[WIDE, WIDE],
+                vec![1.0 / WIDE as f32; wide * wide],
+            ));
+            initializer.push(float_tensor(
+                "Z",
+                &[WIDE, c],
+                vec![0.0; wide * self.classes],
+            ));
+            nodes.push(node("MatMul", "", &[self.input_name, "P"], &["h0"], vec![]));
+            for i in 0..self.slow {
+                let (from, to) = (format!("h{i}"), format!("h{}", i + 1));
+                nodes.push(node(
+                    "MatMul",
+                    "",
+                    &[from.as_str(), "M"],
+                    &[to.as_str()],
+                    vec![],
+                ));
+            }
+            let last = format!("h{}", self.slow);
+            nodes.push(node(
+                "MatMul",
+                "",
+                &[last.as_str(), "Z"],
+                &["nothing"],
+                vec![],
+            ));
+            nodes.push(node(
+                "Add",
+                "",
+                &[logits_input, "nothing"],
+                &["slow_scores"],
+                vec![],
+            ));
+            "slow_scores"
+        } else {
+            logits_input
+        };
         if self.softmax {
             nodes.push(node("Add", "", &[logits_input, "B"], &["logits"], vec![]));
             nodes.push(node(

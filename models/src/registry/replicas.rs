@@ -35,6 +35,11 @@ pub struct ReplicaReport {
     pub desired_canary: Option<u64>,
     /// Why the desired canary is not served here (it was refused).
     pub canary_error: Option<String>,
+    /// The scoring calls of its live and canary versions over the last
+    /// minutes, for the rollout's operational guards (absent from reports
+    /// of older servers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub operations: Vec<crate::rollout::operations::OperationsMinute>,
 }
 
 impl ReplicaReport {

@@ -2,5 +2,6 @@
 //! outcomes of both arms ([`sequential`]), and the rollout as the release
 //! log records it ([`policy`]).
 
+pub mod operations;
 pub mod policy;
 pub mod sequential;
