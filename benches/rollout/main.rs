@@ -13,6 +13,8 @@
 //! `per × (1 − share) / share` live ones. A run stops at the first rollback
 //! or promotion, or after the last look.
 
+mod operations;
+
 use clap::Parser;
 use nurture_models::rollout::sequential::{ArmLoss, Metric, SequentialTest, Verdict};
 use rand::{RngExt, SeedableRng};
@@ -382,7 +384,77 @@ fn main() {
             looks(&worse)
         ));
     }
+    operational_guards(&mut out, &mut rng, &sim);
     println!("{}", out.join("\n"));
+}
+
+/// The operational guards' section: A/A and power, per traffic level.
+fn operational_guards(out: &mut Vec<String>, rng: &mut ChaCha8Rng, sim: &Sim) {
+    use nurture_models::rollout::operations as guard;
+    use operations::{Calls, LIVE};
+    let policy = nurture_models::rollout::policy::RolloutPolicy::default();
+    out.push("\n## Operational guards: failed calls and p99 latency\n".to_owned());
+    out.push(format!(
+        "The guards the server runs before the test above (`nurture_models::rollout::operations::check`), with the default policy: roll back when the canary's failure share exceeds {}× live's + {} point by more than {} standard errors (from {} canary calls), or when its p99 exceeds {}× live's and is at least {} ms slower (from {} calls on each arm). Here a look adds one interval of calls, the canary taking 10% (live 9× as many); live fails {}% of calls and answers in a log-normal time (median {} ms, σ = 0.5: p99 about 6.4 ms); latencies are drawn into the guard's own histogram buckets. {} runs per cell, ≤ {} looks. The guards need requests only, so they act before any outcome comes back; they are thresholds with wide margins rather than anytime-valid tests; the A/A column is their false-alarm rate.\n",
+        policy.max_error_ratio,
+        guard::ERROR_ALLOWANCE * 100.0,
+        guard::ERROR_Z,
+        guard::MIN_CALLS_FOR_ERRORS,
+        policy.max_p99_ratio,
+        guard::MIN_P99_GAP_SECS * 1e3,
+        guard::MIN_CALLS_FOR_LATENCY,
+        LIVE.failing * 100.0,
+        LIVE.median * 1e3,
+        sim.runs,
+        sim.looks,
+    ));
+    let scenarios = [
+        ("identical (A/A)", LIVE),
+        (
+            "fails 4% of calls",
+            Calls {
+                failing: 0.04,
+                ..LIVE
+            },
+        ),
+        (
+            "fails 10% of calls",
+            Calls {
+                failing: 0.10,
+                ..LIVE
+            },
+        ),
+        (
+            "1.5× slower (within the ratio)",
+            Calls {
+                median: LIVE.median * 1.5,
+                ..LIVE
+            },
+        ),
+        (
+            "3× slower (p99 about 19 ms)",
+            Calls {
+                median: LIVE.median * 3.0,
+                ..LIVE
+            },
+        ),
+    ];
+    out.push(format!(
+        "| canary calls per interval | {} |",
+        scenarios.map(|(name, _)| name).join(" | ")
+    ));
+    out.push(format!("|---|{}", "---|".repeat(scenarios.len())));
+    for per in TRAFFIC {
+        let cells: Vec<String> = scenarios
+            .iter()
+            .map(|(_, canary)| {
+                let rate =
+                    operations::rollback_rate(rng, &policy, per, sim.looks, sim.runs, *canary);
+                format!("{:.2}%", rate * 100.0)
+            })
+            .collect();
+        out.push(format!("| {per} | {} |", cells.join(" | ")));
+    }
 }
 
 fn looks(tally: &Tally) -> String {

@@ -162,6 +162,12 @@ enum Command {
         /// Longest the rollout may run (e.g. 2h, 3d); then it expires and a person decides.
         #[arg(long, default_value = "24h", value_parser = nurture_models::parse_duration)]
         max_duration: std::time::Duration,
+        /// Operational guard: roll back when the canary's share of failed calls exceeds this many times live's, plus one point.
+        #[arg(long, default_value_t = RolloutPolicy::default().max_error_ratio)]
+        max_error_ratio: f64,
+        /// Operational guard: roll back when the canary's p99 latency exceeds this many times live's (and is 2 ms slower or more).
+        #[arg(long, default_value_t = RolloutPolicy::default().max_p99_ratio)]
+        max_p99_ratio: f64,
         /// Start even after the guard rolled back the last 3 rollouts in a row.
         #[arg(long)]
         force: bool,
@@ -556,6 +562,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             margin,
             min_outcomes,
             max_duration,
+            max_error_ratio,
+            max_p99_ratio,
             force,
             expect_seq,
         } => {
@@ -581,7 +589,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 steps,
                 max_duration_secs: max_duration.as_secs(),
-                ..RolloutPolicy::default()
+                max_error_ratio,
+                max_p99_ratio,
             };
             let event = registry
                 .start_rollout(&name, version, policy, force, &actor, expect_seq)
