@@ -33,7 +33,9 @@ clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## Build the binaries that end-to-end tests start as processes, and the
-## release binaries that the README's and docs' shell blocks use (tests/docs).
+## release binaries that the README's and docs' shell blocks use (tests/docs):
+## the same cargo commands as those blocks, so that theirs find them built.
 build:
 	$(CARGO) build --workspace --bins
-	$(CARGO) build --release -p nurture-server -p nurture-trainer -p nurture-models
+	$(CARGO) build --release -p nurture-trainer -p nurture-models -p nurture-server
+	$(CARGO) build --release -p nurture-benches --bin nurture-load

@@ -7,7 +7,11 @@
 //!   answers do, and latency counts from the scheduled start, so queueing
 //!   shows (no coordinated omission);
 //! * `inprocess`: the same models run straight through `ort` with the same
-//!   batch sizes, the physical limit the server is compared with.
+//!   batch sizes, the physical limit the server is compared with;
+//! * `replay`: a labelled churn table played as production would, each
+//!   prediction followed by its true outcome (for rehearsing rollouts).
+
+mod replay;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -53,6 +57,9 @@ enum Command {
     Run(RunArgs),
     /// Score the live version of a model in process, straight through ONNX Runtime.
     Inprocess(InprocessArgs),
+    /// Predict each lead of a labelled churn table and report its true
+    /// outcome, as production would (rehearses a guarded rollout).
+    Replay(replay::ReplayArgs),
     /// Write one gRPC-framed ModelInferRequest for the churn model to stdout,
     /// for independent HTTP/2 load tools (h2load --data).
     Encode {
@@ -483,6 +490,7 @@ fn main() -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Replay(args) => runtime.block_on(replay::replay(args))?,
         Command::Encode { rows } => {
             use std::io::Write;
             let width = 20;

@@ -4,8 +4,12 @@
 //! * [`inference`]: the Open Inference Protocol (KServe v2) gRPC service.
 //! * [`onnx`]: the subset of the ONNX model format that the trainer writes.
 //!
-//! This crate owns generated code only; domain types live in `nurture-models`
-//! and the server converts between the two at its edge.
+//! This crate owns generated code, plus small helpers for building its
+//! messages (`onnx::build`, [`v1::LeadProfile::set_feature`]); domain types
+//! live in `nurture-models` and the server converts between the two at its
+//! edge.
+
+mod lead;
 
 pub use prost_types;
 

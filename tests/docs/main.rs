@@ -233,12 +233,6 @@ fn run_file(markdown_path: &Path) -> Result<(), String> {
     if !blocks.iter().any(|b| b.runs) {
         return Ok(());
     }
-    let skipped = blocks.iter().filter(|b| !b.runs).count();
-    println!(
-        "{}: {} blocks run, {skipped} marked no-run",
-        markdown_path.display(),
-        blocks.len() - skipped
-    );
     let dir = checkout();
     let server = markdown.contains(SERVE).then(|| {
         copy_tree(&served_template().join("var"), &dir.path().join("var"));
@@ -288,6 +282,13 @@ fn run_file(markdown_path: &Path) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(100));
     };
     drop(server);
+    let skipped = blocks.iter().filter(|b| !b.runs).count();
+    println!(
+        "{}: {} blocks run in {:.0} s, {skipped} marked no-run",
+        markdown_path.display(),
+        blocks.len() - skipped,
+        started.elapsed().as_secs_f64()
+    );
     if status.is_some_and(|s| s.success()) {
         return Ok(());
     }
@@ -311,7 +312,7 @@ fn run_file(markdown_path: &Path) -> Result<(), String> {
     ))
 }
 
-/// README.md and docs/*.md, in that order.
+/// README.md and docs/*.md, in that order (or those `NURTURE_DOCS` names).
 fn documents() -> Vec<PathBuf> {
     let root = project_root();
     let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
@@ -322,6 +323,10 @@ fn documents() -> Vec<PathBuf> {
     docs.sort();
     let mut all = vec![root.join("README.md")];
     all.extend(docs);
+    // NURTURE_DOCS=rollouts runs only the files whose name holds it.
+    if let Ok(only) = std::env::var("NURTURE_DOCS") {
+        all.retain(|path| path.to_string_lossy().contains(&only));
+    }
     all
 }
 

@@ -300,34 +300,15 @@ pub fn labelled_leads(
             let mut profile = nurture_proto::v1::LeadProfile::default();
             let mut answer = String::new();
             for (name, cell) in header.iter().zip(&cells) {
-                let real = || cell.parse::<f64>().expect("a number");
-                let count = || Some(real() as i32);
                 match *name {
                     "lead_id" => profile.lead_id = (*cell).to_owned(),
-                    "days_since_first_contact" => profile.days_since_first_contact = Some(real()),
-                    "days_since_last_contact" => profile.days_since_last_contact = Some(real()),
-                    "days_since_last_reply" => profile.days_since_last_reply = Some(real()),
-                    "email_open_rate" => profile.email_open_rate = Some(real()),
-                    "email_click_rate" => profile.email_click_rate = Some(real()),
-                    "sms_reply_rate" => profile.sms_reply_rate = Some(real()),
-                    "call_answer_rate" => profile.call_answer_rate = Some(real()),
-                    "video_join_rate" => profile.video_join_rate = Some(real()),
-                    "messages_sent_30d" => profile.messages_sent_30d = count(),
-                    "messages_received_30d" => profile.messages_received_30d = count(),
-                    "avg_response_hours" => profile.avg_response_hours = Some(real()),
-                    "sentiment_score" => profile.sentiment_score = Some(real()),
-                    "complaints_90d" => profile.complaints_90d = count(),
-                    "website_visits_30d" => profile.website_visits_30d = count(),
-                    "listings_viewed_30d" => profile.listings_viewed_30d = count(),
-                    "saved_searches" => profile.saved_searches = count(),
-                    "showings_attended" => profile.showings_attended = count(),
-                    "pre_approved" => profile.pre_approved = Some(real() != 0.0),
-                    "mortgage_calculator_uses_30d" => {
-                        profile.mortgage_calculator_uses_30d = count()
-                    }
-                    "budget_k_usd" => profile.budget_k_usd = Some(real()),
                     other if other == label => answer = (*cell).to_owned(),
-                    _ => {}
+                    // Other columns (ids, labels of other kinds) are left out.
+                    other => {
+                        if let Ok(value) = cell.parse() {
+                            profile.set_feature(other, value);
+                        }
+                    }
                 }
             }
             (profile, answer)

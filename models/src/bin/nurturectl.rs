@@ -19,6 +19,20 @@ use serde_json::json;
 
 /// Exit code for a lost race on the release log.
 const EXIT_CONFLICT: u8 = 3;
+/// Exit code of `rollout-wait` when the rollout ended without promoting.
+const EXIT_NOT_PROMOTED: u8 = 4;
+
+/// A rollout that ended without promoting its canary (`rollout-wait`).
+#[derive(Debug)]
+struct NotPromoted(String);
+
+impl std::fmt::Display for NotPromoted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotPromoted {}
 
 /// Publish, promote, canary and roll back Nurture model versions.
 #[derive(Debug, Parser)]
@@ -186,6 +200,17 @@ enum Command {
         #[arg(long)]
         expect_seq: Option<u64>,
     },
+    /// Wait for the model's latest guarded rollout to end, printing each
+    /// release-log event as it comes. Exit 0 when the canary was promoted,
+    /// 4 when the rollout ended otherwise (rolled back, stopped, expired,
+    /// taken over by hand), 1 on timeout.
+    RolloutWait {
+        /// Model name.
+        model: String,
+        /// Give up after this long (e.g. 90s, 10m).
+        #[arg(long, default_value = "10m", value_parser = nurture_models::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Mirror a share of the live version's requests to VERSION, off the
     /// response path: its answers are logged and scored on outcomes, never
     /// returned (docs/rollouts.md, "Shadow").
@@ -294,6 +319,9 @@ fn main() -> ExitCode {
             {
                 // A kind that does not exist is a usage error, like any bad argument.
                 return ExitCode::from(2);
+            }
+            if error.downcast_ref::<NotPromoted>().is_some() {
+                return ExitCode::from(EXIT_NOT_PROMOTED);
             }
             match error.downcast_ref::<Error>() {
                 Some(Error::Conflict(_)) => ExitCode::from(EXIT_CONFLICT),
@@ -596,6 +624,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .start_rollout(&name, version, policy, force, &actor, expect_seq)
                 .await?;
             report(json, &name, event, "");
+        }
+        Command::RolloutWait { model, timeout } => {
+            let name = ModelName::new(&model)?;
+            wait_for_rollout(&registry, &name, timeout, json).await?;
         }
         Command::RolloutStop {
             model,
@@ -988,6 +1020,64 @@ fn state_summary(state: &ModelState) -> serde_json::Value {
         "versions": state.versions.len(),
         "seq": state.seq,
     })
+}
+
+/// `rollout-wait`: follows `name`'s release log from its latest
+/// `rollout_started` until that rollout ends.
+async fn wait_for_rollout(
+    registry: &Registry,
+    name: &ModelName,
+    timeout: std::time::Duration,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut events = registry.read_log(name).await?;
+    let Some(start) = events
+        .iter()
+        .rposition(|e| matches!(e.kind, EventKind::RolloutStarted { .. }))
+    else {
+        return Err(Error::NotFound(format!("a guarded rollout of {name}")).into());
+    };
+    let EventKind::RolloutStarted { version, .. } = events[start].kind else {
+        unreachable!("found as a rollout_started event")
+    };
+    let deadline = std::time::Instant::now() + timeout;
+    let mut new = events[start..].to_vec();
+    loop {
+        for event in &new {
+            if json {
+                println!("{}", serde_json::to_string(event)?);
+            } else {
+                println!(
+                    "{name}: seq {} at {} {}: {}",
+                    event.seq,
+                    event.at.format("%H:%M:%S"),
+                    event.kind.name(),
+                    describe(&event.kind)
+                );
+            }
+        }
+        let state = nurture_models::ModelState::fold(name.as_str(), &events)?;
+        if state.rollout.as_ref().is_none_or(|r| r.version != version) {
+            if state.live == Some(version) {
+                return Ok(());
+            }
+            let live = state.live.map_or("none".to_owned(), |v| v.to_string());
+            return Err(NotPromoted(format!(
+                "the rollout of {name} version {version} ended without promoting it; live is {live}"
+            ))
+            .into());
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "the rollout of {name} version {version} is still under way after {} s",
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let last = events.last().map_or(0, |e| e.seq);
+        new = registry.read_log_after(name, last).await?;
+        events.extend(new.iter().cloned());
+    }
 }
 
 fn describe(kind: &EventKind) -> String {
