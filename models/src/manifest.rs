@@ -141,6 +141,10 @@ pub struct Manifest {
     /// label-free drift (`feedback::reference`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<crate::feedback::reference::Reference>,
+    /// Fields the author left out that publishing filled with defaults
+    /// (`risk_thresholds`), so that `show` can say so.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub defaulted: Vec<String>,
     /// Publication time.
     pub created_at: DateTime<Utc>,
     /// Who published it.
@@ -164,6 +168,27 @@ pub struct CheckedDraft {
 }
 
 impl Manifest {
+    /// What serving fills in or leaves out because the author did not say:
+    /// one line each, for `nurturectl publish` and `show` to print.
+    pub fn serving_defaults(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.kind == ModelKind::Churn {
+            if self.defaulted.iter().any(|f| f == "risk_thresholds") {
+                notes.push(format!(
+                    "risk_thresholds not given: the defaults {:?} set each lead's risk level",
+                    self.risk_thresholds.unwrap_or(DEFAULT_RISK_THRESHOLDS)
+                ));
+            }
+            if self.feature_means.is_empty() {
+                notes.push(
+                    "feature_means not given: PredictChurn answers carry no contributing factors"
+                        .to_owned(),
+                );
+            }
+        }
+        notes
+    }
+
     /// The author-supplied part of this manifest, to check it again (e.g.
     /// when a server loads a version written by someone else).
     pub fn draft(&self) -> ManifestDraft {

@@ -88,7 +88,31 @@ pub fn parse_models(models: &[String]) -> anyhow::Result<Vec<(ModelName, ModelKi
 /// requests. Prints `grpc=ADDR metrics=ADDR` on stdout once listening.
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let environment = runtime::environment(config.ort_dylib.as_deref())?;
+    let missing_folder =
+        nurture_models::registry::local_folder(&config.registry).filter(|folder| !folder.is_dir());
     let registry = Registry::open(&config.registry)?;
+    if let Some(folder) = missing_folder {
+        tracing::warn!(
+            registry = registry.url(),
+            "the registry folder {} did not exist and was created empty; check --registry",
+            folder.display()
+        );
+    }
+    {
+        // Off the start path: a store that is down must not delay serving
+        // what the cache holds.
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            if let Ok(models) = registry.list_models().await
+                && models.is_empty()
+            {
+                tracing::warn!(
+                    registry = registry.url(),
+                    "the registry holds no models: nothing is served until a version is published"
+                );
+            }
+        });
+    }
     let models = parse_models(&config.models)?;
     let handle = metrics::install()?;
 
@@ -113,7 +137,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let slots: Vec<Arc<Slot>> = models
         .iter()
         .map(|(name, kind)| {
-            metrics::zero_model(name.as_str());
+            metrics::zero_model(name.as_str(), *kind);
             Arc::new(Slot::with_pins(
                 name.as_str(),
                 *kind,
@@ -361,6 +385,17 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
 
     println!("nurture-server listening: grpc={grpc_addr} metrics={metrics_addr}");
     tracing::info!(%grpc_addr, %metrics_addr, registry = %config.registry, "listening");
+    if config.tls_cert.is_none()
+        && config.auth_tokens_file.is_none()
+        && !grpc_addr.ip().is_loopback()
+    {
+        tracing::warn!(
+            event = "serving without TLS or tokens on a non-loopback address",
+            %grpc_addr,
+            "serving without TLS or tokens on a non-loopback address: anyone who reaches this port \
+             can call every RPC (set --tls-cert and --auth-tokens-file, or listen on 127.0.0.1)"
+        );
+    }
 
     let health_task = match config.health_listen {
         Some(address) => {

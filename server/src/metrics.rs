@@ -231,7 +231,25 @@ pub const DESCRIBED: &[(&str, Kind, &str)] = &[
 
 /// Creates `model`'s counters at zero for every label value known in
 /// advance (failure reasons and results), so they exist before any traffic.
-pub fn zero_model(model: &str) {
+pub fn zero_model(model: &str, kind: nurture_models::ModelKind) {
+    // Requests: the server-side failure codes an alert's increase() must
+    // see from the first one, and the latency histogram, on the model's
+    // typed RPC and on ModelInfer, with no version yet.
+    for rpc in typed_rpc(kind).into_iter().chain(["ModelInfer"]) {
+        let labels = [
+            ("model", model.to_owned()),
+            ("version", "none".to_owned()),
+            ("arm", "none".to_owned()),
+            ("rpc", rpc.to_owned()),
+        ];
+        for code in SERVER_FAILURES {
+            let mut coded = labels.to_vec();
+            coded.push(("code", (*code).to_owned()));
+            metrics::counter!("nurture_requests_total", &coded).increment(0);
+        }
+        // Registered, not observed: rendered with empty buckets.
+        let _ = metrics::histogram!("nurture_request_duration_seconds", &labels);
+    }
     let zero = |name: &'static str, label: &'static str, values: &[&'static str]| {
         for value in values {
             metrics::counter!(name, "model" => model.to_owned(), label => *value).increment(0);
@@ -259,11 +277,42 @@ pub fn zero_model(model: &str) {
         "result",
         &["ok", "error"],
     );
+    // The guard's decisions (a person's stop is not counted).
+    zero(
+        "nurture_rollout_decisions_total",
+        "decision",
+        &[
+            "stepped_up",
+            "promoted",
+            "rolled_back",
+            "paused",
+            "resumed",
+            "expired",
+        ],
+    );
     metrics::counter!("nurture_registry_poll_errors_total", "model" => model.to_owned())
         .increment(0);
     metrics::counter!("nurture_feedback_read_errors_total", "model" => model.to_owned())
         .increment(0);
     metrics::counter!("nurture_batch_isolations_total", "model" => model.to_owned()).increment(0);
+}
+
+/// The request codes that are the server's failures (the error-rate alert
+/// counts these; a client's bad request or its own deadline is not one).
+pub const SERVER_FAILURES: &[&str] = &["inference_error", "unavailable", "overloaded"];
+
+/// The typed RPC that serves a kind (the name `nurture_requests_total`
+/// carries in `rpc`); generic models have none.
+pub fn typed_rpc(kind: nurture_models::ModelKind) -> Option<&'static str> {
+    use nurture_models::ModelKind;
+    match kind {
+        ModelKind::Churn => Some("PredictChurn"),
+        ModelKind::Emotion => Some("AnalyzeEmotion"),
+        ModelKind::Journey => Some("ClassifyStage"),
+        ModelKind::ChannelTiming => Some("RecommendTiming"),
+        ModelKind::Optimization => Some("ChooseVariant"),
+        ModelKind::Generic => None,
+    }
 }
 
 /// A series' type.
@@ -292,10 +341,19 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         }
     }
     metrics::gauge!("nurture_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    process_collector().describe();
     for reason in ["missing_token", "wrong_token"] {
         metrics::counter!("nurture_auth_failures_total", "reason" => reason).increment(0);
     }
     Ok(handle)
+}
+
+/// The Prometheus process metrics (`process_cpu_seconds_total`,
+/// `process_resident_memory_bytes`, `process_open_fds`, ...), read from
+/// `/proc` at each scrape.
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` turns true.
@@ -309,7 +367,10 @@ pub async fn serve(
         "/metrics",
         get(move || {
             let handle = handle.clone();
-            async move { handle.render() }
+            async move {
+                process_collector().collect();
+                handle.render()
+            }
         }),
     );
     let mut ticks = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -373,5 +434,23 @@ mod tests {
             }
         }
         assert!(missing.is_empty(), "series without HELP text: {missing:?}");
+    }
+
+    /// The RPC names created at zero are those the services record.
+    #[test]
+    fn typed_rpc_names_are_the_instrumented_ones() {
+        let services = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/services");
+        let source: String = std::fs::read_dir(services)
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        for kind in &nurture_models::ModelKind::ALL {
+            let rpc = typed_rpc(*kind).expect("typed kinds have an RPC");
+            assert!(
+                source.contains(&format!("instrumented(\"{rpc}\"")),
+                "{kind}: {rpc} is not an instrumented RPC"
+            );
+        }
+        assert!(source.contains("instrumented(\"ModelInfer\""));
     }
 }

@@ -8,7 +8,8 @@
 //!
 //! The blocks use the release binaries, as a reader would: `make test`
 //! builds them first, so the blocks' own `cargo build --release` finds them
-//! up to date (`CARGO_TARGET_DIR` is the project's target folder).
+//! up to date (they run in `target/docs-checkout`, where cargo finds the
+//! project's workspace).
 
 mod blocks;
 
@@ -27,11 +28,12 @@ const FILE_TIMEOUT: Duration = Duration::from_secs(600);
 /// gate, quick to train.
 const SERVED_ROWS: &str = "3000";
 
-/// Project entries a block may use; `target` is shared through
-/// `CARGO_TARGET_DIR`, and `var` starts empty.
+/// Project entries a block may use (`var` starts empty). `Cargo.toml` is
+/// not among them: the blocks run in `target/docs-checkout`, so cargo finds
+/// the project's own workspace above it and builds exactly as it does from
+/// the project root (a workspace seen at another path would be rebuilt).
 const CHECKOUT: &[&str] = &[
-    "Cargo.toml",
-    "Cargo.lock",
+    "target",
     "Makefile",
     "Dockerfile",
     "README.md",
@@ -61,20 +63,39 @@ fn release_binary(name: &str) -> PathBuf {
     path
 }
 
-/// A temporary directory that looks like a fresh checkout.
+/// A directory that looks like a fresh checkout: symlinks to the project's
+/// entries and an empty `var/`.
+fn checkout_in(dir: &Path) {
+    let root = project_root();
+    for entry in CHECKOUT {
+        let source = root.join(entry);
+        if source.exists() {
+            std::os::unix::fs::symlink(&source, dir.join(entry)).expect("symlink");
+        }
+    }
+    std::fs::create_dir(dir.join("var")).expect("var");
+}
+
+/// [`checkout_in`] a new temporary directory.
 fn checkout() -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix("nurture-docs-")
         .tempdir()
         .expect("temporary directory");
-    let root = project_root();
-    for entry in CHECKOUT {
-        let source = root.join(entry);
-        if source.exists() {
-            std::os::unix::fs::symlink(&source, dir.path().join(entry)).expect("symlink");
-        }
+    checkout_in(dir.path());
+    dir
+}
+
+/// Where the README's and docs' blocks run: `target/docs-checkout`,
+/// emptied first; inside the project, so that their `cargo build` is the
+/// project's own (see [`CHECKOUT`]).
+fn stable_checkout() -> PathBuf {
+    let dir = project_root().join("target/docs-checkout");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).expect("empty the docs checkout");
     }
-    std::fs::create_dir(dir.path().join("var")).expect("var");
+    std::fs::create_dir_all(&dir).expect("docs checkout");
+    checkout_in(&dir);
     dir
 }
 
@@ -227,31 +248,39 @@ impl Drop for Server {
 
 /// Runs the shell blocks of one Markdown file; `Err` says which block
 /// failed, where, and what the shell printed.
-fn run_file(markdown_path: &Path) -> Result<(), String> {
+fn run_file(markdown_path: &Path, dir: &Path) -> Result<(), String> {
     let markdown = std::fs::read_to_string(markdown_path).expect("read Markdown");
     let blocks = shell_blocks(&markdown);
     if !blocks.iter().any(|b| b.runs) {
         return Ok(());
     }
-    let dir = checkout();
     let server = markdown.contains(SERVE).then(|| {
-        copy_tree(&served_template().join("var"), &dir.path().join("var"));
-        Server::start(dir.path())
+        copy_tree(&served_template().join("var"), &dir.join("var"));
+        Server::start(dir)
     });
     let script = blocks::script(&blocks, server.as_ref().map(|s| &s.addresses));
-    let progress = dir.path().join("var/docs-progress");
-    let output = dir.path().join("var/docs-output");
-    std::fs::write(dir.path().join("var/docs.sh"), &script.text).expect("write script");
+    let progress = dir.join("var/docs-progress");
+    let output = dir.join("var/docs-output");
+    std::fs::write(dir.join("var/docs.sh"), &script.text).expect("write script");
     let path = format!(
         "{}:{}",
         project_root().join("target/release").display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut child = Command::new("bash")
+    let mut bash = Command::new("bash");
+    // What `cargo test` set for this test binary is not the reader's
+    // environment; some build scripts watch it (ring reruns when
+    // CARGO_MANIFEST_DIR changes), so keeping it would rebuild their
+    // dependants at every run.
+    for (name, _) in std::env::vars() {
+        if name == "CARGO" || (name.starts_with("CARGO_") && name != "CARGO_HOME") {
+            bash.env_remove(name);
+        }
+    }
+    let mut child = bash
         .arg("var/docs.sh")
-        .current_dir(dir.path())
+        .current_dir(dir)
         .env("PATH", path)
-        .env("CARGO_TARGET_DIR", project_root().join("target"))
         .env("DOCS_PROGRESS", &progress)
         .env("NURTURE_ACTOR", "docs")
         .env_remove("NURTURE_REGISTRY")
@@ -334,7 +363,7 @@ fn documents() -> Vec<PathBuf> {
 fn every_shell_block_in_the_readme_and_docs_runs() {
     let failures: Vec<String> = documents()
         .iter()
-        .filter_map(|path| run_file(path).err())
+        .filter_map(|path| run_file(path, &stable_checkout()).err())
         .collect();
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
@@ -348,7 +377,8 @@ fn a_broken_block_fails_naming_its_file_and_line() {
         "# A page\n\n```sh\nA=1\n```\n\nText.\n\n```sh no-run\nexit 3\n```\n\n```bash\necho \"A is $A\"\nls /no/such/folder\necho never\n```\n",
     )
     .expect("write");
-    let error = run_file(&path).expect_err("the broken block fails");
+    let checkout = checkout();
+    let error = run_file(&path, checkout.path()).expect_err("the broken block fails");
     assert!(
         error.contains("broken.md: the block at line 13 failed at line 15 with status 2"),
         "{error}"

@@ -490,3 +490,105 @@ fn a_guarded_rollout_is_a_release_log_event_and_shows_in_ls() {
     assert_eq!(again["manifest"]["version"], 2);
     assert_eq!(seq(&ctl), after);
 }
+
+/// A registry named as a bare folder is that folder; a folder that does not
+/// exist is named (and not created) by a reader; an empty registry is said
+/// to be empty; a mistyped URL gets a hint.
+#[test]
+fn registry_mistakes_are_named_and_bare_folders_work() {
+    let ctl = Ctl::file();
+    let folder = ctl.registry_dir().unwrap().to_str().unwrap().to_owned();
+    let mut bare = Ctl::file();
+    bare.url = folder.clone();
+
+    let empty = bare.run(&["ls"]);
+    assert!(empty.status.success(), "{}", stderr(&empty));
+    assert!(
+        stderr(&empty).contains("holds no models"),
+        "{}",
+        stderr(&empty)
+    );
+
+    let version = bare.publish_churn(1, &[]);
+    assert_eq!(version, 1);
+    // The same folder through file:// sees it.
+    assert_eq!(ctl.json(&["ls"])["models"][0]["name"], "churn");
+
+    let mut missing = Ctl::file();
+    let gone = ctl.files.path().join("no-such-registry");
+    missing.url = gone.to_str().unwrap().to_owned();
+    let output = missing.run(&["ls"]);
+    assert_eq!(code(&output), 1);
+    assert!(
+        stderr(&output).contains("does not exist") && stderr(&output).contains("no-such-registry"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!gone.exists(), "a reader must not create the folder");
+
+    missing.url = "s3:/bucket".into();
+    let output = missing.run(&["ls"]);
+    assert_eq!(code(&output), 1);
+    assert!(
+        stderr(&output).contains("use file://PATH"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// Publishing without risk thresholds or feature means warns of what
+/// serving fills in or leaves out, and `show` lists it; bash completions
+/// print.
+#[test]
+fn serving_defaults_are_warned_and_shown_and_completions_print() {
+    let ctl = Ctl::file();
+    let width = ModelKind::Churn.allowed_features().len();
+    let path = ctl.write("churn.onnx", &Tabular::new(width, 2, 3).build());
+    let output = ctl.run(&["publish", "churn", path.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let warnings = stderr(&output);
+    assert!(
+        warnings.contains("warning: risk_thresholds not given")
+            && warnings.contains("warning: feature_means not given"),
+        "{warnings}"
+    );
+    let shown = ctl.ok(&["show", "churn", "1"]);
+    assert!(
+        shown.contains("default    risk_thresholds not given: the defaults"),
+        "{shown}"
+    );
+    assert_eq!(
+        ctl.json(&["show", "churn", "1"])["serving_defaults"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+
+    // With both given, nothing is warned.
+    let manifest = ctl.write(
+        "m.json",
+        serde_json::json!({
+            "risk_thresholds": [0.2, 0.4, 0.6, 0.8],
+            "feature_means": { "budget_k_usd": 400.0 }
+        })
+        .to_string()
+        .as_bytes(),
+    );
+    let path = ctl.write("churn2.onnx", &Tabular::new(width, 2, 4).build());
+    let output = ctl.run(&[
+        "publish",
+        "churn",
+        path.to_str().unwrap(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!stderr(&output).contains("warning"), "{}", stderr(&output));
+
+    let completions = ctl.ok(&["completions", "bash"]);
+    assert!(
+        completions.contains("_nurturectl") && completions.contains("rollout-wait"),
+        "{}",
+        &completions[..200.min(completions.len())]
+    );
+}

@@ -958,6 +958,28 @@ async fn health_is_honest_and_metrics_follow_traffic() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Still before any request: every metric the Grafana dashboard and the
+    // alert rules query exists.
+    let metrics = server.metrics();
+    let root = nurture_tests::project_root().join("helm/nurture");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("dashboards/nurture.json")).unwrap(),
+    )
+    .expect("the dashboard is valid JSON");
+    let mut queries = Vec::new();
+    collect_exprs(&dashboard, &mut queries);
+    assert!(queries.len() >= 10, "{queries:?}");
+    queries.push(std::fs::read_to_string(root.join("templates/prometheusrule.yaml")).unwrap());
+    let mut names: Vec<String> = queries.iter().flat_map(|q| metric_names(q)).collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in &names {
+        assert!(
+            exposed(&metrics, name),
+            "{name} is queried but not exposed:\n{metrics}"
+        );
+    }
     for service in [
         "nurture.v1.EmotionService",
         "nurture.v1.ChurnService",
@@ -1253,4 +1275,53 @@ async fn one_clients_nul_bytes_never_fail_another_clients_requests() {
     // The same text without the NUL byte is served through both paths.
     let mut inference = GrpcInferenceServiceClient::new(channel);
     infer_emotion_text(&mut inference, "ab").await.unwrap();
+}
+
+/// Every `expr` string in a Grafana dashboard.
+fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("expr", serde_json::Value::String(expr)) => out.push(expr.clone()),
+                    _ => collect_exprs(value, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// Names of Nurture's and the process's series in a query.
+fn metric_names(query: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for prefix in ["nurture_", "process_"] {
+        for (at, _) in query.match_indices(prefix) {
+            let before = query[..at].chars().next_back();
+            if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            let name: String = query[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// Whether `/metrics` has a series named `name`, or declares its family
+/// (a histogram's `_bucket` series exist from its first observation; its
+/// family is declared from the start).
+fn exposed(metrics: &str, name: &str) -> bool {
+    let has_series = metrics.lines().any(|line| {
+        line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+    });
+    let family = ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(name);
+    has_series || metrics.contains(&format!("# TYPE {family} histogram"))
 }

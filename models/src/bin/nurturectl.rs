@@ -293,6 +293,30 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print a completion script for SHELL (e.g. `source <(nurturectl completions bash)`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+impl Command {
+    /// Whether the command only reads the registry: then a registry folder
+    /// that does not exist is an error, not an empty registry.
+    fn reads_only(&self) -> bool {
+        matches!(
+            self,
+            Command::Ls
+                | Command::Versions { .. }
+                | Command::Show { .. }
+                | Command::Diff { .. }
+                | Command::Status { .. }
+                | Command::History { .. }
+                | Command::Quality { .. }
+                | Command::Fetch { .. }
+                | Command::RolloutWait { .. }
+        )
+    }
 }
 
 fn main() -> ExitCode {
@@ -337,7 +361,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("USER").ok())
         .unwrap_or_else(|| "unknown".to_owned());
-    let registry = Registry::open(&cli.registry)?;
+    if let Command::Completions { shell } = cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "nurturectl", &mut std::io::stdout());
+        return Ok(());
+    }
+    let registry = if cli.command.reads_only() {
+        Registry::open_existing(&cli.registry)?
+    } else {
+        Registry::open(&cli.registry)?
+    };
     let json = cli.json;
     match cli.command {
         Command::Publish {
@@ -414,11 +447,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 false
             };
+            for note in manifest.serving_defaults() {
+                eprintln!("warning: {note}");
+            }
             if json {
                 print_json(&json!({
                     "manifest": manifest.manifest,
                     "created": manifest.created,
                     "promoted": promoted,
+                    "serving_defaults": manifest.serving_defaults(),
                 }));
             } else if !manifest.created {
                 println!(
@@ -441,6 +478,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut states = Vec::new();
             for name in registry.list_models().await? {
                 states.push(registry.state(&name).await?);
+            }
+            if states.is_empty() {
+                eprintln!(
+                    "registry {} holds no models (publish one with `nurturectl publish` or `nurture-trainer train --publish`)",
+                    registry.url()
+                );
             }
             if json {
                 let rows: Vec<_> = states.iter().map(state_summary).collect();
@@ -795,6 +838,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("95% intervals; figures need {min_outcomes} outcomes");
             }
         }
+        Command::Completions { .. } => unreachable!("answered before the registry is opened"),
         Command::Fetch {
             model,
             version,
@@ -830,7 +874,11 @@ async fn existing_state(registry: &Registry, name: &ModelName) -> anyhow::Result
 fn show(state: &ModelState, manifest: &nurture_models::Manifest, json: bool) {
     let role = version_role(state, manifest.version);
     if json {
-        print_json(&json!({ "state": role, "manifest": manifest }));
+        print_json(&json!({
+            "state": role,
+            "manifest": manifest,
+            "serving_defaults": manifest.serving_defaults(),
+        }));
         return;
     }
     let record = state.versions.get(&manifest.version);
@@ -884,6 +932,9 @@ fn show(state: &ModelState, manifest: &nurture_models::Manifest, json: bool) {
     }
     if let Some(trainer) = &manifest.trainer_version {
         println!("trainer    {trainer}");
+    }
+    for note in manifest.serving_defaults() {
+        println!("default    {note}");
     }
 }
 

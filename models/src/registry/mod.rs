@@ -32,7 +32,7 @@ use sha2::{Digest, Sha256};
 pub use self::log::{Canary, Event, EventKind, ModelState, Revocation, VersionRecord};
 pub use self::name::{MAX_NAME_LEN, ModelName};
 pub use self::replicas::{REPORT_EVERY, REPORT_FRESH, ReplicaReport};
-pub use self::store::{DEFAULT_REGISTRY, open_store};
+pub use self::store::{DEFAULT_REGISTRY, local_folder, normalize, open_store};
 use crate::error::{Error, Result};
 use crate::kind::ModelKind;
 use crate::manifest::{MANIFEST_FORMAT, Manifest, ManifestDraft};
@@ -121,8 +121,28 @@ impl Registry {
         Ok(Registry {
             store,
             prefix,
-            url: url.to_owned(),
+            url: store::normalize(url)?,
         })
+    }
+
+    /// [`Registry::open`] for readers: a local folder that does not exist
+    /// is an error naming it (a mistyped `--registry` would otherwise read
+    /// as an empty registry), and is not created.
+    pub fn open_existing(url: &str) -> Result<Self> {
+        if let Some(folder) = store::local_folder(url)
+            && !folder.is_dir()
+        {
+            return Err(Error::invalid(
+                "registry",
+                format!(
+                    "{}: the folder {} does not exist (check --registry or NURTURE_REGISTRY; \
+                     publishing a model creates it)",
+                    store::normalize(url)?,
+                    folder.display()
+                ),
+            ));
+        }
+        Self::open(url)
     }
 
     /// A registry on an already configured store, under `prefix`.
@@ -558,6 +578,11 @@ impl Registry {
         }
 
         let draft = checked.draft;
+        let defaulted = if kind == ModelKind::Churn && draft.risk_thresholds.is_none() {
+            vec!["risk_thresholds".to_owned()]
+        } else {
+            Vec::new()
+        };
         let mut manifest = Manifest {
             format: MANIFEST_FORMAT,
             name: name.to_string(),
@@ -578,6 +603,7 @@ impl Registry {
             trainer_version: draft.trainer_version,
             description: draft.description,
             reference: draft.reference,
+            defaulted,
             created_at: Utc::now(),
             created_by: actor.clone(),
         };

@@ -26,8 +26,36 @@ fn retry() -> RetryConfig {
 /// The registry URL used when none is given.
 pub const DEFAULT_REGISTRY: &str = "file://./var/registry";
 
+/// A registry URL as written, or a local folder named without a scheme
+/// (`./var/registry`, `/srv/models`), which is taken as `file://` of it.
+/// Anything else with a colon but no `://` is a mistyped URL.
+pub fn normalize(url: &str) -> Result<String> {
+    if url.contains("://") || url == "memory:" {
+        return Ok(url.to_owned());
+    }
+    if url.is_empty() || url.contains(':') {
+        return Err(Error::invalid(
+            "registry",
+            format!(
+                "{url:?} is not a registry URL; use file://PATH for a folder, or s3://, gs://, az://, memory://"
+            ),
+        ));
+    }
+    Ok(format!("file://{url}"))
+}
+
+/// The folder of a `file://` registry URL (after [`normalize`]), if it is one.
+pub fn local_folder(url: &str) -> Option<std::path::PathBuf> {
+    normalize(url)
+        .ok()?
+        .strip_prefix("file://")
+        .filter(|folder| !folder.is_empty())
+        .map(std::path::PathBuf::from)
+}
+
 /// Opens the store a registry URL names, and the path prefix inside it.
 ///
+/// * `PATH` without a scheme: the same as `file://PATH`.
 /// * `file://PATH`: a local folder (relative paths allowed, e.g.
 ///   `file://./var/registry`); created when missing.
 /// * `memory://`: an in-process store, empty at start (tests).
@@ -39,6 +67,7 @@ pub const DEFAULT_REGISTRY: &str = "file://./var/registry";
 /// * `az://CONTAINER[/PREFIX]` and the other Azure schemes `object_store`
 ///   knows: Azure Blob Storage (`AZURE_*` variables).
 pub fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    let url = &normalize(url)?;
     let invalid = |reason: String| Error::invalid("registry", format!("{url:?}: {reason}"));
     if let Some(folder) = url.strip_prefix("file://") {
         if folder.is_empty() {
@@ -98,6 +127,23 @@ mod tests {
             "{error}"
         );
         assert!(open_store("file://").is_err());
+    }
+
+    #[test]
+    fn a_bare_path_is_a_folder_and_a_mistyped_url_is_named() {
+        assert_eq!(
+            normalize("./var/registry").unwrap(),
+            "file://./var/registry"
+        );
+        assert_eq!(normalize("/srv/models").unwrap(), "file:///srv/models");
+        assert_eq!(normalize("s3://b/p").unwrap(), "s3://b/p");
+        let error = normalize("s3:/bucket").unwrap_err().to_string();
+        assert!(error.contains("use file://PATH"), "{error}");
+        assert_eq!(
+            local_folder("var/registry"),
+            Some(std::path::PathBuf::from("var/registry"))
+        );
+        assert_eq!(local_folder("s3://b/p"), None);
     }
 
     #[test]
