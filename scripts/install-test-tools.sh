@@ -29,11 +29,11 @@ if ! { [ -x "$venv/bin/moto_server" ] && [ -x "$venv/bin/kubernetes-validate" ] 
         "moto[server]==$moto_version" "kubernetes-validate==$validate_version"
 fi
 oip_venv="$root/.tools/oip-venv"
-if ! "$oip_venv/bin/python" -c "import tritonclient.grpc, skl2onnx, sklearn, onnxruntime" 2>/dev/null; then
+if ! "$oip_venv/bin/python" -c "import tritonclient.grpc, tritonclient.http, skl2onnx, sklearn, onnxruntime" 2>/dev/null; then
     echo "installing tritonclient, scikit-learn, skl2onnx and onnxruntime into .tools/oip-venv" >&2
     python3 -m venv "$oip_venv"
     "$oip_venv/bin/pip" install --quiet --disable-pip-version-check \
-        "tritonclient[grpc]==2.73.0" "skl2onnx==1.20.0" "scikit-learn==1.7.2" "onnxruntime==1.31.1" "numpy<3"
+        "tritonclient[grpc,http]==2.73.0" "skl2onnx==1.20.0" "scikit-learn==1.7.2" "onnxruntime==1.31.1" "numpy<3"
 fi
 analysis_venv="$root/.tools/analysis-venv"
 river_version="0.26.1"

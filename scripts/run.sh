@@ -6,6 +6,7 @@
 # Environment (all optional):
 #   NURTURE_LISTEN          gRPC address         (127.0.0.1:50051)
 #   NURTURE_METRICS_LISTEN  metrics address      (127.0.0.1:9090)
+#   NURTURE_HTTP_LISTEN     Open Inference Protocol over HTTP (127.0.0.1:8000)
 #   NURTURE_VAR             data/registry/cache  (./var)
 #   NURTURE_RUN_ROWS        rows per dataset     (20000)
 #   NURTURE_PROFILE         cargo profile        (release)
@@ -17,6 +18,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 listen="${NURTURE_LISTEN:-127.0.0.1:50051}"
 metrics_listen="${NURTURE_METRICS_LISTEN:-127.0.0.1:9090}"
+http_listen="${NURTURE_HTTP_LISTEN:-127.0.0.1:8000}"
 var="${NURTURE_VAR:-$root/var}"
 rows="${NURTURE_RUN_ROWS:-20000}"
 profile="${NURTURE_PROFILE:-release}"
@@ -34,6 +36,7 @@ fi
 bin="${NURTURE_BIN_DIR:-$root/target/$profile}"
 grpcurl="$root/.tools/venv/bin/grpcurl"
 
+mkdir -p "$var/registry"
 models="$("$bin/nurturectl" --registry "$registry" --json ls | python3 -c 'import json, sys; print(len(json.load(sys.stdin)["models"]))')"
 if [ "$models" = 0 ]; then
     echo "== $registry is empty: generating data and training every kind" >&2
@@ -46,6 +49,7 @@ out="$var/server.out"
 mkdir -p "$var"
 : > "$out"
 "$bin/nurture-server" --registry "$registry" --listen "$listen" --metrics-listen "$metrics_listen" \
+    --http-listen "$http_listen" \
     --cache-dir "$var/cache" >"$out" &
 server=$!
 trap 'kill -TERM "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true' EXIT INT TERM
@@ -59,6 +63,7 @@ for _ in $(seq 1 600); do
 done
 [ -n "$address" ] || { echo "nurture-server did not start" >&2; exit 1; }
 metrics_address="$(sed -n 's/.*metrics=\([^ ]*\).*/\1/p' "$out" | head -n 1)"
+http_address="$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$out" | head -n 1)"
 for _ in $(seq 1 600); do
     if "$grpcurl" -plaintext "$address" grpc.health.v1.Health/Check 2>/dev/null | grep -q '"SERVING"'; then
         break
@@ -76,6 +81,9 @@ $grpcurl -plaintext -d '{"inputs":[{"text":"I am so excited about the condo down
 $grpcurl -plaintext -d '{"leads":[$lead],"max_factors":3}' $address nurture.v1.ChurnService/PredictChurn
 $grpcurl -plaintext -d '{"leads":[$lead]}' $address nurture.v1.JourneyService/ClassifyStage
 $grpcurl -plaintext -d '{"inputs":[{"lead":$lead,"top_k":3,"do_not_contact":["CHANNEL_CALL"],"quiet_hours":{"start_hour":21,"end_hour":8}}]}' $address nurture.v1.ChannelTimingService/RecommendTiming
+== the Open Inference Protocol over HTTP (curl):
+curl -s http://$http_address/v2/models/churn
+curl -s -X POST http://$http_address/v2/models/churn/infer -d '{"inputs":[{"name":"features","datatype":"FP32","shape":[1,20],"data":[40,3,21,0.35,0.05,0.4,0.2,0.1,6,2,14,-0.4,1,3,5,1,0,0,0,380]}]}'
 == end of examples; Ctrl-C stops the server
 EXAMPLES
 wait "$server"

@@ -23,6 +23,12 @@ pub struct Config {
     #[arg(long, env = "NURTURE_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     pub metrics_listen: SocketAddr,
 
+    /// Open Inference Protocol over HTTP/JSON (KServe v2 REST, as Triton's
+    /// port 8000) listen address; off unless set. Same TLS and bearer tokens
+    /// as gRPC; /v2/health/* stays open.
+    #[arg(long, env = "NURTURE_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
     /// Optional plaintext address serving only grpc.health.v1, for probes
     /// that cannot speak TLS (Kubernetes' native gRPC probes).
     #[arg(long, env = "NURTURE_HEALTH_LISTEN")]

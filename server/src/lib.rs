@@ -84,6 +84,48 @@ pub fn parse_models(models: &[String]) -> anyhow::Result<Vec<(ModelName, ModelKi
     Ok(parsed)
 }
 
+/// Binds the Open Inference Protocol's HTTP port and serves it (over TLS
+/// when `tls` is set) until `shutdown` turns true.
+async fn serve_http(
+    address: std::net::SocketAddr,
+    rest: services::inference_http::Rest,
+    tls: Option<security::TlsFiles>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    let local = metrics::local(&listener);
+    let app = services::inference_http::router(Arc::new(rest));
+    let mut stop = shutdown.clone();
+    let stopped = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    let task = match tls {
+        Some(files) => {
+            let incoming = security::tls_incoming(listener, files, security::HTTP_ALPN, shutdown)?;
+            let listener = security::TlsListener { incoming, local };
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+                {
+                    tracing::error!(%error, "the HTTP inference server failed");
+                }
+            })
+        }
+        None => tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
+                tracing::error!(%error, "the HTTP inference server failed");
+            }
+        }),
+    };
+    Ok((local, task))
+}
+
 /// Runs the server until `shutdown` turns true, then drains in-flight
 /// requests. Prints `grpc=ADDR metrics=ADDR` on stdout once listening.
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
@@ -278,8 +320,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
                 key: key.clone(),
                 client_ca: config.tls_client_ca.clone(),
             };
-            let initial = files.load()?;
-            Some((files, initial))
+            // Refuse bad files at start; the listeners load them again.
+            files.load()?;
+            Some(files)
         }
         _ => None,
     };
@@ -314,12 +357,33 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             auth.clone(),
         ),
     );
+    let inference = services::inference::Inference {
+        typed: slots.clone(),
+        generic: generic.clone(),
+        limits,
+        served: served.clone(),
+    };
     router = router.add_service(
         nurture_proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer::with_interceptor(
-            services::inference::Inference { typed: slots.clone(), generic: generic.clone(), limits, served: served.clone() },
+            inference.clone(),
             auth.clone(),
         ),
     );
+    let http_task = match config.http_listen {
+        Some(address) => Some(
+            serve_http(
+                address,
+                services::inference_http::Rest {
+                    inference,
+                    auth: auth.clone(),
+                },
+                tls.clone(),
+                shutdown.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     if let Some(slot) = slot(ModelKind::Emotion) {
         router = router.add_service(
             v1::emotion_service_server::EmotionServiceServer::with_interceptor(
@@ -383,7 +447,12 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         );
     }
 
-    println!("nurture-server listening: grpc={grpc_addr} metrics={metrics_addr}");
+    match &http_task {
+        Some((http_addr, _)) => println!(
+            "nurture-server listening: grpc={grpc_addr} metrics={metrics_addr} http={http_addr}"
+        ),
+        None => println!("nurture-server listening: grpc={grpc_addr} metrics={metrics_addr}"),
+    }
     tracing::info!(%grpc_addr, %metrics_addr, registry = %config.registry, "listening");
     if config.tls_cert.is_none()
         && config.auth_tokens_file.is_none()
@@ -425,18 +494,27 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
             .set_service_status("", ServingStatus::NotServing)
             .await;
     };
+    let (tls_incoming, grpc_listener) = match tls {
+        Some(files) => {
+            tracing::info!(mtls = files.client_ca.is_some(), "gRPC over TLS");
+            let incoming = security::tls_incoming(
+                grpc_listener,
+                files,
+                security::GRPC_ALPN,
+                shutdown_for_tls,
+            )?;
+            (Some(incoming), None)
+        }
+        None => (None, Some(grpc_listener)),
+    };
     let serving = async move {
-        match tls {
-            Some((files, initial)) => {
-                tracing::info!(mtls = files.client_ca.is_some(), "gRPC over TLS");
-                let incoming =
-                    security::tls_incoming(grpc_listener, files, initial, shutdown_for_tls);
-                router.serve_with_incoming_shutdown(incoming, drained).await
-            }
+        match tls_incoming {
+            Some(incoming) => router.serve_with_incoming_shutdown(incoming, drained).await,
             // NOTE: without TCP_NODELAY, responses that span several
             // segments wait ~40 ms for delayed ACKs (Nagle).
             None => {
-                let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+                let listener = grpc_listener.expect("plaintext keeps its listener");
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
                 router.serve_with_incoming_shutdown(incoming, drained).await
             }
         }
@@ -450,6 +528,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         } => tracing::warn!(?grace, "in-flight requests did not finish within the shutdown grace"),
     }
     if let Some(task) = health_task {
+        let _ = task.await;
+    }
+    if let Some((_, task)) = http_task {
         let _ = task.await;
     }
     let _ = watcher_task.await;

@@ -36,22 +36,47 @@ impl Default for Minute {
     }
 }
 
-/// One version's calls over the last minutes.
+/// One version's calls over the last minutes, and since it was loaded.
 #[derive(Debug)]
 pub struct Operations {
     minutes: Box<[Minute; MINUTES]>,
+    calls: AtomicU64,
+    failures: AtomicU64,
+    success_nanos: AtomicU64,
+    failure_nanos: AtomicU64,
+    last_unix_ms: AtomicU64,
 }
 
 impl Default for Operations {
     fn default() -> Self {
         Operations {
             minutes: Box::new(std::array::from_fn(|_| Minute::default())),
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            success_nanos: AtomicU64::new(0),
+            failure_nanos: AtomicU64::new(0),
+            last_unix_ms: AtomicU64::new(0),
         }
     }
 }
 
-fn minute_now() -> i64 {
-    chrono::Utc::now().timestamp().div_euclid(60)
+/// A version's calls since it was loaded (the protocol's statistics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    /// Calls.
+    pub calls: u64,
+    /// Calls that failed on the server's side.
+    pub failures: u64,
+    /// Time spent in calls that succeeded.
+    pub success_nanos: u64,
+    /// Time spent in calls that failed.
+    pub failure_nanos: u64,
+    /// When the last call ended (0: never).
+    pub last_unix_ms: u64,
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 /// Whether a failed call is the server's failure rather than the client's
@@ -69,10 +94,32 @@ pub fn server_side(error: &ServeError) -> bool {
 impl Operations {
     /// Counts one call that took `elapsed`, failed or not.
     pub fn record(&self, elapsed: Duration, failed: bool) {
-        self.record_at(minute_now(), elapsed, failed);
+        self.record_at(now_ms(), elapsed, failed);
     }
 
-    fn record_at(&self, minute: i64, elapsed: Duration, failed: bool) {
+    /// Calls since the version was loaded.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            calls: self.calls.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            success_nanos: self.success_nanos.load(Ordering::Relaxed),
+            failure_nanos: self.failure_nanos.load(Ordering::Relaxed),
+            last_unix_ms: self.last_unix_ms.load(Ordering::Relaxed),
+        }
+    }
+
+    fn record_at(&self, unix_ms: i64, elapsed: Duration, failed: bool) {
+        let minute = unix_ms.div_euclid(60_000);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            self.failure_nanos.fetch_add(nanos, Ordering::Relaxed);
+        } else {
+            self.success_nanos.fetch_add(nanos, Ordering::Relaxed);
+        }
+        self.last_unix_ms
+            .store(u64::try_from(unix_ms).unwrap_or(0), Ordering::Relaxed);
         let slot = &self.minutes[minute.rem_euclid(MINUTES as i64) as usize];
         let seen = slot.minute.load(Ordering::Relaxed);
         if seen != minute
@@ -107,7 +154,7 @@ impl Operations {
 
     /// The minutes of the last [`MINUTES`] that saw calls, as `version`'s.
     pub fn snapshot(&self, version: u64) -> Vec<OperationsMinute> {
-        self.snapshot_at(version, minute_now())
+        self.snapshot_at(version, now_ms().div_euclid(60_000))
     }
 
     fn snapshot_at(&self, version: u64, now: i64) -> Vec<OperationsMinute> {
@@ -176,9 +223,9 @@ mod tests {
     #[test]
     fn calls_are_counted_per_minute_and_old_minutes_are_forgotten() {
         let ops = Operations::default();
-        ops.record_at(100, Duration::from_millis(1), false);
-        ops.record_at(100, Duration::from_millis(1), true);
-        ops.record_at(101, Duration::from_millis(30), false);
+        ops.record_at(100 * 60_000, Duration::from_millis(1), false);
+        ops.record_at(100 * 60_000, Duration::from_millis(1), true);
+        ops.record_at(101 * 60_000, Duration::from_millis(30), false);
         let minutes = ops.snapshot_at(7, 101);
         assert_eq!(minutes.len(), 2);
         assert_eq!((minutes[0].minute, minutes[0].operations.calls), (100, 2));
@@ -189,7 +236,7 @@ mod tests {
         );
         assert!(minutes.iter().all(|m| m.version == 7));
         // Minute 115 reuses minute 100's slot: its counts start afresh.
-        ops.record_at(115, Duration::from_millis(1), false);
+        ops.record_at(115 * 60_000, Duration::from_millis(1), false);
         let minutes = ops.snapshot_at(7, 115);
         assert_eq!(
             minutes
@@ -213,6 +260,9 @@ mod tests {
             .map(|m| (m.operations.calls, m.operations.failures))
             .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
         assert_eq!(total, (2, 1));
+        let totals = ops.totals();
+        assert_eq!((totals.calls, totals.failures), (2, 1));
+        assert!(totals.last_unix_ms > 0);
     }
 
     #[test]

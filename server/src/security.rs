@@ -43,8 +43,13 @@ impl TlsFiles {
         paths
     }
 
-    /// Builds a rustls configuration from the files.
+    /// Builds a rustls configuration from the files, for gRPC (HTTP/2).
     pub fn load(&self) -> anyhow::Result<ServerConfig> {
+        self.load_with(GRPC_ALPN)
+    }
+
+    /// The same, offering the application protocols `alpn`.
+    pub fn load_with(&self, alpn: &[&[u8]]) -> anyhow::Result<ServerConfig> {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
             .map_err(|error| anyhow::anyhow!("--tls-cert {}: {error}", self.cert.display()))?
             .collect::<Result<_, _>>()
@@ -77,7 +82,7 @@ impl TlsFiles {
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_single_cert(certs, key)?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(config)
     }
 }
@@ -128,23 +133,31 @@ fn keep_fresh<T: Send + Sync + 'static>(
     });
 }
 
+/// Application protocols offered on the gRPC port.
+pub const GRPC_ALPN: &[&[u8]] = &[b"h2"];
+/// Application protocols offered on the Open Inference Protocol's HTTP port.
+pub const HTTP_ALPN: &[&[u8]] = &[b"http/1.1"];
+
 /// Accepts TCP connections, completes TLS handshakes with the current
-/// configuration, and hands the streams to the gRPC server.
+/// configuration (offering `alpn`), and hands the streams to the server.
 pub fn tls_incoming(
     listener: TcpListener,
     files: TlsFiles,
-    initial: ServerConfig,
+    alpn: &'static [&'static [u8]],
     mut shutdown: watch::Receiver<bool>,
-) -> tokio_stream::wrappers::ReceiverStream<
-    std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+) -> anyhow::Result<
+    tokio_stream::wrappers::ReceiverStream<
+        std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    >,
 > {
+    let initial = files.load_with(alpn)?;
     let acceptor = Arc::new(ArcSwap::from_pointee(TlsAcceptor::from(Arc::new(initial))));
     keep_fresh(
         files.paths(),
         "TLS certificates",
         "nurture_tls_reloads_total",
         acceptor.clone(),
-        move || Ok(TlsAcceptor::from(Arc::new(files.load()?))),
+        move || Ok(TlsAcceptor::from(Arc::new(files.load_with(alpn)?))),
         shutdown.clone(),
     );
     let (sender, receiver) = mpsc::channel(64);
@@ -174,7 +187,42 @@ pub fn tls_incoming(
             });
         }
     });
-    tokio_stream::wrappers::ReceiverStream::new(receiver)
+    Ok(tokio_stream::wrappers::ReceiverStream::new(receiver))
+}
+
+/// TLS streams from [`tls_incoming`] as an axum listener (the Open
+/// Inference Protocol's HTTP port).
+pub struct TlsListener {
+    /// Completed handshakes.
+    pub incoming: tokio_stream::wrappers::ReceiverStream<
+        std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    >,
+    /// The bound address.
+    pub local: std::net::SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        use tokio_stream::StreamExt;
+        loop {
+            match self.incoming.next().await {
+                Some(Ok(stream)) => {
+                    let peer = stream.get_ref().0.peer_addr().unwrap_or(self.local);
+                    return (stream, peer);
+                }
+                Some(Err(_)) => continue,
+                // Shut down: nothing more will come.
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
 }
 
 /// The authorisation check of every protected service: open when no token

@@ -78,6 +78,8 @@ pub struct Addresses {
     pub grpc: String,
     /// Replaces `127.0.0.1:9090`.
     pub metrics: String,
+    /// Replaces `127.0.0.1:8000` (the Open Inference Protocol over HTTP).
+    pub http: String,
 }
 
 /// A bash script running `blocks` (those that run) in one shell, in order,
@@ -102,7 +104,8 @@ pub fn script(blocks: &[Block], addresses: Option<&Addresses>) -> Script {
         if let Some(addresses) = addresses {
             body = body
                 .replace("127.0.0.1:50051", &addresses.grpc)
-                .replace("127.0.0.1:9090", &addresses.metrics);
+                .replace("127.0.0.1:9090", &addresses.metrics)
+                .replace("127.0.0.1:8000", &addresses.http);
         }
         text.push_str(&body);
     }
@@ -247,6 +250,7 @@ make run\n\
         let addresses = Addresses {
             grpc: "127.0.0.1:4000".into(),
             metrics: "127.0.0.1:4001".into(),
+            http: "127.0.0.1:4002".into(),
         };
         let script = script(&blocks, Some(&addresses));
         assert!(

@@ -3,8 +3,8 @@
 //! like a checkout of the project with an empty `./var`. A file marked
 //! `<!-- docs-test: serve -->` first gets a registry with every kind trained
 //! and a real `nurture-server` on it; the documented addresses
-//! (`127.0.0.1:50051`, metrics `127.0.0.1:9090`) are pointed at that
-//! server's ports. Blocks marked `no-run` are skipped.
+//! (`127.0.0.1:50051`, metrics `127.0.0.1:9090`, HTTP `127.0.0.1:8000`) are
+//! pointed at that server's ports. Blocks marked `no-run` are skipped.
 //!
 //! The blocks use the release binaries, as a reader would: `make test`
 //! builds them first, so the blocks' own `cargo build --release` finds them
@@ -169,6 +169,8 @@ impl Server {
                 "127.0.0.1:0",
                 "--metrics-listen",
                 "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
                 "--poll-interval",
                 "500ms",
                 "--cache-dir",
@@ -197,6 +199,7 @@ impl Server {
             addresses: Addresses {
                 grpc: field("grpc"),
                 metrics: field("metrics"),
+                http: field("http"),
             },
             child,
         };

@@ -431,10 +431,27 @@ async fn nvidia_tritonclient_talks_to_nurture_unchanged() {
             "--promote",
         ],
     );
+    let churn = dir.path().join("churn.onnx");
+    std::fs::write(
+        &churn,
+        Tabular::new(ModelKind::Churn.allowed_features().len(), 2, 3).build(),
+    )
+    .unwrap();
+    nurturectl(
+        &registry,
+        &["publish", "churn", churn.to_str().unwrap(), "--promote"],
+    );
     let server = ServerProcess::start(
         &registry,
         &dir.path().join("cache"),
-        &["--models", "churn", "--poll-interval", "200ms"],
+        &[
+            "--models",
+            "churn",
+            "--poll-interval",
+            "200ms",
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
     );
     let channel = server.channel().await;
     wait_ready(
@@ -461,4 +478,31 @@ async fn nvidia_tritonclient_talks_to_nurture_unchanged() {
         String::from_utf8_lossy(&checked.stderr)
     );
     assert!(String::from_utf8_lossy(&checked.stdout).contains("equal to onnxruntime"));
+
+    // The same through the protocol's HTTP binding, with tritonclient.http.
+    let http = server
+        .http
+        .expect("--http-listen gives an http= address")
+        .to_string();
+    let (python, script, out) = (
+        root.join(".tools/oip-venv/bin/python"),
+        root.join("tests/oip/triton_client_check.py"),
+        dir.path().to_str().unwrap().to_owned(),
+    );
+    let checked = tokio::task::spawn_blocking(move || {
+        Command::new(&python)
+            .arg(&script)
+            .args(["check-http", &http, "sklearn-gbdt", &out, "churn"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        checked.status.success(),
+        "tritonclient.http check failed:\n{}\n{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    println!("{}", String::from_utf8_lossy(&checked.stdout));
 }

@@ -17,6 +17,7 @@ fn make_run_answers_its_printed_example_calls() {
         .env("NURTURE_VAR", var.path())
         .env("NURTURE_LISTEN", "127.0.0.1:0")
         .env("NURTURE_METRICS_LISTEN", "127.0.0.1:0")
+        .env("NURTURE_HTTP_LISTEN", "127.0.0.1:0")
         .env("NURTURE_RUN_ROWS", "1500")
         .env("NURTURE_SKIP_BUILD", "1")
         .env("NURTURE_BIN_DIR", &bin_dir)
@@ -39,6 +40,7 @@ fn make_run_answers_its_printed_example_calls() {
         }
     });
     let mut examples = Vec::new();
+    let mut http_examples = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let line = receiver
@@ -49,9 +51,29 @@ fn make_run_answers_its_printed_example_calls() {
         }
         if line.contains("grpcurl -plaintext") {
             examples.push(line);
+        } else if line.starts_with("curl ") {
+            http_examples.push(line);
         }
     }
     assert_eq!(examples.len(), 6, "{examples:?}");
+    // The HTTP binding's examples: metadata naming the features, and an
+    // answer with probabilities.
+    assert_eq!(http_examples.len(), 2, "{http_examples:?}");
+    for (example, expected) in http_examples
+        .iter()
+        .zip(["budget_k_usd", "\"probabilities\""])
+    {
+        let output = Command::new("bash")
+            .arg("-c")
+            .arg(example)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && stdout.contains(expected),
+            "{example}\n{stdout}"
+        );
+    }
     for example in &examples {
         let output = Command::new("bash")
             .arg("-c")

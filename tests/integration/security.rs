@@ -57,8 +57,30 @@ async fn tls_refuses_plaintext_serves_trusting_clients_and_reloads_certificates(
     let key = write(dir.path(), "server.key", &issued.key);
     let server = start(
         dir.path(),
-        &["--tls-cert", &cert, "--tls-key", &key, "--models", "churn"],
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--models",
+            "churn",
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
     );
+
+    // The protocol's HTTP port takes the same certificate: curl trusting
+    // the CA is answered over HTTPS, and plaintext HTTP is not.
+    let http = server.http.expect("http= address").to_string();
+    let ca_file = write(dir.path(), "ca.pem", &ca.pem());
+    let https = curl(&[
+        "--cacert",
+        &ca_file,
+        &format!("https://{http}/v2/health/live"),
+    ]);
+    assert_eq!(https.0, 200, "{https:?}");
+    let plain = curl(&[&format!("http://{http}/v2/health/live")]);
+    assert_ne!(plain.0, 200, "{plain:?}");
 
     // Plaintext is refused.
     let plaintext_refused = async {
@@ -153,9 +175,30 @@ async fn bearer_tokens_guard_rpcs_but_not_health() {
     );
     let server = start(
         dir.path(),
-        &["--auth-tokens-file", &tokens, "--models", "churn"],
+        &[
+            "--auth-tokens-file",
+            &tokens,
+            "--models",
+            "churn",
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
     );
     let channel = server.channel().await;
+
+    // The same tokens on the protocol's HTTP port; its health stays open.
+    let http = server.http.expect("http= address").to_string();
+    let metadata = format!("http://{http}/v2");
+    assert_eq!(curl(&[&metadata]).0, 401);
+    assert_eq!(
+        curl(&["-H", "Authorization: Bearer alpha-7f3", &metadata]).0,
+        401
+    );
+    assert_eq!(
+        curl(&["-H", "Authorization: Bearer beta-91ad", &metadata]).0,
+        200
+    );
+    assert_eq!(curl(&[&format!("http://{http}/v2/health/live")]).0, 200);
 
     let mut status = StatusServiceClient::new(channel.clone());
     let missing = status
@@ -184,4 +227,16 @@ async fn bearer_tokens_guard_rpcs_but_not_health() {
         })
         .await;
     assert!(answer.is_ok(), "health answers without a token: {answer:?}");
+}
+
+/// `curl -s` with `args`: the HTTP status (0 when no answer) and the body.
+fn curl(args: &[&str]) -> (u16, String) {
+    let output = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
 }

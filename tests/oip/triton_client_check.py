@@ -6,6 +6,10 @@
   triton_client_check.py check ADDRESS MODEL_NAME OUT_DIR
       liveness, readiness, metadata and inference through tritonclient.grpc;
       outputs must equal onnxruntime's on the same rows.
+  triton_client_check.py check-http ADDRESS MODEL_NAME OUT_DIR TYPED_MODEL
+      the same through tritonclient.http (JSON and binary tensors), plus the
+      repository index and statistics; TYPED_MODEL's metadata names its
+      feature columns and labels.
 """
 
 import sys
@@ -86,11 +90,55 @@ def check(address, name, out_dir):
     print(f"tritonclient ok: model {name} version {version}, outputs {outputs}, {rows.shape[0]} rows equal to onnxruntime, raw and typed contents")
 
 
+def check_http(address, name, out_dir, typed):
+    import onnxruntime
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url=address)
+    assert client.is_server_live(), "server not live"
+    assert client.is_server_ready(), "server not ready"
+    assert client.is_model_ready(name), "model not ready"
+    assert client.get_server_metadata()["name"] == "nurture"
+    model = client.get_model_metadata(name)
+    (input_meta,) = model["inputs"]
+    outputs = [o["name"] for o in model["outputs"]]
+    assert input_meta["datatype"] == "FP32", input_meta
+
+    rows = np.random.default_rng(13).normal(size=(9, 6)).astype(np.float32)
+    session = onnxruntime.InferenceSession(f"{out_dir}/model.onnx", providers=["CPUExecutionProvider"])
+    expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, {input_meta["name"]: rows})))
+    # tritonclient's defaults (binary tensors both ways), then JSON both ways.
+    for binary in (True, False):
+        tensor = httpclient.InferInput(input_meta["name"], list(rows.shape), "FP32")
+        tensor.set_data_from_numpy(rows, binary_data=binary)
+        requested = [httpclient.InferRequestedOutput(o, binary_data=binary) for o in outputs]
+        result = client.infer(name, [tensor], outputs=requested, request_id="triton-http")
+        for output in outputs:
+            got, want = result.as_numpy(output), expected[output]
+            assert got.shape == want.shape, (binary, output, got.shape, want.shape)
+            if got.dtype.kind == "f":
+                assert np.allclose(got, want, atol=1e-6), (binary, output, got, want)
+            else:
+                assert (got == want).all(), (binary, output, got, want)
+    index = client.get_model_repository_index()
+    assert any(entry["name"] == name and entry["state"] == "READY" for entry in index), index
+    stats = client.get_inference_statistics(name)["model_stats"]
+    assert stats and stats[0]["inference_count"] >= 2, stats
+    typed_meta = client.get_model_metadata(typed)
+    names = typed_meta["inputs"][0]["parameters"]["names"]
+    assert "budget_k_usd" in names and len(names) == typed_meta["inputs"][0]["shape"][1], typed_meta
+    labels = typed_meta["outputs"][0]["parameters"]["names"]
+    assert len(labels) == typed_meta["outputs"][0]["shape"][1], typed_meta
+    print(f"tritonclient.http ok: {name} outputs {outputs} equal to onnxruntime (binary and JSON); {typed} names {len(names)} features and labels {labels}")
+
+
 if __name__ == "__main__":
     command = sys.argv[1]
     if command == "make-model":
         make_model(sys.argv[2])
     elif command == "check":
         check(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif command == "check-http":
+        check_http(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
     else:
         sys.exit(f"unknown command {command}")

@@ -37,6 +37,9 @@ pub struct ServerProcess {
     pub grpc: SocketAddr,
     /// Metrics address.
     pub metrics: SocketAddr,
+    /// The Open Inference Protocol's HTTP address, when started with
+    /// `--http-listen`.
+    pub http: Option<SocketAddr>,
     stderr_log: std::path::PathBuf,
 }
 
@@ -99,9 +102,14 @@ impl ServerProcess {
                 .and_then(|addr| addr.parse().ok())
                 .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
         };
+        let http = line
+            .split_whitespace()
+            .find_map(|part| part.strip_prefix("http="))
+            .and_then(|addr| addr.parse().ok());
         ServerProcess {
             grpc: field("grpc"),
             metrics: field("metrics"),
+            http,
             child,
             stderr_log,
         }

@@ -105,6 +105,84 @@ impl Inference {
     fn all_slots(&self) -> Vec<Arc<Slot>> {
         all_slots(&self.typed, &self.generic)
     }
+
+    /// Feature names of a tabular version's input columns and its labels
+    /// (the version a metadata request for `name`/`version` describes).
+    pub fn column_names(&self, name: &str, version: &str) -> Option<(Vec<String>, Vec<String>)> {
+        let slot = self.slot(name).ok()?;
+        let pin = parse_version(version).ok()?;
+        let deployment = slot.deployment.load();
+        let (chosen, _) = slot.route(&deployment, "", pin).ok()?;
+        Some((
+            chosen.manifest.features.clone(),
+            chosen.manifest.labels.clone(),
+        ))
+    }
+
+    /// The repository index of the protocol's model-repository extension:
+    /// every loaded version of every model, and models with none.
+    pub fn repository_index(&self) -> serde_json::Value {
+        let mut index = Vec::new();
+        for slot in self.all_slots() {
+            let deployment = slot.deployment.load();
+            let loaded = deployment.loaded();
+            if loaded.is_empty() {
+                index.push(serde_json::json!({
+                    "name": slot.name, "state": "UNAVAILABLE", "reason": "no version loaded",
+                }));
+            }
+            for version in loaded {
+                index.push(serde_json::json!({
+                    "name": slot.name, "version": version.version.to_string(), "state": "READY",
+                }));
+            }
+        }
+        serde_json::Value::Array(index)
+    }
+
+    /// Per-version statistics (the protocol's statistics extension, as
+    /// Triton reports them) of `model` (every model when `None`), or of one
+    /// `version`: calls since the version was loaded here.
+    pub fn statistics(
+        &self,
+        model: Option<&str>,
+        version: &str,
+    ) -> Result<Vec<serde_json::Value>, Status> {
+        let pin = parse_version(version)?;
+        let slots = match model {
+            Some(name) => vec![self.slot(name)?],
+            None => self.all_slots(),
+        };
+        let mut stats = Vec::new();
+        for slot in slots {
+            let deployment = slot.deployment.load();
+            for loaded in deployment.loaded() {
+                if pin != 0 && loaded.version != pin {
+                    continue;
+                }
+                let totals = loaded.operations.totals();
+                let duration =
+                    |count: u64, nanos: u64| serde_json::json!({ "count": count, "ns": nanos });
+                stats.push(serde_json::json!({
+                    "name": slot.name,
+                    "version": loaded.version.to_string(),
+                    "last_inference": totals.last_unix_ms,
+                    "inference_count": totals.calls,
+                    "execution_count": totals.calls,
+                    "inference_stats": {
+                        "success": duration(totals.calls - totals.failures, totals.success_nanos),
+                        "fail": duration(totals.failures, totals.failure_nanos),
+                        "queue": duration(0, 0),
+                        "compute_input": duration(0, 0),
+                        "compute_infer": duration(totals.calls - totals.failures, totals.success_nanos),
+                        "compute_output": duration(0, 0),
+                    },
+                    "batch_stats": [],
+                }));
+            }
+        }
+        Ok(stats)
+    }
 }
 
 fn parse_version(version: &str) -> Result<u64, ServeError> {

@@ -4,6 +4,7 @@ pub mod channel_timing;
 pub mod churn;
 pub mod emotion;
 pub mod inference;
+pub mod inference_http;
 pub mod journey;
 pub mod optimization;
 pub mod status;
