@@ -90,10 +90,11 @@ fn error(status: tonic::Status) -> Response {
     (code, Json(json!({ "error": status.message() }))).into_response()
 }
 
-fn invalid(field: &str, reason: impl std::fmt::Display) -> Response {
-    error(tonic::Status::invalid_argument(format!(
-        "invalid {field}: {reason}"
-    )))
+/// A request the binding cannot translate: `invalid FIELD: REASON`.
+struct Invalid(String);
+
+fn invalid(field: &str, reason: impl std::fmt::Display) -> Invalid {
+    Invalid(format!("invalid {field}: {reason}"))
 }
 
 async fn authorize(State(rest): State<Arc<Rest>>, request: Request, next: Next) -> Response {
@@ -250,7 +251,7 @@ async fn infer(
     let (name, version) = model_and_version(&path);
     let (request, binary) = match decode_request(name, version, &headers, &body) {
         Ok(decoded) => decoded,
-        Err(response) => return response,
+        Err(Invalid(message)) => return error(tonic::Status::invalid_argument(message)),
     };
     match rest
         .inference
@@ -286,7 +287,7 @@ fn decode_request(
     model_version: String,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(kserve::ModelInferRequest, BinaryOutputs), Response> {
+) -> Result<(kserve::ModelInferRequest, BinaryOutputs), Invalid> {
     let json_length = match headers.get(HEADER_LENGTH) {
         Some(value) => value
             .to_str()
@@ -397,7 +398,7 @@ fn decode_request(
 
 /// JSON `data` (flattened from flat or nested arrays, row-major) as a raw
 /// little-endian buffer.
-fn raw_from_json(field: &str, datatype: &str, flat: &[&Value]) -> Result<Vec<u8>, Response> {
+fn raw_from_json(field: &str, datatype: &str, flat: &[&Value]) -> Result<Vec<u8>, Invalid> {
     let bad =
         |j: usize, what: &str| invalid(&format!("{field}.data[{j}]"), format!("must be {what}"));
     let mut raw = Vec::new();
