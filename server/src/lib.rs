@@ -84,6 +84,194 @@ pub fn parse_models(models: &[String]) -> anyhow::Result<Vec<(ModelName, ModelKi
     Ok(parsed)
 }
 
+/// The typed services of the models this replica serves, behind `auth`.
+fn add_typed_services(
+    mut router: tonic::transport::server::Router,
+    slots: &[Arc<Slot>],
+    limits: Limits,
+    served: &Arc<feedback::Served>,
+    experiments: Arc<experiments::Experiments>,
+    feedback_rpc: &feedback::FeedbackRpc,
+    auth: &security::Auth,
+) -> tonic::transport::server::Router {
+    let slot = |kind: ModelKind| slots.iter().find(|s| s.kind == kind).cloned();
+    if let Some(slot) = slot(ModelKind::Emotion) {
+        router = router.add_service(
+            v1::emotion_service_server::EmotionServiceServer::with_interceptor(
+                services::emotion::Emotion {
+                    slot,
+                    limits,
+                    served: served.clone(),
+                },
+                auth.clone(),
+            ),
+        );
+    }
+    if let Some(slot) = slot(ModelKind::Churn) {
+        router = router.add_service(
+            v1::churn_service_server::ChurnServiceServer::with_interceptor(
+                services::churn::Churn {
+                    slot,
+                    limits,
+                    served: served.clone(),
+                },
+                auth.clone(),
+            ),
+        );
+    }
+    if let Some(slot) = slot(ModelKind::Journey) {
+        router = router.add_service(
+            v1::journey_service_server::JourneyServiceServer::with_interceptor(
+                services::journey::Journey {
+                    slot,
+                    limits,
+                    served: served.clone(),
+                },
+                auth.clone(),
+            ),
+        );
+    }
+    if let Some(slot) = slot(ModelKind::Optimization) {
+        router = router.add_service(
+            v1::optimization_service_server::OptimizationServiceServer::with_interceptor(
+                services::optimization::Optimization {
+                    slot,
+                    experiments,
+                    limits,
+                    served: served.clone(),
+                    feedback: Some(feedback_rpc.clone()),
+                },
+                auth.clone(),
+            ),
+        );
+    }
+    if let Some(slot) = slot(ModelKind::ChannelTiming) {
+        router = router.add_service(
+            v1::channel_timing_service_server::ChannelTimingServiceServer::with_interceptor(
+                services::channel_timing::ChannelTiming {
+                    slot,
+                    limits,
+                    served: served.clone(),
+                },
+                auth.clone(),
+            ),
+        );
+    }
+    router
+}
+
+/// Opens the registry; says so when its folder did not exist, and (off
+/// the start path: a store that is down must not delay serving what the
+/// cache holds) when it holds no models.
+fn open_registry(url: &str) -> anyhow::Result<Registry> {
+    let missing_folder =
+        nurture_models::registry::local_folder(url).filter(|folder| !folder.is_dir());
+    let registry = Registry::open(url)?;
+    if let Some(folder) = missing_folder {
+        tracing::warn!(
+            registry = registry.url(),
+            "the registry folder {} did not exist and was created empty; check --registry",
+            folder.display()
+        );
+    }
+    let reader = registry.clone();
+    tokio::spawn(async move {
+        if let Ok(models) = reader.list_models().await
+            && models.is_empty()
+        {
+            tracing::warn!(
+                registry = reader.url(),
+                "the registry holds no models: nothing is served until a version is published"
+            );
+        }
+    });
+    Ok(registry)
+}
+
+/// Where versions come from (store, disk cache) and how they are loaded.
+fn version_source(
+    config: &Config,
+    environment: &'static ort::environment::Environment,
+    registry: &Registry,
+) -> Arc<VersionSource> {
+    Arc::new(VersionSource {
+        registry: registry.clone(),
+        cache: DiskCache::new(config.cache_dir.clone()),
+        loader: Loader {
+            environment,
+            batch: BatchConfig {
+                background: false,
+                max_batch: config.max_batch,
+                max_delay: config.max_delay,
+                linger: batcher::LINGER,
+                queue_capacity: config.queue_capacity,
+                max_queue_delay: (!config.max_queue_delay.is_zero())
+                    .then_some(config.max_queue_delay),
+            },
+            workers: config.workers,
+            intra_threads: config.intra_threads,
+        },
+    })
+}
+
+/// One slot per served model, its failure counters created at zero.
+fn model_slots(
+    config: &Config,
+    models: &[(ModelName, ModelKind)],
+    source: &Arc<VersionSource>,
+) -> Vec<Arc<Slot>> {
+    models
+        .iter()
+        .map(|(name, kind)| {
+            metrics::zero_model(name.as_str(), *kind);
+            Arc::new(Slot::with_pins(
+                name.as_str(),
+                *kind,
+                source.clone(),
+                config.max_pinned_versions,
+            ))
+        })
+        .collect()
+}
+
+/// `--replica-id`, or one made from the process id and the clock.
+fn replica_id(config: &Config, nanos: u64) -> anyhow::Result<String> {
+    Ok(match &config.replica_id {
+        Some(id) => {
+            nurture_models::experiments::spec::check_id(id, "--replica-id")?;
+            id.clone()
+        }
+        None => format!("r{}-{:x}", std::process::id(), nanos & 0xffff_ffff),
+    })
+}
+
+/// Bearer tokens (re-read when their file changes) and TLS files (checked
+/// now; each listener loads them again).
+fn security_settings(
+    config: &Config,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<(security::Auth, Option<security::TlsFiles>)> {
+    let auth = security::Auth {
+        tokens: match &config.auth_tokens_file {
+            Some(path) => Some(security::Tokens::watch(path.clone(), shutdown.clone())?),
+            None => None,
+        },
+    };
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = security::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: config.tls_client_ca.clone(),
+            };
+            files.load()?;
+            Some(files)
+        }
+        _ => None,
+    };
+    Ok((auth, tls))
+}
+
 /// Binds the Open Inference Protocol's HTTP port and serves it (over TLS
 /// when `tls` is set) until `shutdown` turns true.
 async fn serve_http(
@@ -130,65 +318,11 @@ async fn serve_http(
 /// requests. Prints `grpc=ADDR metrics=ADDR` on stdout once listening.
 pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let environment = runtime::environment(config.ort_dylib.as_deref())?;
-    let missing_folder =
-        nurture_models::registry::local_folder(&config.registry).filter(|folder| !folder.is_dir());
-    let registry = Registry::open(&config.registry)?;
-    if let Some(folder) = missing_folder {
-        tracing::warn!(
-            registry = registry.url(),
-            "the registry folder {} did not exist and was created empty; check --registry",
-            folder.display()
-        );
-    }
-    {
-        // Off the start path: a store that is down must not delay serving
-        // what the cache holds.
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            if let Ok(models) = registry.list_models().await
-                && models.is_empty()
-            {
-                tracing::warn!(
-                    registry = registry.url(),
-                    "the registry holds no models: nothing is served until a version is published"
-                );
-            }
-        });
-    }
+    let registry = open_registry(&config.registry)?;
     let models = parse_models(&config.models)?;
     let handle = metrics::install()?;
-
-    let source = Arc::new(VersionSource {
-        registry: registry.clone(),
-        cache: DiskCache::new(config.cache_dir.clone()),
-        loader: Loader {
-            environment,
-            batch: BatchConfig {
-                background: false,
-                max_batch: config.max_batch,
-                max_delay: config.max_delay,
-                linger: batcher::LINGER,
-                queue_capacity: config.queue_capacity,
-                max_queue_delay: (!config.max_queue_delay.is_zero())
-                    .then_some(config.max_queue_delay),
-            },
-            workers: config.workers,
-            intra_threads: config.intra_threads,
-        },
-    });
-    let slots: Vec<Arc<Slot>> = models
-        .iter()
-        .map(|(name, kind)| {
-            metrics::zero_model(name.as_str(), *kind);
-            Arc::new(Slot::with_pins(
-                name.as_str(),
-                *kind,
-                source.clone(),
-                config.max_pinned_versions,
-            ))
-        })
-        .collect();
-    let slot = |kind: ModelKind| slots.iter().find(|s| s.kind == kind).cloned();
+    let source = version_source(&config, environment, &registry);
+    let slots = model_slots(&config, &models, &source);
     let limits = Limits {
         max_items: config.max_items,
         max_timing_leads: config.max_timing_leads,
@@ -209,13 +343,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let replica = match &config.replica_id {
-        Some(id) => {
-            nurture_models::experiments::spec::check_id(id, "--replica-id")?;
-            id.clone()
-        }
-        None => format!("r{}-{:x}", std::process::id(), nanos & 0xffff_ffff),
-    };
+    let replica = replica_id(&config, nanos)?;
     let registry_for_experiments = registry.clone();
     let generic: services::inference::GenericSlots = Default::default();
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -307,25 +435,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let metrics_addr = metrics::local(&metrics_listener);
     let metrics_task = tokio::spawn(metrics::serve(metrics_listener, handle, shutdown.clone()));
 
-    let auth = security::Auth {
-        tokens: match &config.auth_tokens_file {
-            Some(path) => Some(security::Tokens::watch(path.clone(), shutdown.clone())?),
-            None => None,
-        },
-    };
-    let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => {
-            let files = security::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: config.tls_client_ca.clone(),
-            };
-            // Refuse bad files at start; the listeners load them again.
-            files.load()?;
-            Some(files)
-        }
-        _ => None,
-    };
+    let (auth, tls) = security_settings(&config, &shutdown)?;
     // Health and reflection stay open; everything else passes `auth`.
     let mut router = tonic::transport::Server::builder()
         .add_service(health_service.clone())
@@ -384,68 +494,15 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         ),
         None => None,
     };
-    if let Some(slot) = slot(ModelKind::Emotion) {
-        router = router.add_service(
-            v1::emotion_service_server::EmotionServiceServer::with_interceptor(
-                services::emotion::Emotion {
-                    slot,
-                    limits,
-                    served: served.clone(),
-                },
-                auth.clone(),
-            ),
-        );
-    }
-    if let Some(slot) = slot(ModelKind::Churn) {
-        router = router.add_service(
-            v1::churn_service_server::ChurnServiceServer::with_interceptor(
-                services::churn::Churn {
-                    slot,
-                    limits,
-                    served: served.clone(),
-                },
-                auth.clone(),
-            ),
-        );
-    }
-    if let Some(slot) = slot(ModelKind::Journey) {
-        router = router.add_service(
-            v1::journey_service_server::JourneyServiceServer::with_interceptor(
-                services::journey::Journey {
-                    slot,
-                    limits,
-                    served: served.clone(),
-                },
-                auth.clone(),
-            ),
-        );
-    }
-    if let Some(slot) = slot(ModelKind::Optimization) {
-        router = router.add_service(
-            v1::optimization_service_server::OptimizationServiceServer::with_interceptor(
-                services::optimization::Optimization {
-                    slot,
-                    experiments,
-                    limits,
-                    served: served.clone(),
-                    feedback: Some(feedback_rpc.clone()),
-                },
-                auth.clone(),
-            ),
-        );
-    }
-    if let Some(slot) = slot(ModelKind::ChannelTiming) {
-        router = router.add_service(
-            v1::channel_timing_service_server::ChannelTimingServiceServer::with_interceptor(
-                services::channel_timing::ChannelTiming {
-                    slot,
-                    limits,
-                    served: served.clone(),
-                },
-                auth.clone(),
-            ),
-        );
-    }
+    let router = add_typed_services(
+        router,
+        &slots,
+        limits,
+        &served,
+        experiments,
+        &feedback_rpc,
+        &auth,
+    );
 
     match &http_task {
         Some((http_addr, _)) => println!(
