@@ -142,6 +142,12 @@ struct Report {
     requests_per_second: f64,
     rows_per_second: f64,
     latency_ms: BTreeMap<String, f64>,
+    /// Answered requests per second.
+    ok_requests_per_second: f64,
+    /// Latency of answered requests only.
+    latency_ms_ok: BTreeMap<String, f64>,
+    /// Latency of refused or failed requests only.
+    latency_ms_failed: BTreeMap<String, f64>,
     errors: BTreeMap<String, u64>,
 }
 
@@ -259,14 +265,39 @@ impl Clients {
 
 struct Tally {
     histogram: Histogram<u64>,
+    /// Answered requests only.
+    ok: Histogram<u64>,
+    /// Refused or failed requests only (under overload: the rejections).
+    failed: Histogram<u64>,
     errors: BTreeMap<String, u64>,
     requests: u64,
+}
+
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+/// p50 … max of a histogram of microseconds, in milliseconds.
+fn percentiles(histogram: &Histogram<u64>) -> BTreeMap<String, f64> {
+    if histogram.is_empty() {
+        return BTreeMap::new();
+    }
+    let quantile = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    BTreeMap::from([
+        ("p50".to_owned(), quantile(0.50)),
+        ("p90".to_owned(), quantile(0.90)),
+        ("p99".to_owned(), quantile(0.99)),
+        ("p99.9".to_owned(), quantile(0.999)),
+        ("max".to_owned(), histogram.max() as f64 / 1000.0),
+    ])
 }
 
 impl Tally {
     fn new() -> Self {
         Tally {
-            histogram: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            histogram: latency_histogram(),
+            ok: latency_histogram(),
+            failed: latency_histogram(),
             errors: BTreeMap::new(),
             requests: 0,
         }
@@ -276,8 +307,12 @@ impl Tally {
         self.requests += 1;
         let micros = latency.as_micros().clamp(1, 60_000_000) as u64;
         self.histogram.record(micros).expect("within bounds");
-        if let Err(code) = result {
-            *self.errors.entry(format!("{code:?}")).or_default() += 1;
+        match result {
+            Ok(()) => self.ok.record(micros).expect("within bounds"),
+            Err(code) => {
+                self.failed.record(micros).expect("within bounds");
+                *self.errors.entry(format!("{code:?}")).or_default() += 1;
+            }
         }
     }
 }
@@ -367,14 +402,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
         .as_secs_f64()
         .max(1e-9);
     let tally = tally.lock().await;
-    let quantile = |q: f64| tally.histogram.value_at_quantile(q) as f64 / 1000.0;
-    let latency_ms = BTreeMap::from([
-        ("p50".to_owned(), quantile(0.50)),
-        ("p90".to_owned(), quantile(0.90)),
-        ("p99".to_owned(), quantile(0.99)),
-        ("p99.9".to_owned(), quantile(0.999)),
-        ("max".to_owned(), tally.histogram.max() as f64 / 1000.0),
-    ]);
+    let latency_ms = percentiles(&tally.histogram);
     Ok(Report {
         rpc: format!("{:?}", args.rpc).to_lowercase(),
         mode,
@@ -387,6 +415,9 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
         requests_per_second: tally.requests as f64 / measured,
         rows_per_second: (tally.requests * args.rows as u64) as f64 / measured,
         latency_ms,
+        ok_requests_per_second: tally.ok.len() as f64 / measured,
+        latency_ms_ok: percentiles(&tally.ok),
+        latency_ms_failed: percentiles(&tally.failed),
         errors: tally.errors.clone(),
     })
 }
