@@ -462,10 +462,32 @@ async fn nvidia_tritonclient_talks_to_nurture_unchanged() {
     .await;
 
     let address = server.grpc.to_string();
+    let out = dir.path().to_str().unwrap().to_owned();
+    let checked = triton_check(&["check", &address, "sklearn-gbdt", &out]).await;
+    assert!(checked.contains("equal to onnxruntime"), "{checked}");
+
+    // The same through the protocol's HTTP binding, with tritonclient.http.
+    let http = server
+        .http
+        .expect("--http-listen gives an http= address")
+        .to_string();
+    let checked = triton_check(&["check-http", &http, "sklearn-gbdt", &out, "churn"]).await;
+    println!("{checked}");
+}
+
+/// Runs tests/oip/triton_client_check.py with `args` in the tritonclient
+/// venv; panics with its output unless it succeeds; returns its stdout.
+async fn triton_check(args: &[&str]) -> String {
+    let root = nurture_tests::project_root();
+    let (python, script) = (
+        root.join(".tools/oip-venv/bin/python"),
+        root.join("tests/oip/triton_client_check.py"),
+    );
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     let checked = tokio::task::spawn_blocking(move || {
         Command::new(&python)
             .arg(&script)
-            .args(["check", &address, "sklearn-gbdt", &out])
+            .args(&args)
             .output()
             .unwrap()
     })
@@ -477,32 +499,5 @@ async fn nvidia_tritonclient_talks_to_nurture_unchanged() {
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
-    assert!(String::from_utf8_lossy(&checked.stdout).contains("equal to onnxruntime"));
-
-    // The same through the protocol's HTTP binding, with tritonclient.http.
-    let http = server
-        .http
-        .expect("--http-listen gives an http= address")
-        .to_string();
-    let (python, script, out) = (
-        root.join(".tools/oip-venv/bin/python"),
-        root.join("tests/oip/triton_client_check.py"),
-        dir.path().to_str().unwrap().to_owned(),
-    );
-    let checked = tokio::task::spawn_blocking(move || {
-        Command::new(&python)
-            .arg(&script)
-            .args(["check-http", &http, "sklearn-gbdt", &out, "churn"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        checked.status.success(),
-        "tritonclient.http check failed:\n{}\n{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
-    println!("{}", String::from_utf8_lossy(&checked.stdout));
+    String::from_utf8_lossy(&checked.stdout).into_owned()
 }

@@ -63,29 +63,11 @@ fn make_run_answers_its_printed_example_calls() {
         .iter()
         .zip(["budget_k_usd", "\"probabilities\""])
     {
-        let output = Command::new("bash")
-            .arg("-c")
-            .arg(example)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success() && stdout.contains(expected),
-            "{example}\n{stdout}"
-        );
+        let stdout = run_example(example);
+        assert!(stdout.contains(expected), "{example}\n{stdout}");
     }
     for example in &examples {
-        let output = Command::new("bash")
-            .arg("-c")
-            .arg(example)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{example}\n{stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let stdout = run_example(example);
         let expected = [
             "\"SERVING\"",
             "\"liveVersion\"",
@@ -114,4 +96,21 @@ fn make_run_answers_its_printed_example_calls() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Runs one printed example with bash; panics with its output unless it
+/// succeeds; returns its stdout.
+fn run_example(example: &str) -> String {
+    let output = Command::new("bash")
+        .arg("-c")
+        .arg(example)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{example}\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }
