@@ -68,7 +68,9 @@ struct TrainArgs {
     /// Largest allowed drop of the primary metric (AUC or macro-F1) against the live version.
     #[arg(long, default_value_t = DEFAULT_MAX_REGRESSION)]
     max_regression: f64,
-    /// Seed; the same data and seed give byte-identical ONNX.
+    /// Seed of the early-stopping split of tabular kinds, which is made only above 10,000
+    /// training rows (below it the seed changes nothing); the same data and seed give
+    /// byte-identical ONNX.
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Comma-separated features to use (tabular kinds); default: all.
