@@ -378,3 +378,133 @@ fn bad_data_is_named_by_line_and_column_and_publishes_nothing() {
         stderr(&unknown)
     );
 }
+
+/// Real data in: a CSV holding 6 of the 20 churn features in shuffled
+/// order (no lead_id, flags and labels as true/false), and a Parquet file
+/// written by DuckDB, each train a model that publishes and serves; bad
+/// files are named by row and column, or as an unsupported format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_and_parquet_with_any_columns_train_models_that_serve() {
+    let trainer = Trainer::new();
+    let data = trainer.generate(3000);
+    let full = std::fs::read_to_string(data.join("churn.csv")).unwrap();
+    let mut lines = full.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let pick = [
+        "churned",
+        "sentiment_score",
+        "pre_approved",
+        "days_since_last_reply",
+        "complaints_90d",
+        "email_open_rate",
+        "budget_k_usd",
+    ];
+    let columns: Vec<usize> = pick
+        .iter()
+        .map(|name| header.iter().position(|h| h == name).unwrap())
+        .collect();
+    let as_flag = |name: &str, cell: &str| match (name, cell) {
+        ("churned" | "pre_approved", "1") => "true".to_owned(),
+        ("churned" | "pre_approved", "0") => "false".to_owned(),
+        _ => cell.to_owned(),
+    };
+    let mut csv = vec![pick.join(",")];
+    for line in lines {
+        let cells: Vec<&str> = line.split(',').collect();
+        csv.push(
+            pick.iter()
+                .zip(&columns)
+                .map(|(name, column)| as_flag(name, cells[*column]))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+    }
+    std::fs::create_dir_all(trainer.path("real")).unwrap();
+    std::fs::create_dir_all(trainer.path("bad")).unwrap();
+    let subset = write(&trainer.path("real"), "leads.csv", &(csv.join("\n") + "\n"));
+    let report = trainer.train_json(&["churn", "--data", subset.to_str().unwrap(), "--promote"]);
+    assert_eq!(report[0]["published_version"], 1, "{report:?}");
+    let manifest: Value =
+        serde_json::from_str(&trainer.ok("nurturectl", &["--json", "show", "churn", "1"])).unwrap();
+    let features = manifest["manifest"]["features"].as_array().unwrap().len();
+    assert_eq!(features, 6, "{manifest}");
+
+    // The same rows as Parquet, written by DuckDB, with all 20 features.
+    let parquet = trainer.path("real/leads.parquet");
+    let python = nurture_tests::project_root().join(".tools/analysis-venv/bin/python");
+    let wrote = Command::new(&python)
+        .arg("-c")
+        .arg(format!(
+            "import duckdb; duckdb.sql(\"COPY (SELECT * FROM read_csv('{}')) TO '{}' (FORMAT parquet)\")",
+            data.join("churn.csv").display(),
+            parquet.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        wrote.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wrote.stderr)
+    );
+    let report = trainer.train_json(&["churn", "--data", parquet.to_str().unwrap(), "--publish"]);
+    assert_eq!(report[0]["published_version"], 2, "{report:?}");
+
+    // Both serve.
+    let server = nurture_tests::server::ServerProcess::start(
+        &trainer.registry(),
+        &trainer.path("cache"),
+        &["--models", "churn", "--poll-interval", "200ms"],
+    );
+    let mut churn =
+        nurture_proto::v1::churn_service_client::ChurnServiceClient::new(server.channel().await);
+    for pin in [0, 2] {
+        let mut version = 0;
+        nurture_tests::eventually(
+            "churn answers",
+            std::time::Duration::from_secs(30),
+            async || match nurture_tests::server::churn_version_of(
+                &mut churn,
+                nurture_tests::fixtures::lead_profile("lead-7"),
+                pin,
+            )
+            .await
+            {
+                Ok(answered) => {
+                    version = answered;
+                    true
+                }
+                Err(_) => false,
+            },
+        )
+        .await;
+        assert_eq!(version, if pin == 0 { 1 } else { 2 });
+    }
+
+    // Bad files: a missing value, an unknown format.
+    let mut holes = csv.clone();
+    let cells: Vec<&str> = csv[4].split(',').collect();
+    holes[4] = format!("{},,{}", cells[0], cells[2..].join(","));
+    let file = write(&trainer.path("bad"), "holes.csv", &holes.join("\n"));
+    let output = trainer.run(
+        "nurture-trainer",
+        &["train", "churn", "--data", file.to_str().unwrap()],
+    );
+    assert_eq!(code(&output), 1);
+    assert!(
+        stderr(&output).contains("line 5, column sentiment_score")
+            && stderr(&output).contains("is empty"),
+        "{}",
+        stderr(&output)
+    );
+    let file = write(&trainer.path("bad"), "leads.xlsx", "not a table");
+    let output = trainer.run(
+        "nurture-trainer",
+        &["train", "churn", "--data", file.to_str().unwrap()],
+    );
+    assert_eq!(code(&output), 1);
+    assert!(
+        stderr(&output).contains("unsupported format \"xlsx\""),
+        "{}",
+        stderr(&output)
+    );
+}

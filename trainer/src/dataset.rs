@@ -1,5 +1,5 @@
-//! Training data: the CSV schema of each kind, loading with errors that name
-//! the row and column, and the fixed holdout split.
+//! Training data: the columns of each kind, loading CSV and Parquet with
+//! errors that name the row and column, and the fixed holdout split.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -26,7 +26,7 @@ pub fn label_column(kind: ModelKind) -> &'static str {
         ModelKind::Journey => "stage",
         ModelKind::ChannelTiming => "responded",
         ModelKind::Optimization => "converted",
-        // Generic models are not trained here (load_csv refuses them).
+        // Generic models are not trained here (`load` refuses them).
         ModelKind::Generic => "label",
     }
 }
@@ -209,22 +209,54 @@ impl Dataset {
     }
 }
 
-/// Loads and validates a kind's CSV. Every problem names the file, line and
-/// column; nothing is trained from a file with any problem.
-pub fn load_csv(kind: ModelKind, path: &Path) -> Result<Dataset> {
+/// A table as read from a file: column names, and each row's cells as
+/// text with its position (CSV: line, the header being line 1; Parquet:
+/// row, from 1).
+struct Table {
+    header: Vec<String>,
+    rows: Vec<(usize, Vec<String>)>,
+}
+
+/// Loads a kind's training data from CSV (`.csv`) or Parquet (`.parquet`,
+/// `.pq`). The columns may come in any order and may be any subset of the
+/// kind's features (at least one), beside the label (required), the text
+/// (emotion) and `lead_id` (optional: without it, rows are ids `row-N`).
+/// Flags take `true`/`false` or `1`/`0`, as do binary labels. A missing
+/// value is an error naming its row and column: nothing is imputed.
+pub fn load(kind: ModelKind, path: &Path) -> Result<Dataset> {
     if kind == ModelKind::Generic {
         return Err(Error::usage(
             "nurture-trainer trains the five typed kinds; publish other ONNX models with nurturectl publish --generic NAME FILE",
         ));
     }
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let table = match extension.as_str() {
+        "csv" => read_csv(path)?,
+        "parquet" | "pq" => read_parquet(path)?,
+        other => {
+            return Err(Error::data(
+                path,
+                None,
+                None,
+                format!("unsupported format {other:?}: use a .csv or .parquet file"),
+            ));
+        }
+    };
+    from_table(kind, path, table)
+}
+
+fn read_csv(path: &Path) -> Result<Table> {
     let file = std::fs::File::open(path)
         .map_err(|error| Error::data(path, None, None, format!("cannot open: {error}")))?;
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
         .from_reader(file);
-    let expected = header(kind);
-    let found: Vec<String> = reader
+    let header: Vec<String> = reader
         .headers()
         .map_err(|error| {
             Error::data(
@@ -237,27 +269,12 @@ pub fn load_csv(kind: ModelKind, path: &Path) -> Result<Dataset> {
         .iter()
         .map(|h| h.trim().to_owned())
         .collect();
-    if found.iter().all(String::is_empty) {
-        return Err(Error::data(
-            path,
-            None,
-            None,
-            "the file is empty".to_owned(),
-        ));
-    }
-    check_header(kind, path, &expected, &found)?;
-
-    let label_index = expected.len() - 1;
-    let mut ids = Vec::new();
-    let mut labels = Vec::new();
-    let mut values = Vec::new();
-    let mut texts = Vec::new();
-    let features: Vec<&str> = kind.allowed_features();
+    let mut rows = Vec::new();
     for (index, record) in reader.records().enumerate() {
         let line = index + 2;
         let record =
             record.map_err(|error| Error::data(path, Some(line), None, error.to_string()))?;
-        if record.len() != expected.len() {
+        if record.len() != header.len() {
             return Err(Error::data(
                 path,
                 Some(line),
@@ -265,67 +282,144 @@ pub fn load_csv(kind: ModelKind, path: &Path) -> Result<Dataset> {
                 format!(
                     "has {} fields, the header has {}",
                     record.len(),
-                    expected.len()
+                    header.len()
                 ),
             ));
         }
-        let id = record[0].trim();
-        if id.is_empty() {
-            return Err(Error::data(
-                path,
-                Some(line),
-                Some(ID_COLUMN),
-                "is empty".to_owned(),
-            ));
-        }
-        ids.push(id.to_owned());
-        match kind.input() {
-            InputContract::Any => unreachable!("generic kinds are refused above"),
-            InputContract::Text => texts.push(record[1].to_owned()),
-            InputContract::Features => {
-                for (offset, name) in features.iter().enumerate() {
-                    let raw = record[offset + 1].trim();
-                    let value: f64 = raw.parse().map_err(|_| {
-                        Error::data(
-                            path,
-                            Some(line),
-                            Some(name),
-                            format!("{raw:?} is not a number"),
-                        )
-                    })?;
-                    let feature = kind
-                        .feature(name)
-                        .expect("header columns are the kind's features");
-                    if !feature.unit.accepts(value) {
-                        let (low, high) = feature.unit.range();
-                        let range = if high == f64::MAX {
-                            format!(">= {low}")
-                        } else {
-                            format!("in [{low}, {high}]")
-                        };
-                        return Err(Error::data(
-                            path,
-                            Some(line),
-                            Some(name),
-                            format!("{raw} is not a finite value {range}"),
-                        ));
-                    }
-                    values.push(value as f32);
-                }
-            }
-        }
-        let raw_label = record[label_index].trim();
-        let label = parse_label(kind, raw_label).ok_or_else(|| {
-            let allowed: Vec<String> = (0..kind.labels().len())
-                .map(|class| label_text(kind, class))
-                .collect();
+        rows.push((line, record.iter().map(str::to_owned).collect()));
+    }
+    Ok(Table { header, rows })
+}
+
+fn read_parquet(path: &Path) -> Result<Table> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+    let file = std::fs::File::open(path)
+        .map_err(|error| Error::data(path, None, None, format!("cannot open: {error}")))?;
+    let not_parquet = |error: parquet::errors::ParquetError| {
+        Error::data(path, None, None, format!("cannot read as Parquet: {error}"))
+    };
+    let reader = SerializedFileReader::new(file).map_err(not_parquet)?;
+    let header: Vec<String> = reader
+        .metadata()
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect();
+    let mut rows = Vec::new();
+    for (index, row) in reader.get_row_iter(None).map_err(not_parquet)?.enumerate() {
+        let row = row.map_err(|error| {
             Error::data(
                 path,
-                Some(line),
-                Some(label_column(kind)),
-                format!("{raw_label:?} is not one of {}", allowed.join(", ")),
+                Some(index + 1),
+                None,
+                format!("cannot read the row: {error}"),
             )
         })?;
+        let cells = row
+            .get_column_iter()
+            .map(|(_, field)| match field {
+                Field::Null => String::new(),
+                Field::Str(text) => text.clone(),
+                Field::Bool(flag) => flag.to_string(),
+                other => other.to_string(),
+            })
+            .collect();
+        rows.push((index + 1, cells));
+    }
+    Ok(Table { header, rows })
+}
+
+/// Parses one cell of feature `name`; `None` names why it is refused.
+fn parse_feature(kind: ModelKind, name: &str, raw: &str) -> std::result::Result<f32, String> {
+    let feature = kind
+        .feature(name)
+        .expect("the header was checked against the kind's features");
+    if raw.is_empty() {
+        return Err("is empty (missing values are not imputed: fill or drop the row)".to_owned());
+    }
+    let value = match (feature.unit, raw.to_ascii_lowercase().as_str()) {
+        (nurture_models::features::FeatureUnit::Flag, "true") => 1.0,
+        (nurture_models::features::FeatureUnit::Flag, "false") => 0.0,
+        _ => raw
+            .parse::<f64>()
+            .map_err(|_| format!("{raw:?} is not a number"))?,
+    };
+    if !feature.unit.accepts(value) {
+        let (low, high) = feature.unit.range();
+        let range = if high == f64::MAX {
+            format!(">= {low}")
+        } else {
+            format!("in [{low}, {high}]")
+        };
+        return Err(format!("{raw} is not a finite value {range}"));
+    }
+    Ok(value as f32)
+}
+
+fn from_table(kind: ModelKind, path: &Path, table: Table) -> Result<Dataset> {
+    let Table { header, rows } = table;
+    if header.iter().all(String::is_empty) {
+        return Err(Error::data(
+            path,
+            None,
+            None,
+            "the file is empty".to_owned(),
+        ));
+    }
+    let layout = check_header(kind, path, &header)?;
+    let mut ids = Vec::new();
+    let mut labels = Vec::new();
+    let mut values = Vec::new();
+    let mut texts = Vec::new();
+    for (at, cells) in &rows {
+        let line = Some(*at);
+        let id = match layout.id {
+            Some(column) => {
+                let id = cells[column].trim();
+                if id.is_empty() {
+                    return Err(Error::data(
+                        path,
+                        line,
+                        Some(ID_COLUMN),
+                        "is empty".to_owned(),
+                    ));
+                }
+                id.to_owned()
+            }
+            None => format!("row-{at}"),
+        };
+        ids.push(id);
+        if let Some(column) = layout.text {
+            texts.push(cells[column].clone());
+        }
+        for (name, column) in &layout.features {
+            let raw = cells[*column].trim();
+            let value = parse_feature(kind, name, raw)
+                .map_err(|reason| Error::data(path, line, Some(name), reason))?;
+            values.push(value);
+        }
+        let raw_label = cells[layout.label].trim();
+        let binary = match raw_label.to_ascii_lowercase().as_str() {
+            "true" if kind.labels().len() == 2 => Some(1),
+            "false" if kind.labels().len() == 2 => Some(0),
+            _ => None,
+        };
+        let label = binary
+            .or_else(|| parse_label(kind, raw_label))
+            .ok_or_else(|| {
+                let allowed: Vec<String> = (0..kind.labels().len())
+                    .map(|class| label_text(kind, class))
+                    .collect();
+                Error::data(
+                    path,
+                    line,
+                    Some(label_column(kind)),
+                    format!("{raw_label:?} is not one of {}", allowed.join(", ")),
+                )
+            })?;
         labels.push(label);
     }
     if labels.is_empty() {
@@ -352,7 +446,7 @@ pub fn load_csv(kind: ModelKind, path: &Path) -> Result<Dataset> {
         InputContract::Any => unreachable!("generic kinds are refused above"),
         InputContract::Text => Inputs::Texts(texts),
         InputContract::Features => Inputs::Features {
-            names: features.iter().map(|f| (*f).to_owned()).collect(),
+            names: layout.features.iter().map(|(f, _)| f.clone()).collect(),
             values,
         },
     };
@@ -364,42 +458,86 @@ pub fn load_csv(kind: ModelKind, path: &Path) -> Result<Dataset> {
     })
 }
 
-fn check_header(kind: ModelKind, path: &Path, expected: &[String], found: &[String]) -> Result<()> {
-    for column in expected {
-        if !found.contains(column) {
+/// Where each needed column is in a file's header.
+struct Layout {
+    id: Option<usize>,
+    text: Option<usize>,
+    label: usize,
+    /// The features present, in the kind's order, with their columns.
+    features: Vec<(String, usize)>,
+}
+
+fn check_header(kind: ModelKind, path: &Path, found: &[String]) -> Result<Layout> {
+    let label_name = label_column(kind);
+    let allowed = kind.allowed_features();
+    let takes = || {
+        let mut parts = vec![format!("the label {label_name}")];
+        if kind.input() == InputContract::Text {
+            parts.push(format!("the text column {TEXT_COLUMN}"));
+        } else {
+            parts.push(format!("any of the features {}", allowed.join(",")));
+        }
+        parts.push(format!("optionally {ID_COLUMN}"));
+        parts.join(", ")
+    };
+    for (index, column) in found.iter().enumerate() {
+        if found[..index].contains(column) {
             return Err(Error::data(
                 path,
                 Some(1),
                 Some(column),
-                format!(
-                    "missing column (a {kind} dataset needs {})",
-                    expected.join(",")
-                ),
+                "appears twice".to_owned(),
             ));
         }
-    }
-    for column in found {
-        if !expected.contains(column) {
+        let known = column == ID_COLUMN
+            || column == label_name
+            || (kind.input() == InputContract::Text && column == TEXT_COLUMN)
+            || (kind.input() == InputContract::Features && allowed.contains(&column.as_str()));
+        if !known {
             return Err(Error::data(
                 path,
                 Some(1),
                 Some(column),
-                format!(
-                    "unexpected column (a {kind} dataset has exactly {})",
-                    expected.join(",")
-                ),
+                format!("unexpected column (a {kind} dataset takes {})", takes()),
             ));
         }
     }
-    if found != expected {
+    let position = |name: &str| found.iter().position(|c| c == name);
+    let label = position(label_name).ok_or_else(|| {
+        Error::data(
+            path,
+            Some(1),
+            Some(label_name),
+            format!("missing column (a {kind} dataset takes {})", takes()),
+        )
+    })?;
+    let text = position(TEXT_COLUMN);
+    if kind.input() == InputContract::Text && text.is_none() {
+        return Err(Error::data(
+            path,
+            Some(1),
+            Some(TEXT_COLUMN),
+            format!("missing column (a {kind} dataset takes {})", takes()),
+        ));
+    }
+    let features: Vec<(String, usize)> = allowed
+        .iter()
+        .filter_map(|name| position(name).map(|column| ((*name).to_owned(), column)))
+        .collect();
+    if kind.input() == InputContract::Features && features.is_empty() {
         return Err(Error::data(
             path,
             Some(1),
             None,
-            format!("columns must come in this order: {}", expected.join(",")),
+            format!("no feature column (a {kind} dataset takes {})", takes()),
         ));
     }
-    Ok(())
+    Ok(Layout {
+        id: position(ID_COLUMN),
+        text,
+        label,
+        features,
+    })
 }
 
 /// Default file name of a kind's dataset inside a data folder.

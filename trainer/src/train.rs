@@ -267,7 +267,7 @@ pub async fn train(
     }
 
     progress.set_message(format!("{kind}: loading"));
-    let full = dataset::load_csv(kind, &options.data)?;
+    let full = dataset::load(kind, &options.data)?;
     let data = match &options.features {
         Some(features) => {
             ManifestDraft {
