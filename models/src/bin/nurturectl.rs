@@ -59,35 +59,39 @@ struct Cli {
     command: Command,
 }
 
+/// `publish`'s arguments.
+#[derive(Debug, clap::Args)]
+struct PublishArgs {
+    /// Model kind (emotion, churn, journey, channel_timing, optimization),
+    /// or with --generic the model's name.
+    #[arg(value_name = "KIND|NAME")]
+    target: String,
+    /// The ONNX file.
+    file: PathBuf,
+    /// Publish any ONNX model under the name given instead of a kind;
+    /// its signature, read from the graph, becomes its contract. Served
+    /// through the Open Inference Protocol.
+    #[arg(long)]
+    generic: bool,
+    /// Model name; defaults to the kind's name.
+    #[arg(long)]
+    name: Option<String>,
+    /// JSON manifest draft: features, labels, thresholds, metrics, golden examples...
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// Make the new version live right away.
+    #[arg(long)]
+    promote: bool,
+    /// Publish bytes identical to a revoked version's as a new version.
+    #[arg(long)]
+    force: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Check an ONNX file against a kind's contract and publish it as the
     /// model's next version.
-    Publish {
-        /// Model kind (emotion, churn, journey, channel_timing, optimization),
-        /// or with --generic the model's name.
-        #[arg(value_name = "KIND|NAME")]
-        target: String,
-        /// The ONNX file.
-        file: PathBuf,
-        /// Publish any ONNX model under the name given instead of a kind;
-        /// its signature, read from the graph, becomes its contract. Served
-        /// through the Open Inference Protocol.
-        #[arg(long)]
-        generic: bool,
-        /// Model name; defaults to the kind's name.
-        #[arg(long)]
-        name: Option<String>,
-        /// JSON manifest draft: features, labels, thresholds, metrics, golden examples...
-        #[arg(long)]
-        manifest: Option<PathBuf>,
-        /// Make the new version live right away.
-        #[arg(long)]
-        promote: bool,
-        /// Publish bytes identical to a revoked version's as a new version.
-        #[arg(long)]
-        force: bool,
-    },
+    Publish(PublishArgs),
     /// List models with their live and canary versions.
     Ls,
     /// List a model's versions and their state.
@@ -373,106 +377,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let json = cli.json;
     match cli.command {
-        Command::Publish {
-            target,
-            file,
-            generic,
-            name,
-            manifest,
-            promote,
-            force,
-        } => {
-            let (kind, name) = if generic {
-                if name.is_some() {
-                    return Err(Error::invalid(
-                        "--name",
-                        "with --generic the name is the first argument",
-                    )
-                    .into());
-                }
-                (ModelKind::Generic, ModelName::new(&target)?)
-            } else {
-                let kind: ModelKind = target.parse()?;
-                if kind == ModelKind::Generic {
-                    return Err(Error::invalid(
-                        "kind",
-                        "publish a generic model with --generic NAME FILE",
-                    )
-                    .into());
-                }
-                (
-                    kind,
-                    ModelName::new(name.as_deref().unwrap_or(kind.as_str()))?,
-                )
-            };
-            let onnx = std::fs::read(&file).map_err(|error| Error::Io {
-                path: file.clone(),
-                reason: error.to_string(),
-            })?;
-            let draft = match &manifest {
-                Some(path) => {
-                    let bytes = std::fs::read(path).map_err(|error| Error::Io {
-                        path: path.clone(),
-                        reason: error.to_string(),
-                    })?;
-                    ManifestDraft::from_json(&bytes)?
-                }
-                None => ManifestDraft::default(),
-            };
-            let environment = runtime::environment(cli.ort_dylib.as_deref())?;
-            let manifest = registry
-                .publish(
-                    environment,
-                    PublishRequest {
-                        name: name.clone(),
-                        kind,
-                        onnx: onnx.into(),
-                        draft,
-                        actor: actor.clone(),
-                        force,
-                    },
-                )
-                .await?;
-            let promoted = if promote {
-                registry
-                    .promote(&name, manifest.version, false, &actor, None)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "version {} of {name} was published but not promoted",
-                            manifest.version
-                        )
-                    })?
-                    .is_some()
-            } else {
-                false
-            };
-            for note in manifest.serving_defaults() {
-                eprintln!("warning: {note}");
-            }
-            if json {
-                print_json(&json!({
-                    "manifest": manifest.manifest,
-                    "created": manifest.created,
-                    "promoted": promoted,
-                    "serving_defaults": manifest.serving_defaults(),
-                }));
-            } else if !manifest.created {
-                println!(
-                    "{name} version {} already holds these bytes (sha256 {}); nothing written{}",
-                    manifest.version,
-                    &manifest.sha256[..12],
-                    if promoted { "; now live" } else { "" }
-                );
-            } else {
-                println!(
-                    "published {name} version {} ({kind}, {} bytes, sha256 {}){}",
-                    manifest.version,
-                    manifest.size_bytes,
-                    &manifest.sha256[..12],
-                    if promoted { "; now live" } else { "" }
-                );
-            }
+        Command::Publish(args) => {
+            publish(&registry, cli.ort_dylib.as_deref(), &actor, json, args).await?
         }
         Command::Ls => {
             let mut states = Vec::new();
@@ -521,63 +427,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             diff(&a, &b, json);
         }
-        Command::Versions { model } => {
-            let name = ModelName::new(&model)?;
-            let state = existing_state(&registry, &name).await?;
-            let mut rows = Vec::new();
-            let mut json_rows = Vec::new();
-            for record in state.versions.values() {
-                let manifest = registry.manifest(&name, record.version).await?;
-                let role = version_role(&state, record.version);
-                let metrics = manifest
-                    .metrics
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v:.4}"))
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                json_rows.push(json!({
-                    "version": record.version,
-                    "state": role,
-                    "sha256": record.sha256,
-                    "published_at": record.published_at,
-                    "published_by": record.published_by,
-                    "revoked": record.revoked,
-                    "metrics": manifest.metrics,
-                }));
-                rows.push(vec![
-                    record.version.to_string(),
-                    role.to_owned(),
-                    record.published_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                    record.published_by.clone(),
-                    record.sha256[..12].to_owned(),
-                    if metrics.is_empty() {
-                        "-".into()
-                    } else {
-                        metrics
-                    },
-                    record
-                        .revoked
-                        .as_ref()
-                        .map_or(String::new(), |r| r.reason.clone()),
-                ]);
-            }
-            if json {
-                print_json(&json!({ "model": state.name, "versions": json_rows }));
-            } else {
-                print_table(
-                    &[
-                        "VERSION",
-                        "STATE",
-                        "PUBLISHED",
-                        "BY",
-                        "SHA256",
-                        "METRICS",
-                        "REVOKED BECAUSE",
-                    ],
-                    rows,
-                );
-            }
-        }
+        Command::Versions { model } => versions(&registry, &model, json).await?,
         Command::Status { model } => {
             let name = ModelName::new(&model)?;
             let state = existing_state(&registry, &name).await?;
@@ -768,76 +618,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Quality {
             model,
             min_outcomes,
-        } => {
-            let name = ModelName::new(&model)?;
-            existing_state(&registry, &name).await?;
-            let store = nurture_models::feedback::FeedbackStore::new(
-                registry.store().clone(),
-                registry.prefix().clone(),
-                "nurturectl",
-            );
-            let (batches, _) = store
-                .read_batches(name.as_str(), None, &Default::default())
-                .await?;
-            let mut quality = nurture_models::feedback::ModelQuality::default();
-            for (_, batch) in &batches {
-                quality.fold(batch);
-            }
-            let mut reports: Vec<_> = quality
-                .states
-                .iter()
-                .map(|((version, arm), state)| (*version, *arm, state.report(min_outcomes)))
-                .collect();
-            reports.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-            if json {
-                let versions: Vec<_> = reports
-                    .iter()
-                    .map(|(version, arm, report)| {
-                        json!({ "version": version, "arm": arm.as_str(), "report": report })
-                    })
-                    .collect();
-                print_json(&json!({
-                    "model": name.as_str(),
-                    "min_outcomes": min_outcomes,
-                    "versions": versions,
-                }));
-            } else if reports.is_empty() {
-                println!("no outcomes recorded for {name} yet");
-            } else {
-                let figure = |e: Option<nurture_models::feedback::Estimate>| {
-                    e.map_or("-".to_owned(), |e| {
-                        format!("{:.4} [{:.4}, {:.4}]", e.value, e.low, e.high)
-                    })
-                };
-                let rows = reports
-                    .iter()
-                    .map(|(version, arm, r)| {
-                        vec![
-                            version.to_string(),
-                            arm.as_str().to_owned(),
-                            r.outcomes.to_string(),
-                            figure(r.auc.or(r.accuracy)),
-                            figure(r.log_loss),
-                            figure(r.ece.or(r.macro_f1)),
-                            figure(r.value_per_prediction),
-                        ]
-                    })
-                    .collect();
-                print_table(
-                    &[
-                        "VERSION",
-                        "ARM",
-                        "OUTCOMES",
-                        "AUC | ACCURACY",
-                        "LOG-LOSS",
-                        "ECE | MACRO-F1",
-                        "VALUE/PREDICTION",
-                    ],
-                    rows,
-                );
-                println!("95% intervals; figures need {min_outcomes} outcomes");
-            }
-        }
+        } => quality(&registry, &model, min_outcomes, json).await?,
         Command::Completions { .. } => unreachable!("answered before the registry is opened"),
         Command::Fetch {
             model,
@@ -1071,6 +852,252 @@ fn state_summary(state: &ModelState) -> serde_json::Value {
         "versions": state.versions.len(),
         "seq": state.seq,
     })
+}
+
+/// `publish`: checks an ONNX file against its contract and publishes it,
+/// warning of what serving will fill in.
+async fn publish(
+    registry: &Registry,
+    ort_dylib: Option<&std::path::Path>,
+    actor: &str,
+    json: bool,
+    args: PublishArgs,
+) -> anyhow::Result<()> {
+    let PublishArgs {
+        target,
+        file,
+        generic,
+        name,
+        manifest,
+        promote,
+        force,
+    } = args;
+    let (kind, name) = if generic {
+        if name.is_some() {
+            return Err(
+                Error::invalid("--name", "with --generic the name is the first argument").into(),
+            );
+        }
+        (ModelKind::Generic, ModelName::new(&target)?)
+    } else {
+        let kind: ModelKind = target.parse()?;
+        if kind == ModelKind::Generic {
+            return Err(
+                Error::invalid("kind", "publish a generic model with --generic NAME FILE").into(),
+            );
+        }
+        (
+            kind,
+            ModelName::new(name.as_deref().unwrap_or(kind.as_str()))?,
+        )
+    };
+    let onnx = std::fs::read(&file).map_err(|error| Error::Io {
+        path: file.clone(),
+        reason: error.to_string(),
+    })?;
+    let draft = match &manifest {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|error| Error::Io {
+                path: path.clone(),
+                reason: error.to_string(),
+            })?;
+            ManifestDraft::from_json(&bytes)?
+        }
+        None => ManifestDraft::default(),
+    };
+    let environment = runtime::environment(ort_dylib)?;
+    let manifest = registry
+        .publish(
+            environment,
+            PublishRequest {
+                name: name.clone(),
+                kind,
+                onnx: onnx.into(),
+                draft,
+                actor: actor.to_owned(),
+                force,
+            },
+        )
+        .await?;
+    let promoted = if promote {
+        registry
+            .promote(&name, manifest.version, false, actor, None)
+            .await
+            .with_context(|| {
+                format!(
+                    "version {} of {name} was published but not promoted",
+                    manifest.version
+                )
+            })?
+            .is_some()
+    } else {
+        false
+    };
+    for note in manifest.serving_defaults() {
+        eprintln!("warning: {note}");
+    }
+    if json {
+        print_json(&json!({
+            "manifest": manifest.manifest,
+            "created": manifest.created,
+            "promoted": promoted,
+            "serving_defaults": manifest.serving_defaults(),
+        }));
+    } else if !manifest.created {
+        println!(
+            "{name} version {} already holds these bytes (sha256 {}); nothing written{}",
+            manifest.version,
+            &manifest.sha256[..12],
+            if promoted { "; now live" } else { "" }
+        );
+    } else {
+        println!(
+            "published {name} version {} ({kind}, {} bytes, sha256 {}){}",
+            manifest.version,
+            manifest.size_bytes,
+            &manifest.sha256[..12],
+            if promoted { "; now live" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+/// `versions MODEL`: every version with its role, metrics and revocation.
+async fn versions(registry: &Registry, model: &str, json: bool) -> anyhow::Result<()> {
+    let name = ModelName::new(model)?;
+    let state = existing_state(registry, &name).await?;
+    let mut rows = Vec::new();
+    let mut json_rows = Vec::new();
+    for record in state.versions.values() {
+        let manifest = registry.manifest(&name, record.version).await?;
+        let role = version_role(&state, record.version);
+        let metrics = manifest
+            .metrics
+            .iter()
+            .map(|(k, v)| format!("{k}={v:.4}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        json_rows.push(json!({
+            "version": record.version,
+            "state": role,
+            "sha256": record.sha256,
+            "published_at": record.published_at,
+            "published_by": record.published_by,
+            "revoked": record.revoked,
+            "metrics": manifest.metrics,
+        }));
+        rows.push(vec![
+            record.version.to_string(),
+            role.to_owned(),
+            record.published_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            record.published_by.clone(),
+            record.sha256[..12].to_owned(),
+            if metrics.is_empty() {
+                "-".into()
+            } else {
+                metrics
+            },
+            record
+                .revoked
+                .as_ref()
+                .map_or(String::new(), |r| r.reason.clone()),
+        ]);
+    }
+    if json {
+        print_json(&json!({ "model": state.name, "versions": json_rows }));
+    } else {
+        print_table(
+            &[
+                "VERSION",
+                "STATE",
+                "PUBLISHED",
+                "BY",
+                "SHA256",
+                "METRICS",
+                "REVOKED BECAUSE",
+            ],
+            rows,
+        );
+    }
+    Ok(())
+}
+
+/// `quality MODEL`: live quality per version and arm, from the outcomes in the store.
+async fn quality(
+    registry: &Registry,
+    model: &str,
+    min_outcomes: u64,
+    json: bool,
+) -> anyhow::Result<()> {
+    let name = ModelName::new(model)?;
+    existing_state(registry, &name).await?;
+    let store = nurture_models::feedback::FeedbackStore::new(
+        registry.store().clone(),
+        registry.prefix().clone(),
+        "nurturectl",
+    );
+    let (batches, _) = store
+        .read_batches(name.as_str(), None, &Default::default())
+        .await?;
+    let mut quality = nurture_models::feedback::ModelQuality::default();
+    for (_, batch) in &batches {
+        quality.fold(batch);
+    }
+    let mut reports: Vec<_> = quality
+        .states
+        .iter()
+        .map(|((version, arm), state)| (*version, *arm, state.report(min_outcomes)))
+        .collect();
+    reports.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    if json {
+        let versions: Vec<_> = reports
+            .iter()
+            .map(|(version, arm, report)| {
+                json!({ "version": version, "arm": arm.as_str(), "report": report })
+            })
+            .collect();
+        print_json(&json!({
+            "model": name.as_str(),
+            "min_outcomes": min_outcomes,
+            "versions": versions,
+        }));
+    } else if reports.is_empty() {
+        println!("no outcomes recorded for {name} yet");
+    } else {
+        let figure = |e: Option<nurture_models::feedback::Estimate>| {
+            e.map_or("-".to_owned(), |e| {
+                format!("{:.4} [{:.4}, {:.4}]", e.value, e.low, e.high)
+            })
+        };
+        let rows = reports
+            .iter()
+            .map(|(version, arm, r)| {
+                vec![
+                    version.to_string(),
+                    arm.as_str().to_owned(),
+                    r.outcomes.to_string(),
+                    figure(r.auc.or(r.accuracy)),
+                    figure(r.log_loss),
+                    figure(r.ece.or(r.macro_f1)),
+                    figure(r.value_per_prediction),
+                ]
+            })
+            .collect();
+        print_table(
+            &[
+                "VERSION",
+                "ARM",
+                "OUTCOMES",
+                "AUC | ACCURACY",
+                "LOG-LOSS",
+                "ECE | MACRO-F1",
+                "VALUE/PREDICTION",
+            ],
+            rows,
+        );
+        println!("95% intervals; figures need {min_outcomes} outcomes");
+    }
+    Ok(())
 }
 
 /// `rollout-wait`: follows `name`'s release log from its latest
