@@ -249,6 +249,105 @@ fn risk_thresholds(probabilities: &[Vec<f64>]) -> [f64; 4] {
     thresholds
 }
 
+/// Fits the kind's model on `train` and exports it: the fitted model, its
+/// ONNX bytes and a one-line summary.
+fn fit(
+    options: &TrainOptions,
+    train: &Dataset,
+    producer: &str,
+    progress: &ProgressBar,
+    timings: &mut Timings,
+) -> Result<(Fitted, Vec<u8>, String)> {
+    let kind = options.kind;
+    let classes = kind.labels().len();
+    let fit_started = Instant::now();
+    Ok(match &train.inputs {
+        Inputs::Features { values, names } => {
+            let params = Params {
+                seed: options.seed,
+                ..options.gbdt
+            };
+            let booster = Booster::fit(
+                values,
+                names.len(),
+                &train.labels,
+                classes,
+                params,
+                progress,
+            );
+            timings.fit = fit_started.elapsed().as_secs_f64();
+            let export_started = Instant::now();
+            let onnx = export::trees::to_onnx(&booster, names.len(), producer);
+            timings.export = export_started.elapsed().as_secs_f64();
+            let summary = format!(
+                "{} iterations x {} trees, {} leaves",
+                booster.trees.len(),
+                booster.outputs(),
+                booster
+                    .trees
+                    .iter()
+                    .flatten()
+                    .map(|t| t.nodes.iter().filter(|n| n.leaf).count())
+                    .sum::<usize>()
+            );
+            (Fitted::Trees(booster), onnx, summary)
+        }
+        Inputs::Texts(texts) => {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let vectorizer = Vectorizer::fit(&refs, options.text);
+            let rows: Vec<_> = refs.iter().map(|t| vectorizer.transform(t)).collect();
+            progress.set_length(1);
+            let classifier = Logistic::fit(
+                &rows,
+                &train.labels,
+                vectorizer.width(),
+                classes,
+                options.c,
+                300,
+            )?;
+            progress.inc(1);
+            timings.fit = fit_started.elapsed().as_secs_f64();
+            let export_started = Instant::now();
+            let onnx = export::text::to_onnx(&vectorizer, &classifier, producer);
+            timings.export = export_started.elapsed().as_secs_f64();
+            let summary = format!(
+                "{} word + {} character n-grams",
+                vectorizer.words.width(),
+                vectorizer.chars.width()
+            );
+            (Fitted::Text(vectorizer, classifier), onnx, summary)
+        }
+    })
+}
+
+/// Scores the holdout in ONNX Runtime and proves it reproduces the
+/// trainer's probabilities on every row (within [`PARITY_TOLERANCE`]):
+/// ONNX Runtime's probabilities and the largest difference.
+fn check_parity(
+    environment: &Environment,
+    onnx: &[u8],
+    fitted: &Fitted,
+    holdout: &Dataset,
+) -> Result<(Vec<Vec<f64>>, f64)> {
+    let mut session = runtime::session(environment, onnx, 1)?;
+    let served = score_onnx(&mut session, holdout)?;
+    let mut parity_max_diff = 0.0_f64;
+    for (row, onnx_row) in served.iter().enumerate() {
+        let own = fitted.predict(holdout, row);
+        for (a, b) in own.iter().zip(onnx_row) {
+            let diff = (a - b).abs();
+            if diff.is_nan() || diff > PARITY_TOLERANCE {
+                return Err(Error::Parity(format!(
+                    "holdout row {row} (id {}): trainer {own:?}, ONNX Runtime {onnx_row:?}",
+                    holdout.ids[row]
+                )));
+            }
+            parity_max_diff = parity_max_diff.max(diff);
+        }
+    }
+    Ok((served, parity_max_diff))
+}
+
 /// Trains one kind; publishes and promotes as asked.
 pub async fn train(
     options: &TrainOptions,
@@ -295,85 +394,12 @@ pub async fn train(
     timings.load = started.elapsed().as_secs_f64();
 
     progress.set_message(format!("{kind}: fitting"));
-    let fit_started = Instant::now();
-    let version = env!("CARGO_PKG_VERSION");
-    let producer = format!("nurture-trainer {version}");
-    let (fitted, onnx, summary) = match &train.inputs {
-        Inputs::Features { values, names } => {
-            let params = Params {
-                seed: options.seed,
-                ..options.gbdt
-            };
-            let booster = Booster::fit(
-                values,
-                names.len(),
-                &train.labels,
-                classes,
-                params,
-                progress,
-            );
-            timings.fit = fit_started.elapsed().as_secs_f64();
-            let export_started = Instant::now();
-            let onnx = export::trees::to_onnx(&booster, names.len(), &producer);
-            timings.export = export_started.elapsed().as_secs_f64();
-            let summary = format!(
-                "{} iterations x {} trees, {} leaves",
-                booster.trees.len(),
-                booster.outputs(),
-                booster
-                    .trees
-                    .iter()
-                    .flatten()
-                    .map(|t| t.nodes.iter().filter(|n| n.leaf).count())
-                    .sum::<usize>()
-            );
-            (Fitted::Trees(booster), onnx, summary)
-        }
-        Inputs::Texts(texts) => {
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            let vectorizer = Vectorizer::fit(&refs, options.text);
-            let rows: Vec<_> = refs.iter().map(|t| vectorizer.transform(t)).collect();
-            progress.set_length(1);
-            let classifier = Logistic::fit(
-                &rows,
-                &train.labels,
-                vectorizer.width(),
-                classes,
-                options.c,
-                300,
-            )?;
-            progress.inc(1);
-            timings.fit = fit_started.elapsed().as_secs_f64();
-            let export_started = Instant::now();
-            let onnx = export::text::to_onnx(&vectorizer, &classifier, &producer);
-            timings.export = export_started.elapsed().as_secs_f64();
-            let summary = format!(
-                "{} word + {} character n-grams",
-                vectorizer.words.width(),
-                vectorizer.chars.width()
-            );
-            (Fitted::Text(vectorizer, classifier), onnx, summary)
-        }
-    };
+    let producer = format!("nurture-trainer {}", env!("CARGO_PKG_VERSION"));
+    let (fitted, onnx, summary) = fit(options, &train, &producer, progress, &mut timings)?;
 
     progress.set_message(format!("{kind}: parity"));
     let parity_started = Instant::now();
-    let mut session = runtime::session(environment, &onnx, 1)?;
-    let served = score_onnx(&mut session, &holdout)?;
-    let mut parity_max_diff = 0.0_f64;
-    for (row, onnx_row) in served.iter().enumerate() {
-        let own = fitted.predict(&holdout, row);
-        for (a, b) in own.iter().zip(onnx_row) {
-            let diff = (a - b).abs();
-            if diff.is_nan() || diff > PARITY_TOLERANCE {
-                return Err(Error::Parity(format!(
-                    "holdout row {row} (id {}): trainer {own:?}, ONNX Runtime {onnx_row:?}",
-                    holdout.ids[row]
-                )));
-            }
-            parity_max_diff = parity_max_diff.max(diff);
-        }
-    }
+    let (served, parity_max_diff) = check_parity(environment, &onnx, &fitted, &holdout)?;
     timings.parity = parity_started.elapsed().as_secs_f64();
     let mut holdout_metrics = metrics::evaluate(&served, &holdout.labels, classes);
 
