@@ -398,6 +398,7 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
         input_drift_view,
         fleet_task,
         log_task,
+        collector,
     } = start_feedback(
         &config,
         &registry_for_experiments,
@@ -598,6 +599,9 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     if let Some(task) = log_task {
         let _ = task.await;
     }
+    // Off the runtime's threads: the collector blocks on the runtime for
+    // its last store write.
+    let _ = tokio::task::spawn_blocking(move || collector.join()).await;
     let _ = metrics_task.await;
     Ok(())
 }
@@ -611,6 +615,9 @@ struct Feedback {
     input_drift_view: feedback::InputDriftView,
     fleet_task: tokio::task::JoinHandle<()>,
     log_task: Option<tokio::task::JoinHandle<()>>,
+    /// The shadow collector's thread: it writes its last log rows when
+    /// shutdown begins, and is joined before the runtime goes.
+    collector: std::thread::JoinHandle<()>,
 }
 
 /// Starts the feedback loop on the registry's store (see docs/feedback.md).
@@ -689,7 +696,8 @@ async fn start_feedback(
         log,
         shadows,
     });
-    shadow::Collector::new(mirrors, served.clone(), fleet.clone(), replica).start(shutdown.clone());
+    let collector = shadow::Collector::new(mirrors, served.clone(), fleet.clone(), replica)
+        .start(shutdown.clone());
 
     Ok(Feedback {
         ids,
@@ -698,5 +706,6 @@ async fn start_feedback(
         input_drift_view,
         fleet_task,
         log_task,
+        collector,
     })
 }

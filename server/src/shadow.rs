@@ -202,6 +202,8 @@ struct ShadowLog {
 
 /// How often the shadow's log rows are written.
 const SHADOW_FLUSH: Duration = Duration::from_secs(1);
+/// The store's budget for the shadow log's last write, at shutdown.
+const FINAL_WRITE: Duration = Duration::from_secs(1);
 /// Most shadow rows per file.
 const SHADOW_FILE_ROWS: usize = 10_000;
 
@@ -232,11 +234,23 @@ impl ShadowLog {
             let count = batch.len() as u64;
             let written = nurture_models::feedback::log::encode(&model, &self.replica, &[batch])
                 .and_then(|bytes| {
-                    runtime.block_on(fleet.store().write_predictions(
-                        &model,
-                        &crate::feedback::log_date(day),
-                        bytes,
-                    ))
+                    let date = crate::feedback::log_date(day);
+                    runtime.block_on(async {
+                        let write = fleet.store().write_predictions(&model, &date, bytes);
+                        // At shutdown the store gets a short budget: a store
+                        // that is down must not hold the exit.
+                        if now {
+                            tokio::time::timeout(FINAL_WRITE, write)
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(nurture_models::Error::Store(format!(
+                                        "the shadow log's last write took over {FINAL_WRITE:?}"
+                                    )))
+                                })
+                        } else {
+                            write.await
+                        }
+                    })
                 })
                 .map(|_| ());
             crate::feedback::count_log_file(&model, count, written);
