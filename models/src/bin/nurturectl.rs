@@ -1108,20 +1108,21 @@ async fn wait_for_rollout(
     timeout: std::time::Duration,
     json: bool,
 ) -> anyhow::Result<()> {
-    let mut events = registry.read_log(name).await?;
-    let Some(start) = events
+    let mut follower = nurture_models::LogFollower::new(name.clone());
+    let mut state = follower.state(registry).await?;
+    let events = follower.events();
+    let Some(mut printed) = events
         .iter()
         .rposition(|e| matches!(e.kind, EventKind::RolloutStarted { .. }))
     else {
         return Err(Error::NotFound(format!("a guarded rollout of {name}")).into());
     };
-    let EventKind::RolloutStarted { version, .. } = events[start].kind else {
+    let EventKind::RolloutStarted { version, .. } = events[printed].kind else {
         unreachable!("found as a rollout_started event")
     };
     let deadline = std::time::Instant::now() + timeout;
-    let mut new = events[start..].to_vec();
     loop {
-        for event in &new {
+        for event in &follower.events()[printed..] {
             if json {
                 println!("{}", serde_json::to_string(event)?);
             } else {
@@ -1134,7 +1135,7 @@ async fn wait_for_rollout(
                 );
             }
         }
-        let state = nurture_models::ModelState::fold(name.as_str(), &events)?;
+        printed = follower.len();
         if state.rollout.as_ref().is_none_or(|r| r.version != version) {
             if state.live == Some(version) {
                 return Ok(());
@@ -1152,9 +1153,7 @@ async fn wait_for_rollout(
             );
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        let last = events.last().map_or(0, |e| e.seq);
-        new = registry.read_log_after(name, last).await?;
-        events.extend(new.iter().cloned());
+        state = follower.state(registry).await?;
     }
 }
 

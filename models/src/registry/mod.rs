@@ -299,6 +299,11 @@ impl LogFollower {
         state
     }
 
+    /// The events read so far, oldest first.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
     /// Events read so far.
     pub fn len(&self) -> usize {
         self.events.len()
