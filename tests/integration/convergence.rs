@@ -68,6 +68,8 @@ impl Cluster {
                 "--publish",
                 "--seed",
                 "9",
+                "--refit",
+                "never",
                 "--iterations",
                 "30",
             ],

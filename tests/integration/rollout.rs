@@ -78,6 +78,8 @@ impl Fixture {
             "churn",
             "--data",
             csv.to_str().unwrap(),
+            "--refit",
+            "never",
             "--iterations",
             iterations,
         ];

@@ -89,6 +89,8 @@ impl Fixture {
                 "--data",
                 data.to_str().unwrap(),
                 "--publish",
+                "--refit",
+                "never",
                 "--iterations",
                 &iterations,
             ],

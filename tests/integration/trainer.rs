@@ -112,16 +112,20 @@ fn trains_publishes_and_promotes_every_kind() {
             "auc"
         };
         let score = report["metrics"][metric].as_f64().unwrap();
-        // Far better than chance on every kind, even with small data.
+        // Most of what the data allows, on every kind, even with small data:
+        // at least half the way from chance to the Bayes rate (the
+        // generator's best possible score).
         let chance = if metric == "auc" {
             0.5
         } else {
             1.0 / if kind == "emotion" { 10.0 } else { 5.0 }
         };
-        assert!(score > chance + 0.1, "{kind}: {metric} = {score}");
+        let best = report["bayes"]["metrics"][metric]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{kind}: Bayes rate reported"));
         assert!(
-            report["bayes"]["metrics"][metric].as_f64().is_some(),
-            "{kind}: Bayes rate reported"
+            score > chance + 0.5 * (best - chance),
+            "{kind}: {metric} = {score}, chance {chance}, best possible {best}"
         );
     }
 
@@ -506,5 +510,66 @@ async fn csv_and_parquet_with_any_columns_train_models_that_serve() {
         stderr(&output).contains("unsupported format \"xlsx\""),
         "{}",
         stderr(&output)
+    );
+}
+
+/// A few hundred rows: the holdout measures a model fit on the training
+/// split with iterations chosen by cross-validation, and the published model
+/// is fit again on every row; `--refit never` publishes the training-split
+/// model. Both are deterministic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_data_is_refit_on_every_row_with_iterations_chosen_by_cross_validation() {
+    let trainer = Trainer::new();
+    let data = trainer.generate(400);
+    let churn = data.join("churn.csv");
+    let churn = churn.to_str().unwrap();
+    let out = trainer.path("out");
+    let out = out.to_str().unwrap();
+
+    let refit = &trainer.train_json(&["churn", "--data", churn, "--out-dir", out])[0];
+    let rows = refit["train_rows"].as_u64().unwrap() + refit["holdout_rows"].as_u64().unwrap();
+    assert_eq!(rows, 400, "{refit}");
+    assert_eq!(refit["refit"]["rows"], 400, "{refit}");
+    let iterations = refit["refit"]["iterations"].as_u64().unwrap();
+    assert!((1..=100).contains(&iterations), "{refit}");
+    assert!(
+        refit["refit"]["chosen_by"]
+            .as_str()
+            .unwrap()
+            .contains("cross-validation"),
+        "{refit}"
+    );
+    assert!(
+        refit["model_summary"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{iterations} iterations")),
+        "{refit}"
+    );
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(trainer.path("out/churn.manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["metrics"]["fit_rows"], 400.0, "{manifest}");
+
+    let kept = &trainer.train_json(&["churn", "--data", churn, "--refit", "never"])[0];
+    assert!(kept["refit"].is_null(), "{kept}");
+    assert_eq!(
+        kept["metrics"]["fit_rows"],
+        kept["train_rows"].as_f64().unwrap()
+    );
+    assert!(
+        kept["model_summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("100 iterations"),
+        "below 10,000 rows the training-split model runs every iteration: {kept}"
+    );
+    assert_ne!(kept["sha256"], refit["sha256"]);
+
+    let again = &trainer.train_json(&["churn", "--data", churn])[0];
+    assert_eq!(
+        again["sha256"], refit["sha256"],
+        "same data, same seed, same ONNX"
     );
 }

@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::dataset::{self, Dataset, Inputs};
 use crate::error::{Error, Result};
 use crate::export;
-use crate::gbdt::{Booster, Params};
+use crate::gbdt::{self, Booster, Params};
 use crate::generate::{self, BayesReport};
 use crate::metrics;
 use crate::text::logistic::Logistic;
@@ -72,6 +72,51 @@ pub struct TrainOptions {
     pub actor: String,
     /// Write `{kind}.onnx` and `{kind}.manifest.json` here.
     pub out_dir: Option<PathBuf>,
+    /// Whether the published model is refit on every row.
+    pub refit: RefitMode,
+}
+
+/// Whether the published model is fit again on every row, holdout included,
+/// after the holdout has measured a model fit without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RefitMode {
+    /// Refit when the data has at most [`REFIT_AUTO_MAX_ROWS`] rows.
+    #[default]
+    Auto,
+    /// Always refit.
+    Always,
+    /// Publish the model fit on the training split.
+    Never,
+}
+
+impl RefitMode {
+    /// Whether a dataset of `rows` rows is refit.
+    pub fn applies(self, rows: usize) -> bool {
+        match self {
+            RefitMode::Auto => rows <= REFIT_AUTO_MAX_ROWS,
+            RefitMode::Always => true,
+            RefitMode::Never => false,
+        }
+    }
+}
+
+/// Largest dataset that `--refit auto` refits: above it the holdout's fifth
+/// costs little, and the booster's own early stopping chooses iterations.
+pub const REFIT_AUTO_MAX_ROWS: usize = 10_000;
+/// Folds of the cross-validation that chooses iterations before a refit.
+pub const CV_FOLDS: usize = 5;
+
+/// How the published model was refit.
+#[derive(Debug, Clone, Serialize)]
+pub struct Refit {
+    /// Rows of the published model's fit: every row of the data.
+    pub rows: usize,
+    /// Boosting iterations of both fits (tabular kinds).
+    pub iterations: Option<usize>,
+    /// How the iterations were chosen.
+    pub chosen_by: Option<String>,
+    /// Cross-validated log-loss at those iterations.
+    pub cv_log_loss: Option<f64>,
 }
 
 /// Wall time of each step, in seconds.
@@ -135,6 +180,9 @@ pub struct TrainReport {
     pub promoted: bool,
     /// Quality gate, when a live version existed.
     pub gate: Option<GateReport>,
+    /// Whether the published model was refit on every row; the metrics are
+    /// the holdout's, of the model fit on the training split.
+    pub refit: Option<Refit>,
     /// Step timings.
     pub timings: Timings,
 }
@@ -249,24 +297,87 @@ fn risk_thresholds(probabilities: &[Vec<f64>]) -> [f64; 4] {
     thresholds
 }
 
+/// A fitted model, exported, whose ONNX Runtime outputs match it.
+struct Checked {
+    fitted: Fitted,
+    onnx: Vec<u8>,
+    summary: String,
+    /// ONNX Runtime's probabilities on the holdout.
+    served: Vec<Vec<f64>>,
+    parity_max_diff: f64,
+}
+
+/// Fits on `rows` (with `iterations` fixed, for tabular kinds, when given),
+/// exports, and checks parity on `holdout`.
+fn fit_checked(
+    options: &TrainOptions,
+    environment: &Environment,
+    rows: &Dataset,
+    iterations: Option<usize>,
+    holdout: &Dataset,
+    progress: &ProgressBar,
+    timings: &mut Timings,
+) -> Result<Checked> {
+    let (fitted, onnx, summary) = fit(options, rows, iterations, progress, timings)?;
+    let parity_started = Instant::now();
+    let (served, parity_max_diff) = check_parity(environment, &onnx, &fitted, holdout)?;
+    timings.parity += parity_started.elapsed().as_secs_f64();
+    Ok(Checked {
+        fitted,
+        onnx,
+        summary,
+        served,
+        parity_max_diff,
+    })
+}
+
+/// The boosting iterations of a refit, chosen by cross-validation on the
+/// training split (tabular kinds; the text model has none to choose).
+fn cross_validate(options: &TrainOptions, train: &Dataset) -> Option<gbdt::CvChoice> {
+    let Inputs::Features { values, names } = &train.inputs else {
+        return None;
+    };
+    Some(gbdt::choose_iterations(
+        values,
+        names.len(),
+        &train.labels,
+        options.kind.labels().len(),
+        Params {
+            seed: options.seed,
+            ..options.gbdt
+        },
+        CV_FOLDS,
+    ))
+}
+
+fn producer() -> String {
+    format!("nurture-trainer {}", env!("CARGO_PKG_VERSION"))
+}
+
 /// Fits the kind's model on `train` and exports it: the fitted model, its
 /// ONNX bytes and a one-line summary.
 fn fit(
     options: &TrainOptions,
     train: &Dataset,
-    producer: &str,
+    iterations: Option<usize>,
     progress: &ProgressBar,
     timings: &mut Timings,
 ) -> Result<(Fitted, Vec<u8>, String)> {
     let kind = options.kind;
     let classes = kind.labels().len();
+    let producer = producer();
+    let producer = producer.as_str();
     let fit_started = Instant::now();
     Ok(match &train.inputs {
         Inputs::Features { values, names } => {
-            let params = Params {
+            let mut params = Params {
                 seed: options.seed,
                 ..options.gbdt
             };
+            if let Some(iterations) = iterations {
+                params.iterations = iterations;
+                params.early_stopping_above = usize::MAX;
+            }
             let booster = Booster::fit(
                 values,
                 names.len(),
@@ -275,10 +386,10 @@ fn fit(
                 params,
                 progress,
             );
-            timings.fit = fit_started.elapsed().as_secs_f64();
+            timings.fit += fit_started.elapsed().as_secs_f64();
             let export_started = Instant::now();
             let onnx = export::trees::to_onnx(&booster, names.len(), producer);
-            timings.export = export_started.elapsed().as_secs_f64();
+            timings.export += export_started.elapsed().as_secs_f64();
             let summary = format!(
                 "{} iterations x {} trees, {} leaves",
                 booster.trees.len(),
@@ -306,10 +417,10 @@ fn fit(
                 300,
             )?;
             progress.inc(1);
-            timings.fit = fit_started.elapsed().as_secs_f64();
+            timings.fit += fit_started.elapsed().as_secs_f64();
             let export_started = Instant::now();
             let onnx = export::text::to_onnx(&vectorizer, &classifier, producer);
-            timings.export = export_started.elapsed().as_secs_f64();
+            timings.export += export_started.elapsed().as_secs_f64();
             let summary = format!(
                 "{} word + {} character n-grams",
                 vectorizer.words.width(),
@@ -393,15 +504,47 @@ pub async fn train(
     }
     timings.load = started.elapsed().as_secs_f64();
 
+    // The holdout measures a model fit without it. Small data is then fit
+    // again on every row (the published model), with the iterations that
+    // cross-validation on the training split chose for both fits.
+    let refit = options.refit.applies(data.len());
+    let choice = if refit {
+        progress.set_message(format!("{kind}: cross-validating"));
+        let started = Instant::now();
+        let choice = cross_validate(options, &train);
+        timings.fit += started.elapsed().as_secs_f64();
+        choice
+    } else {
+        None
+    };
+    let iterations = choice.map(|c| c.iterations);
     progress.set_message(format!("{kind}: fitting"));
-    let producer = format!("nurture-trainer {}", env!("CARGO_PKG_VERSION"));
-    let (fitted, onnx, summary) = fit(options, &train, &producer, progress, &mut timings)?;
-
-    progress.set_message(format!("{kind}: parity"));
-    let parity_started = Instant::now();
-    let (served, parity_max_diff) = check_parity(environment, &onnx, &fitted, &holdout)?;
-    timings.parity = parity_started.elapsed().as_secs_f64();
-    let mut holdout_metrics = metrics::evaluate(&served, &holdout.labels, classes);
+    let measured = fit_checked(
+        options,
+        environment,
+        &train,
+        iterations,
+        &holdout,
+        progress,
+        &mut timings,
+    )?;
+    let mut holdout_metrics = metrics::evaluate(&measured.served, &holdout.labels, classes);
+    let refitted = if refit {
+        progress.set_message(format!("{kind}: refitting on all rows"));
+        Some(fit_checked(
+            options,
+            environment,
+            &data,
+            iterations,
+            &holdout,
+            progress,
+            &mut timings,
+        )?)
+    } else {
+        None
+    };
+    let published = refitted.as_ref().unwrap_or(&measured);
+    let fitted_on = if refit { &data } else { &train };
 
     // Manifest draft.
     let golden = (0..holdout.len().min(GOLDEN_EXAMPLES))
@@ -409,14 +552,14 @@ pub async fn train(
             features: matches!(holdout.inputs, Inputs::Features { .. })
                 .then(|| holdout.row(row).to_vec()),
             text: matches!(holdout.inputs, Inputs::Texts(_)).then(|| holdout.text(row).to_owned()),
-            probabilities: served[row].iter().map(|p| *p as f32).collect(),
+            probabilities: published.served[row].iter().map(|p| *p as f32).collect(),
         })
         .collect();
     let features = match &data.inputs {
         Inputs::Features { names, .. } => names.clone(),
         Inputs::Texts(_) => Vec::new(),
     };
-    let importances = match &fitted {
+    let importances = match &published.fitted {
         Fitted::Trees(booster) => {
             let total: f64 = booster.gains.iter().sum::<f64>().max(f64::MIN_POSITIVE);
             features
@@ -431,26 +574,28 @@ pub async fn train(
         std::fs::read(&options.data).map_err(|error| Error::io(&options.data, error))?;
     holdout_metrics.insert("holdout_rows".to_owned(), holdout.len() as f64);
     holdout_metrics.insert("train_rows".to_owned(), train.len() as f64);
+    holdout_metrics.insert("fit_rows".to_owned(), fitted_on.len() as f64);
     let draft = ManifestDraft {
         kind: Some(kind),
         features: (!features.is_empty()).then(|| features.clone()),
         labels: None,
-        risk_thresholds: (kind == ModelKind::Churn).then(|| risk_thresholds(&served)),
+        risk_thresholds: (kind == ModelKind::Churn).then(|| risk_thresholds(&measured.served)),
         metrics: holdout_metrics.clone(),
-        feature_means: feature_means(&train),
-        reference: Some(reference(&train, &served)),
+        feature_means: feature_means(fitted_on),
+        reference: Some(reference(fitted_on, &measured.served)),
         feature_importances: importances,
         golden,
         data_hash: Some(sha256_hex(&data_bytes)),
-        trainer_version: Some(producer.clone()),
+        trainer_version: Some(producer()),
         description: Some(format!(
-            "{kind} model trained on {} ({summary})",
-            options.data.display()
+            "{kind} model trained on {} ({})",
+            options.data.display(),
+            published.summary
         )),
     };
-    let sha256 = sha256_hex(&onnx);
+    let sha256 = sha256_hex(&published.onnx);
     if let Some(dir) = &options.out_dir {
-        write_artifacts(dir, kind, &onnx, &draft)?;
+        write_artifacts(dir, kind, &published.onnx, &draft)?;
     }
 
     // Quality gate, then publish and promote.
@@ -461,13 +606,20 @@ pub async fn train(
         features,
         metrics: holdout_metrics,
         bayes: generate::read_bayes(&options.data, kind),
-        parity_max_diff,
+        parity_max_diff: measured.parity_max_diff.max(published.parity_max_diff),
         sha256,
-        onnx_bytes: onnx.len(),
-        model_summary: summary,
+        onnx_bytes: published.onnx.len(),
+        model_summary: published.summary.clone(),
         published_version: None,
         promoted: false,
         gate: None,
+        refit: refit.then(|| Refit {
+            rows: data.len(),
+            iterations,
+            chosen_by: choice
+                .map(|_| format!("{CV_FOLDS}-fold cross-validation on the training split")),
+            cv_log_loss: choice.map(|c| c.log_loss),
+        }),
         timings,
     };
     if let Some(url) = options
@@ -482,7 +634,7 @@ pub async fn train(
                 &registry,
                 &name,
                 &full_holdout,
-                &served,
+                &measured.served,
                 options,
                 environment,
             )
@@ -496,7 +648,7 @@ pub async fn train(
                 PublishRequest {
                     name: name.clone(),
                     kind,
-                    onnx: onnx.into(),
+                    onnx: published.onnx.clone().into(),
                     draft,
                     actor: options.actor.clone(),
                     force: false,

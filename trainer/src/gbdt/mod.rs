@@ -113,6 +113,28 @@ impl Booster {
         }
     }
 
+    /// Mean log-loss on `labels` after each iteration: element `i` scores
+    /// the first `i + 1` iterations.
+    pub fn staged_log_loss(&self, values: &[f32], width: usize, labels: &[usize]) -> Vec<f64> {
+        let outputs = self.outputs();
+        let rows: Vec<u32> = (0..labels.len() as u32).collect();
+        let mut raw: Vec<f64> = (0..labels.len())
+            .flat_map(|_| self.base.iter().map(|b| f64::from(*b)))
+            .collect();
+        self.trees
+            .iter()
+            .map(|iteration| {
+                for row in 0..labels.len() {
+                    let features = &values[row * width..(row + 1) * width];
+                    for (output, tree) in iteration.iter().enumerate() {
+                        raw[row * outputs + output] += f64::from(tree.predict(features));
+                    }
+                }
+                validation_loss(&raw, &rows, labels, self.classes, outputs)
+            })
+            .collect()
+    }
+
     /// Trains on a row-major matrix with class labels.
     pub fn fit(
         values: &[f32],
@@ -134,10 +156,7 @@ impl Booster {
 
         // Early-stopping split, by a hash of the row index and the seed.
         let validate = |row: usize| -> bool {
-            let mut x = (row as u64) ^ params.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            x ^= x >> 31;
+            let x = mix((row as u64) ^ params.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
             (x % 10_000) as f64 / 10_000.0 < params.validation_fraction
         };
         let early = rows > params.early_stopping_above;
@@ -240,6 +259,97 @@ impl Booster {
     }
 }
 
+/// Iterations chosen by cross-validation, and their mean held-out log-loss.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CvChoice {
+    /// Boosting iterations with the lowest held-out log-loss.
+    pub iterations: usize,
+    /// That mean log-loss over every row, each scored by the fold that held it out.
+    pub log_loss: f64,
+}
+
+/// Chooses the number of boosting iterations by `folds`-fold cross-validation:
+/// rows are dealt to folds class by class in an order set by `params.seed`
+/// (so every fold has each class's share), each fold is scored by a booster
+/// fit on the others with `params.iterations` and no early stopping, and the
+/// count with the lowest log-loss summed over all rows wins (the fewest on a
+/// tie). Small data keeps every row for the final fit this way.
+pub fn choose_iterations(
+    values: &[f32],
+    width: usize,
+    labels: &[usize],
+    classes: usize,
+    params: Params,
+    folds: usize,
+) -> CvChoice {
+    let rows = labels.len();
+    let folds = folds.clamp(2, rows.max(2));
+    let mut fold_of = vec![0_usize; rows];
+    for class in 0..classes {
+        let mut members: Vec<usize> = (0..rows).filter(|row| labels[*row] == class).collect();
+        members
+            .sort_by_key(|row| mix(*row as u64 ^ params.seed.wrapping_mul(0x2545_f491_4f6c_dd1d)));
+        for (position, row) in members.into_iter().enumerate() {
+            fold_of[row] = position % folds;
+        }
+    }
+    let fixed = Params {
+        early_stopping_above: usize::MAX,
+        ..params
+    };
+    let mut total = vec![0.0_f64; params.iterations];
+    for fold in 0..folds {
+        let (fit_rows, held): (Vec<usize>, Vec<usize>) =
+            (0..rows).partition(|row| fold_of[*row] != fold);
+        if held.is_empty() || fit_rows.is_empty() {
+            continue;
+        }
+        let gather = |subset: &[usize]| -> (Vec<f32>, Vec<usize>) {
+            let mut x = Vec::with_capacity(subset.len() * width);
+            for row in subset {
+                x.extend_from_slice(&values[row * width..(row + 1) * width]);
+            }
+            (x, subset.iter().map(|row| labels[*row]).collect())
+        };
+        let (fit_values, fit_labels) = gather(&fit_rows);
+        let (held_values, held_labels) = gather(&held);
+        let booster = Booster::fit(
+            &fit_values,
+            width,
+            &fit_labels,
+            classes,
+            fixed,
+            &ProgressBar::hidden(),
+        );
+        let staged = booster.staged_log_loss(&held_values, width, &held_labels);
+        for (slot, loss) in total.iter_mut().zip(&staged) {
+            *slot += loss * held.len() as f64;
+        }
+    }
+    let (best, loss) =
+        total
+            .iter()
+            .enumerate()
+            .fold((0, f64::INFINITY), |(best, low), (index, loss)| {
+                if *loss < low - 1e-9 {
+                    (index, *loss)
+                } else {
+                    (best, low)
+                }
+            });
+    CvChoice {
+        iterations: best + 1,
+        log_loss: loss / rows.max(1) as f64,
+    }
+}
+
+/// splitmix64's finaliser: a well-mixed hash of `x`.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
 fn validation_loss(
     raw: &[f64],
     rows: &[u32],
@@ -320,6 +430,56 @@ mod tests {
             assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-9);
             assert_eq!(crate::metrics::argmax(&p), *label);
         }
+    }
+
+    /// Labels from a hash of the row: nothing in the features predicts them.
+    fn noise_data(rows: usize) -> (Vec<f32>, Vec<usize>) {
+        let values = (0..rows * 3)
+            .map(|i| (mix(i as u64) % 1000) as f32)
+            .collect();
+        let labels = (0..rows)
+            .map(|row| (mix(row as u64 + 7) % 2) as usize)
+            .collect();
+        (values, labels)
+    }
+
+    #[test]
+    fn cross_validation_stops_early_on_noise_and_late_on_signal() {
+        let (values, labels) = noise_data(400);
+        let noise = choose_iterations(&values, 3, &labels, 2, Params::default(), 5);
+        assert!(noise.iterations <= 10, "noise: {noise:?}");
+        let (values, labels) = xor_data(400);
+        let signal = choose_iterations(&values, 3, &labels, 2, Params::default(), 5);
+        assert!(signal.iterations >= 50, "signal: {signal:?}");
+        assert!(
+            signal.log_loss < 0.1 && noise.log_loss > 0.6,
+            "{signal:?} {noise:?}"
+        );
+        assert_eq!(
+            signal,
+            choose_iterations(&values, 3, &labels, 2, Params::default(), 5)
+        );
+    }
+
+    #[test]
+    fn the_staged_loss_ends_at_the_full_models_loss() {
+        let (values, labels) = xor_data(300);
+        let booster = Booster::fit(
+            &values,
+            3,
+            &labels,
+            2,
+            Params::default(),
+            &ProgressBar::hidden(),
+        );
+        let staged = booster.staged_log_loss(&values, 3, &labels);
+        assert_eq!(staged.len(), booster.trees.len());
+        let full = (0..labels.len())
+            .map(|row| -booster.predict(&values[row * 3..row * 3 + 3])[labels[row]].ln())
+            .sum::<f64>()
+            / labels.len() as f64;
+        assert!((staged[staged.len() - 1] - full).abs() < 1e-9);
+        assert!(staged[0] > staged[staged.len() - 1]);
     }
 
     #[test]
