@@ -99,6 +99,8 @@ pub struct Dataset {
     pub inputs: Inputs,
     /// Class index of each row.
     pub labels: Vec<usize>,
+    /// Weight of each row in fitting (`None`: every row 1).
+    pub weights: Option<Vec<f64>>,
 }
 
 impl Dataset {
@@ -158,7 +160,51 @@ impl Dataset {
             ids: rows.iter().map(|row| self.ids[*row].clone()).collect(),
             inputs,
             labels: rows.iter().map(|row| self.labels[*row]).collect(),
+            weights: self
+                .weights
+                .as_ref()
+                .map(|w| rows.iter().map(|row| w[*row]).collect()),
         }
+    }
+
+    /// Every row weighted `weight`.
+    pub fn with_weight(self, weight: f64) -> Dataset {
+        Dataset {
+            weights: Some(vec![weight; self.len()]),
+            ..self
+        }
+    }
+
+    /// The rows of `self`, then those of `other`, which must have the same
+    /// kind and inputs (the same feature columns, in order).
+    pub fn concat(mut self, other: Dataset) -> Result<Dataset> {
+        let same_inputs = match (&self.inputs, &other.inputs) {
+            (Inputs::Features { names: a, .. }, Inputs::Features { names: b, .. }) => a == b,
+            (Inputs::Texts(_), Inputs::Texts(_)) => true,
+            _ => false,
+        };
+        if self.kind != other.kind || !same_inputs {
+            return Err(Error::usage(
+                "datasets to combine must be of one kind, with the same feature columns",
+            ));
+        }
+        let mut weights = self.weights.take().unwrap_or_else(|| vec![1.0; self.len()]);
+        weights.extend(
+            other
+                .weights
+                .unwrap_or_else(|| vec![1.0; other.labels.len()]),
+        );
+        match (&mut self.inputs, other.inputs) {
+            (Inputs::Features { values, .. }, Inputs::Features { values: more, .. }) => {
+                values.extend(more)
+            }
+            (Inputs::Texts(texts), Inputs::Texts(more)) => texts.extend(more),
+            _ => unreachable!("checked above"),
+        }
+        self.ids.extend(other.ids);
+        self.labels.extend(other.labels);
+        self.weights = Some(weights);
+        Ok(self)
     }
 
     /// Keeps only the named feature columns, in the given order.
@@ -455,6 +501,7 @@ fn from_table(kind: ModelKind, path: &Path, table: Table) -> Result<Dataset> {
         ids,
         inputs,
         labels,
+        weights: None,
     })
 }
 

@@ -341,6 +341,7 @@ fn cross_validate(options: &TrainOptions, train: &Dataset) -> Option<gbdt::CvCho
         values,
         names.len(),
         &train.labels,
+        train.weights.as_deref(),
         options.kind.labels().len(),
         Params {
             seed: options.seed,
@@ -378,10 +379,11 @@ fn fit(
                 params.iterations = iterations;
                 params.early_stopping_above = usize::MAX;
             }
-            let booster = Booster::fit(
+            let booster = Booster::fit_weighted(
                 values,
                 names.len(),
                 &train.labels,
+                train.weights.as_deref(),
                 classes,
                 params,
                 progress,
@@ -408,9 +410,10 @@ fn fit(
             let vectorizer = Vectorizer::fit(&refs, options.text);
             let rows: Vec<_> = refs.iter().map(|t| vectorizer.transform(t)).collect();
             progress.set_length(1);
-            let classifier = Logistic::fit(
+            let classifier = Logistic::fit_weighted(
                 &rows,
                 &train.labels,
+                train.weights.as_deref(),
                 vectorizer.width(),
                 classes,
                 options.c,

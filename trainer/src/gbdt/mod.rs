@@ -113,9 +113,15 @@ impl Booster {
         }
     }
 
-    /// Mean log-loss on `labels` after each iteration: element `i` scores
-    /// the first `i + 1` iterations.
-    pub fn staged_log_loss(&self, values: &[f32], width: usize, labels: &[usize]) -> Vec<f64> {
+    /// Mean log-loss on `labels` (weighted by `weights` when given) after
+    /// each iteration: element `i` scores the first `i + 1` iterations.
+    pub fn staged_log_loss(
+        &self,
+        values: &[f32],
+        width: usize,
+        labels: &[usize],
+        weights: Option<&[f64]>,
+    ) -> Vec<f64> {
         let outputs = self.outputs();
         let rows: Vec<u32> = (0..labels.len() as u32).collect();
         let mut raw: Vec<f64> = (0..labels.len())
@@ -130,7 +136,7 @@ impl Booster {
                         raw[row * outputs + output] += f64::from(tree.predict(features));
                     }
                 }
-                validation_loss(&raw, &rows, labels, self.classes, outputs)
+                validation_loss(&raw, &rows, labels, weights, self.classes, outputs)
             })
             .collect()
     }
@@ -144,7 +150,24 @@ impl Booster {
         params: Params,
         progress: &ProgressBar,
     ) -> Booster {
+        Booster::fit_weighted(values, width, labels, None, classes, params, progress)
+    }
+
+    /// Trains with a weight per row (`None`: every row 1): a row of weight
+    /// `w` counts as `w` rows in the class priors and in every gradient and
+    /// Hessian sum, as scikit-learn's `sample_weight` does; `min_samples_leaf`
+    /// still counts rows.
+    pub fn fit_weighted(
+        values: &[f32],
+        width: usize,
+        labels: &[usize],
+        weights: Option<&[f64]>,
+        classes: usize,
+        params: Params,
+        progress: &ProgressBar,
+    ) -> Booster {
         let rows = labels.len();
+        let weight = |row: usize| weights.map_or(1.0, |w| w[row]);
         let bins: Vec<FeatureBins> = (0..width)
             .map(|feature| {
                 let column: Vec<f32> = (0..rows).map(|row| values[row * width + feature]).collect();
@@ -166,9 +189,9 @@ impl Booster {
         // Initial scores from the class priors of the training rows.
         let mut counts = vec![0.0_f64; classes];
         for row in &train_rows {
-            counts[labels[*row as usize]] += 1.0;
+            counts[labels[*row as usize]] += weight(*row as usize);
         }
-        let total = train_rows.len() as f64;
+        let total: f64 = counts.iter().sum::<f64>().max(f64::MIN_POSITIVE);
         let base: Vec<f32> = if classes == 2 {
             let p = (counts[1] / total).clamp(1e-6, 1.0 - 1e-6);
             vec![(p / (1.0 - p)).ln() as f32]
@@ -218,8 +241,9 @@ impl Booster {
                         } else {
                             labels[row] == output
                         };
-                        g[row] = p - f64::from(u8::from(target));
-                        h[row] = (p * (1.0 - p)).max(1e-16);
+                        let w = weight(row);
+                        g[row] = w * (p - f64::from(u8::from(target)));
+                        h[row] = w * (p * (1.0 - p)).max(1e-16);
                     }
                     grower.grow(train_rows.clone(), &g, &h, &mut gains)
                 })
@@ -233,7 +257,7 @@ impl Booster {
             trees.push(iteration);
             progress.inc(1);
             if early {
-                let loss = validation_loss(&raw, &valid_rows, labels, classes, outputs);
+                let loss = validation_loss(&raw, &valid_rows, labels, weights, classes, outputs);
                 if loss < best_loss - 1e-7 {
                     best_loss = loss;
                     best_iterations = trees.len();
@@ -278,6 +302,7 @@ pub fn choose_iterations(
     values: &[f32],
     width: usize,
     labels: &[usize],
+    weights: Option<&[f64]>,
     classes: usize,
     params: Params,
     folds: usize,
@@ -304,26 +329,38 @@ pub fn choose_iterations(
         if held.is_empty() || fit_rows.is_empty() {
             continue;
         }
-        let gather = |subset: &[usize]| -> (Vec<f32>, Vec<usize>) {
+        let gather = |subset: &[usize]| -> (Vec<f32>, Vec<usize>, Vec<f64>) {
             let mut x = Vec::with_capacity(subset.len() * width);
             for row in subset {
                 x.extend_from_slice(&values[row * width..(row + 1) * width]);
             }
-            (x, subset.iter().map(|row| labels[*row]).collect())
+            let y = subset.iter().map(|row| labels[*row]).collect();
+            let w = subset
+                .iter()
+                .map(|row| weights.map_or(1.0, |w| w[*row]))
+                .collect();
+            (x, y, w)
         };
-        let (fit_values, fit_labels) = gather(&fit_rows);
-        let (held_values, held_labels) = gather(&held);
-        let booster = Booster::fit(
+        let (fit_values, fit_labels, fit_weights) = gather(&fit_rows);
+        let (held_values, held_labels, held_weights) = gather(&held);
+        let booster = Booster::fit_weighted(
             &fit_values,
             width,
             &fit_labels,
+            weights.map(|_| fit_weights.as_slice()),
             classes,
             fixed,
             &ProgressBar::hidden(),
         );
-        let staged = booster.staged_log_loss(&held_values, width, &held_labels);
+        let held_weight: f64 = held_weights.iter().sum();
+        let staged = booster.staged_log_loss(
+            &held_values,
+            width,
+            &held_labels,
+            weights.map(|_| held_weights.as_slice()),
+        );
         for (slot, loss) in total.iter_mut().zip(&staged) {
-            *slot += loss * held.len() as f64;
+            *slot += loss * held_weight;
         }
     }
     let (best, loss) =
@@ -337,9 +374,10 @@ pub fn choose_iterations(
                     (best, low)
                 }
             });
+    let weight: f64 = (0..rows).map(|row| weights.map_or(1.0, |w| w[row])).sum();
     CvChoice {
         iterations: best + 1,
-        log_loss: loss / rows.max(1) as f64,
+        log_loss: loss / weight.max(f64::MIN_POSITIVE),
     }
 }
 
@@ -350,14 +388,17 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Mean log-loss of `rows` (weighted by `weights` when given).
 fn validation_loss(
     raw: &[f64],
     rows: &[u32],
     labels: &[usize],
+    weights: Option<&[f64]>,
     classes: usize,
     outputs: usize,
 ) -> f64 {
     let mut total = 0.0;
+    let mut weight = 0.0;
     for row in rows {
         let row = *row as usize;
         let r = &raw[row * outputs..(row + 1) * outputs];
@@ -367,9 +408,11 @@ fn validation_loss(
         } else {
             softmax(r)[labels[row]]
         };
-        total -= p.clamp(1e-15, 1.0).ln();
+        let w = weights.map_or(1.0, |w| w[row]);
+        total -= w * p.clamp(1e-15, 1.0).ln();
+        weight += w;
     }
-    total / rows.len().max(1) as f64
+    total / weight.max(f64::MIN_POSITIVE)
 }
 
 #[cfg(test)]
@@ -446,10 +489,10 @@ mod tests {
     #[test]
     fn cross_validation_stops_early_on_noise_and_late_on_signal() {
         let (values, labels) = noise_data(400);
-        let noise = choose_iterations(&values, 3, &labels, 2, Params::default(), 5);
+        let noise = choose_iterations(&values, 3, &labels, None, 2, Params::default(), 5);
         assert!(noise.iterations <= 10, "noise: {noise:?}");
         let (values, labels) = xor_data(400);
-        let signal = choose_iterations(&values, 3, &labels, 2, Params::default(), 5);
+        let signal = choose_iterations(&values, 3, &labels, None, 2, Params::default(), 5);
         assert!(signal.iterations >= 50, "signal: {signal:?}");
         assert!(
             signal.log_loss < 0.1 && noise.log_loss > 0.6,
@@ -457,7 +500,7 @@ mod tests {
         );
         assert_eq!(
             signal,
-            choose_iterations(&values, 3, &labels, 2, Params::default(), 5)
+            choose_iterations(&values, 3, &labels, None, 2, Params::default(), 5)
         );
     }
 
@@ -472,7 +515,7 @@ mod tests {
             Params::default(),
             &ProgressBar::hidden(),
         );
-        let staged = booster.staged_log_loss(&values, 3, &labels);
+        let staged = booster.staged_log_loss(&values, 3, &labels, None);
         assert_eq!(staged.len(), booster.trees.len());
         let full = (0..labels.len())
             .map(|row| -booster.predict(&values[row * 3..row * 3 + 3])[labels[row]].ln())
@@ -480,6 +523,41 @@ mod tests {
             / labels.len() as f64;
         assert!((staged[staged.len() - 1] - full).abs() < 1e-9);
         assert!(staged[0] > staged[staged.len() - 1]);
+    }
+
+    #[test]
+    fn a_weight_of_two_is_a_row_given_twice() {
+        // Few distinct values (every one its own bin) and leaves of one row,
+        // so repeating rows changes nothing but the sums the weights scale.
+        let params = Params {
+            min_samples_leaf: 1,
+            iterations: 20,
+            ..Params::default()
+        };
+        let values: Vec<f32> = (0..60).map(|i| (i % 12) as f32).collect();
+        let labels: Vec<usize> = (0..60)
+            .map(|i| usize::from((i * 7) % 5 < 2 || i % 12 < 3))
+            .collect();
+        let weights: Vec<f64> = (0..60)
+            .map(|i| if i % 5 == 0 { 2.0 } else { 1.0 })
+            .collect();
+        let hidden = ProgressBar::hidden();
+        let weighted =
+            Booster::fit_weighted(&values, 1, &labels, Some(&weights), 2, params, &hidden);
+        let (mut twice_values, mut twice_labels) = (values.clone(), labels.clone());
+        for i in (0..60).filter(|i| i % 5 == 0) {
+            twice_values.push(values[i]);
+            twice_labels.push(labels[i]);
+        }
+        let twice = Booster::fit(&twice_values, 1, &twice_labels, 2, params, &hidden);
+        let plain = Booster::fit(&values, 1, &labels, 2, params, &hidden);
+        let gap = |a: &Booster, b: &Booster| {
+            (0..12)
+                .map(|v| (a.predict(&[v as f32])[1] - b.predict(&[v as f32])[1]).abs())
+                .fold(0.0, f64::max)
+        };
+        assert!(gap(&weighted, &twice) < 1e-6, "{}", gap(&weighted, &twice));
+        assert!(gap(&weighted, &plain) > 1e-2, "the weights matter");
     }
 
     #[test]
