@@ -51,6 +51,7 @@ fn fold(c: &mut Criterion) {
                 version,
                 kind: ModelKind::Churn,
                 sha256: "x".repeat(64),
+                retrain: None,
             },
         });
         let seq = events.len() as u64 + 1;

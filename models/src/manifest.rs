@@ -88,6 +88,44 @@ pub struct ManifestDraft {
     /// label-free drift (`feedback::reference`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<crate::feedback::reference::Reference>,
+    /// When the version was retrained from production feedback: how it
+    /// compared with the champion it challenged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrain: Option<RetrainEvidence>,
+}
+
+/// Why a version retrained from feedback was released: the champion and the
+/// challenger scored on the same time-split holdout of fresh outcomes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetrainEvidence {
+    /// The live version when the challenger was trained.
+    pub champion_version: u64,
+    /// Metric compared (`auc` or `macro_f1`), higher is better.
+    pub metric: String,
+    /// The champion's score on the holdout.
+    pub champion: f64,
+    /// The challenger's score on the holdout.
+    pub challenger: f64,
+    /// 95% paired-bootstrap interval of challenger − champion.
+    pub interval: [f64; 2],
+    /// Smallest gain that releases the challenger.
+    pub min_gain: f64,
+    /// Whether the gate passed.
+    pub passed: bool,
+    /// Outcomes in the holdout: the newest share, by observation time.
+    pub holdout_outcomes: usize,
+    /// Outcomes the challenger was fit on before the holdout measured it.
+    pub train_outcomes: usize,
+    /// Rows of original training data mixed in, and their weight.
+    pub mixed_rows: usize,
+    /// Weight of each mixed-in row (feedback rows weigh 1).
+    pub mixed_weight: f64,
+    /// Observation times (ms since the epoch) of the holdout's first and
+    /// last outcome.
+    pub holdout_observed_ms: [i64; 2],
+    /// sha256 of the joined feedback rows (ids, labels, inputs) in order:
+    /// the same snapshot gives the same hash, and the same model.
+    pub snapshot_sha256: String,
 }
 
 /// The stored, immutable description of one model version.
@@ -145,6 +183,9 @@ pub struct Manifest {
     /// (`risk_thresholds`), so that `show` can say so.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub defaulted: Vec<String>,
+    /// The evidence that released a version retrained from feedback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrain: Option<RetrainEvidence>,
     /// Publication time.
     pub created_at: DateTime<Utc>,
     /// Who published it.
@@ -205,6 +246,7 @@ impl Manifest {
             trainer_version: self.trainer_version.clone(),
             description: self.description.clone(),
             reference: self.reference.clone(),
+            retrain: self.retrain.clone(),
         }
     }
 }

@@ -150,6 +150,7 @@ pub async fn write_bypassing_publish(
         version,
         kind: nurture_models::ModelKind::Churn,
         sha256: manifest.sha256.clone(),
+        retrain: None,
     };
     registry
         .append(&name, seq + 1, "intruder", published)

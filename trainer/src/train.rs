@@ -188,7 +188,7 @@ pub struct TrainReport {
 }
 
 /// A fitted model of either family.
-enum Fitted {
+pub(crate) enum Fitted {
     Trees(Booster),
     Text(Vectorizer, Logistic),
 }
@@ -298,7 +298,7 @@ fn risk_thresholds(probabilities: &[Vec<f64>]) -> [f64; 4] {
 }
 
 /// A fitted model, exported, whose ONNX Runtime outputs match it.
-struct Checked {
+pub(crate) struct Checked {
     fitted: Fitted,
     onnx: Vec<u8>,
     summary: String,
@@ -462,51 +462,97 @@ fn check_parity(
     Ok((served, parity_max_diff))
 }
 
-/// Trains one kind; publishes and promotes as asked.
-pub async fn train(
+/// The rows of one training run.
+pub(crate) struct Splits {
+    /// Every row: what a refit is fit on.
+    pub data: Dataset,
+    /// The rows the measured model is fit on.
+    pub train: Dataset,
+    /// The rows that measure it.
+    pub holdout: Dataset,
+}
+
+impl Splits {
+    /// Refuses splits that cannot be fit or measured: fewer than two
+    /// classes in either part.
+    fn check(&self, source: &Path) -> Result<()> {
+        for (part, set) in [("training", &self.train), ("holdout", &self.holdout)] {
+            let present = set.class_counts().iter().filter(|c| **c > 0).count();
+            if present < 2 {
+                return Err(Error::data(
+                    source,
+                    None,
+                    Some(dataset::label_column(self.data.kind)),
+                    format!("the {part} split has fewer than two classes; add rows"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A model fit on the training split and measured on the holdout, then
+/// (small data) fit again on every row: ready to publish.
+pub(crate) struct Built {
+    /// Fit on the training split; its holdout scores are the metrics.
+    pub measured: Checked,
+    /// Fit on every row, when refit.
+    pub refitted: Option<Checked>,
+    /// The holdout metrics, with the row counts.
+    pub metrics: BTreeMap<String, f64>,
+    /// The manifest to publish with.
+    pub draft: ManifestDraft,
+    /// How the refit was made.
+    pub refit: Option<Refit>,
+}
+
+impl Built {
+    /// The model to publish.
+    pub fn published(&self) -> &Checked {
+        self.refitted.as_ref().unwrap_or(&self.measured)
+    }
+
+    /// The training report, before publishing.
+    fn report(&self, splits: &Splits, bayes: Option<BayesReport>, timings: Timings) -> TrainReport {
+        let published = self.published();
+        TrainReport {
+            kind: splits.data.kind,
+            train_rows: splits.train.len(),
+            holdout_rows: splits.holdout.len(),
+            features: self.draft.features.clone().unwrap_or_default(),
+            metrics: self.metrics.clone(),
+            bayes,
+            parity_max_diff: self.measured.parity_max_diff.max(published.parity_max_diff),
+            sha256: sha256_hex(&published.onnx),
+            onnx_bytes: published.onnx.len(),
+            model_summary: published.summary.clone(),
+            published_version: None,
+            promoted: false,
+            gate: None,
+            refit: self.refit.clone(),
+            timings,
+        }
+    }
+}
+
+/// Fits on the training split, measures on the holdout, refits small data
+/// on every row, and drafts the manifest (`source` and `data_hash` name the
+/// data in it).
+pub(crate) fn build(
     options: &TrainOptions,
     environment: &Environment,
+    splits: &Splits,
+    source: &str,
+    data_hash: String,
     progress: &ProgressBar,
-) -> Result<TrainReport> {
-    let started = Instant::now();
-    let mut timings = Timings::default();
+    timings: &mut Timings,
+) -> Result<Built> {
+    let Splits {
+        data,
+        train,
+        holdout,
+    } = splits;
     let kind = options.kind;
-    let classes = kind.labels().len();
-    let name = ModelName::new(options.name.as_deref().unwrap_or(kind.as_str()))?;
-    if (options.publish || options.promote) && options.registry.is_none() {
-        return Err(Error::usage(
-            "--publish and --promote need --registry (or NURTURE_REGISTRY)",
-        ));
-    }
-
-    progress.set_message(format!("{kind}: loading"));
-    let full = dataset::load(kind, &options.data)?;
-    let data = match &options.features {
-        Some(features) => {
-            ManifestDraft {
-                features: Some(features.clone()),
-                ..Default::default()
-            }
-            .check(kind)?;
-            full.select_features(features)?
-        }
-        None => full.clone(),
-    };
-    let (train, holdout) = data.split();
-    let (_, full_holdout) = full.split();
-    for (part, set) in [("training", &train), ("holdout", &holdout)] {
-        let present = set.class_counts().iter().filter(|c| **c > 0).count();
-        if present < 2 {
-            return Err(Error::data(
-                &options.data,
-                None,
-                Some(dataset::label_column(kind)),
-                format!("the {part} split has fewer than two classes; add rows"),
-            ));
-        }
-    }
-    timings.load = started.elapsed().as_secs_f64();
-
     // The holdout measures a model fit without it. Small data is then fit
     // again on every row (the published model), with the iterations that
     // cross-validation on the training split chose for both fits.
@@ -514,7 +560,7 @@ pub async fn train(
     let choice = if refit {
         progress.set_message(format!("{kind}: cross-validating"));
         let started = Instant::now();
-        let choice = cross_validate(options, &train);
+        let choice = cross_validate(options, train);
         timings.fit += started.elapsed().as_secs_f64();
         choice
     } else {
@@ -525,31 +571,30 @@ pub async fn train(
     let measured = fit_checked(
         options,
         environment,
-        &train,
+        train,
         iterations,
-        &holdout,
+        holdout,
         progress,
-        &mut timings,
+        timings,
     )?;
-    let mut holdout_metrics = metrics::evaluate(&measured.served, &holdout.labels, classes);
+    let mut metrics = metrics::evaluate(&measured.served, &holdout.labels, kind.labels().len());
     let refitted = if refit {
         progress.set_message(format!("{kind}: refitting on all rows"));
         Some(fit_checked(
             options,
             environment,
-            &data,
+            data,
             iterations,
-            &holdout,
+            holdout,
             progress,
-            &mut timings,
+            timings,
         )?)
     } else {
         None
     };
     let published = refitted.as_ref().unwrap_or(&measured);
-    let fitted_on = if refit { &data } else { &train };
+    let fitted_on = if refit { data } else { train };
 
-    // Manifest draft.
     let golden = (0..holdout.len().min(GOLDEN_EXAMPLES))
         .map(|row| GoldenExample {
             features: matches!(holdout.inputs, Inputs::Features { .. })
@@ -573,49 +618,28 @@ pub async fn train(
         }
         Fitted::Text(..) => BTreeMap::new(),
     };
-    let data_bytes =
-        std::fs::read(&options.data).map_err(|error| Error::io(&options.data, error))?;
-    holdout_metrics.insert("holdout_rows".to_owned(), holdout.len() as f64);
-    holdout_metrics.insert("train_rows".to_owned(), train.len() as f64);
-    holdout_metrics.insert("fit_rows".to_owned(), fitted_on.len() as f64);
+    metrics.insert("holdout_rows".to_owned(), holdout.len() as f64);
+    metrics.insert("train_rows".to_owned(), train.len() as f64);
+    metrics.insert("fit_rows".to_owned(), fitted_on.len() as f64);
     let draft = ManifestDraft {
         kind: Some(kind),
-        features: (!features.is_empty()).then(|| features.clone()),
+        features: (!features.is_empty()).then_some(features),
         labels: None,
         risk_thresholds: (kind == ModelKind::Churn).then(|| risk_thresholds(&measured.served)),
-        metrics: holdout_metrics.clone(),
+        metrics: metrics.clone(),
         feature_means: feature_means(fitted_on),
         reference: Some(reference(fitted_on, &measured.served)),
         feature_importances: importances,
         golden,
-        data_hash: Some(sha256_hex(&data_bytes)),
+        data_hash: Some(data_hash),
         trainer_version: Some(producer()),
         description: Some(format!(
-            "{kind} model trained on {} ({})",
-            options.data.display(),
+            "{kind} model trained on {source} ({})",
             published.summary
         )),
+        retrain: None,
     };
-    let sha256 = sha256_hex(&published.onnx);
-    if let Some(dir) = &options.out_dir {
-        write_artifacts(dir, kind, &published.onnx, &draft)?;
-    }
-
-    // Quality gate, then publish and promote.
-    let mut report = TrainReport {
-        kind,
-        train_rows: train.len(),
-        holdout_rows: holdout.len(),
-        features,
-        metrics: holdout_metrics,
-        bayes: generate::read_bayes(&options.data, kind),
-        parity_max_diff: measured.parity_max_diff.max(published.parity_max_diff),
-        sha256,
-        onnx_bytes: published.onnx.len(),
-        model_summary: published.summary.clone(),
-        published_version: None,
-        promoted: false,
-        gate: None,
+    Ok(Built {
         refit: refit.then(|| Refit {
             rows: data.len(),
             iterations,
@@ -623,8 +647,70 @@ pub async fn train(
                 .map(|_| format!("{CV_FOLDS}-fold cross-validation on the training split")),
             cv_log_loss: choice.map(|c| c.log_loss),
         }),
-        timings,
+        measured,
+        refitted,
+        metrics,
+        draft,
+    })
+}
+
+/// Trains one kind; publishes and promotes as asked.
+pub async fn train(
+    options: &TrainOptions,
+    environment: &Environment,
+    progress: &ProgressBar,
+) -> Result<TrainReport> {
+    let started = Instant::now();
+    let mut timings = Timings::default();
+    let kind = options.kind;
+    let name = ModelName::new(options.name.as_deref().unwrap_or(kind.as_str()))?;
+    if (options.publish || options.promote) && options.registry.is_none() {
+        return Err(Error::usage(
+            "--publish and --promote need --registry (or NURTURE_REGISTRY)",
+        ));
+    }
+
+    progress.set_message(format!("{kind}: loading"));
+    let full = dataset::load(kind, &options.data)?;
+    let data = match &options.features {
+        Some(features) => {
+            ManifestDraft {
+                features: Some(features.clone()),
+                ..Default::default()
+            }
+            .check(kind)?;
+            full.select_features(features)?
+        }
+        None => full.clone(),
     };
+    let (train, holdout) = data.split();
+    let (_, full_holdout) = full.split();
+    let splits = Splits {
+        data,
+        train,
+        holdout,
+    };
+    splits.check(&options.data)?;
+    let data_bytes =
+        std::fs::read(&options.data).map_err(|error| Error::io(&options.data, error))?;
+    timings.load = started.elapsed().as_secs_f64();
+
+    let built = build(
+        options,
+        environment,
+        &splits,
+        &options.data.display().to_string(),
+        sha256_hex(&data_bytes),
+        progress,
+        &mut timings,
+    )?;
+    let published = built.published();
+    if let Some(dir) = &options.out_dir {
+        write_artifacts(dir, kind, &published.onnx, &built.draft)?;
+    }
+
+    // Quality gate, then publish and promote.
+    let mut report = built.report(&splits, generate::read_bayes(&options.data, kind), timings);
     if let Some(url) = options
         .registry
         .as_deref()
@@ -637,7 +723,7 @@ pub async fn train(
                 &registry,
                 &name,
                 &full_holdout,
-                &measured.served,
+                &built.measured.served,
                 options,
                 environment,
             )
@@ -652,7 +738,7 @@ pub async fn train(
                     name: name.clone(),
                     kind,
                     onnx: published.onnx.clone().into(),
-                    draft,
+                    draft: built.draft.clone(),
                     actor: options.actor.clone(),
                     force: false,
                 },

@@ -1163,10 +1163,28 @@ fn describe(kind: &EventKind) -> String {
             version,
             kind,
             sha256,
-        } => format!(
-            "version {version} ({kind}, sha256 {})",
-            &sha256[..12.min(sha256.len())]
-        ),
+            retrain,
+        } => {
+            let evidence = retrain
+                .as_ref()
+                .map(|e| {
+                    format!(
+                        ", retrained from feedback: {} {:.4} vs champion {} {:.4}, gain interval [{:+.4}, {:+.4}] on {} fresh outcomes",
+                        e.metric,
+                        e.challenger,
+                        e.champion_version,
+                        e.champion,
+                        e.interval[0],
+                        e.interval[1],
+                        e.holdout_outcomes
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "version {version} ({kind}, sha256 {}){evidence}",
+                &sha256[..12.min(sha256.len())]
+            )
+        }
         EventKind::Promoted { version, forced } => format!(
             "version {version} live{}",
             if *forced { " (forced)" } else { "" }

@@ -29,6 +29,9 @@ pub enum EventKind {
         kind: ModelKind,
         /// sha256 of the ONNX bytes.
         sha256: String,
+        /// The evidence, when the version was retrained from feedback.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retrain: Option<Box<crate::manifest::RetrainEvidence>>,
     },
     /// A version became live.
     Promoted {
@@ -238,6 +241,7 @@ impl ModelState {
                 version,
                 kind,
                 sha256,
+                ..
             } => {
                 if let Some(existing) = self.kind
                     && existing != *kind
@@ -718,6 +722,7 @@ mod tests {
                 version,
                 kind: ModelKind::Churn,
                 sha256: format!("{version:064x}"),
+                retrain: None,
             })
         }
 
@@ -813,6 +818,7 @@ mod tests {
                             version: state.latest_version().unwrap_or(0) + 1,
                             kind: ModelKind::Churn,
                             sha256: format!("{:064x}", state.seq),
+                            retrain: None,
                         }),
                         Op::Promote(v) => state.plan_promote(v, false).and_then(|e| e.ok_or(Error::Refused("same".into()))),
                         Op::Canary(v, p) => state.plan_canary(v, p, false),
@@ -1148,6 +1154,7 @@ mod tests {
                 version: 1,
                 kind: ModelKind::Churn,
                 sha256: "x".into(),
+                retrain: None,
             },
         };
         let gap = Event {

@@ -609,6 +609,7 @@ impl Registry {
             description: draft.description,
             reference: draft.reference,
             defaulted,
+            retrain: draft.retrain,
             created_at: Utc::now(),
             created_by: actor.clone(),
         };
@@ -669,6 +670,7 @@ impl Registry {
                 version,
                 kind,
                 sha256: sha256.clone(),
+                retrain: manifest.retrain.clone().map(Box::new),
             };
             match self.append(&name, state.seq + 1, &actor, event).await {
                 Ok(_) => {
