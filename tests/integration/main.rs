@@ -9,6 +9,7 @@ mod feedback;
 mod inference;
 mod optimization;
 mod registry;
+mod retrain;
 mod rollout;
 mod run;
 mod security;

@@ -9,11 +9,14 @@ use std::time::Duration;
 use nurture_models::registry::EventKind;
 use nurture_models::rollout::policy::Decision;
 use nurture_models::{ModelName, Registry};
+use nurture_proto::v1;
 use nurture_proto::v1::churn_service_client::ChurnServiceClient;
 use nurture_proto::v1::feedback_service_client::FeedbackServiceClient;
-use nurture_proto::v1::{self, outcome_report::Label};
 use nurture_tests::fixtures::labelled_leads;
 use nurture_tests::server::ServerProcess;
+use nurture_tests::traffic::{
+    predict, report_outcomes, serve_and_report, serve_here_report_there, true_outcomes,
+};
 use nurture_tests::{eventually, run_tool};
 use tempfile::TempDir;
 use tonic::transport::Channel;
@@ -161,77 +164,6 @@ impl Fixture {
             .await
             .unwrap();
         log.last().unwrap().clone()
-    }
-}
-
-/// Predicts `leads` and reports each true outcome: the versions that
-/// answered, in lead order.
-async fn serve_and_report(channel: &Channel, leads: &[(v1::LeadProfile, String)]) -> Vec<u64> {
-    serve_here_report_there(channel, channel, leads).await
-}
-
-/// Predicts `leads` on one replica and reports their outcomes to another.
-async fn serve_here_report_there(
-    serve: &Channel,
-    report: &Channel,
-    leads: &[(v1::LeadProfile, String)],
-) -> Vec<u64> {
-    let predictions = predict(serve, leads).await;
-    report_outcomes(report, &true_outcomes(&predictions, leads)).await;
-    predictions
-        .iter()
-        .map(|p| p.model.as_ref().unwrap().version)
-        .collect()
-}
-
-/// Churn predictions of `leads`, 100 per request, in lead order.
-async fn predict(
-    channel: &Channel,
-    leads: &[(v1::LeadProfile, String)],
-) -> Vec<v1::ChurnPrediction> {
-    let mut churn = ChurnServiceClient::new(channel.clone());
-    let mut predictions = Vec::new();
-    for chunk in leads.chunks(100) {
-        let response = churn
-            .predict_churn(v1::PredictChurnRequest {
-                leads: chunk.iter().map(|(lead, _)| lead.clone()).collect(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        predictions.extend(response.predictions);
-    }
-    predictions
-}
-
-/// The true outcome of each prediction, from its lead's label.
-fn true_outcomes(
-    predictions: &[v1::ChurnPrediction],
-    leads: &[(v1::LeadProfile, String)],
-) -> Vec<v1::OutcomeReport> {
-    predictions
-        .iter()
-        .zip(leads)
-        .map(|(prediction, (lead, label))| v1::OutcomeReport {
-            prediction_id: prediction.prediction_id.clone(),
-            // Outcomes are keyed by prediction id and outcome id together.
-            outcome_id: format!("observed-{}", lead.lead_id),
-            label: Some(Label::Churned(label == "1")),
-            ..Default::default()
-        })
-        .collect()
-}
-
-async fn report_outcomes(channel: &Channel, outcomes: &[v1::OutcomeReport]) {
-    let mut feedback = FeedbackServiceClient::new(channel.clone());
-    for chunk in outcomes.chunks(100) {
-        feedback
-            .record_outcomes(v1::RecordOutcomesRequest {
-                outcomes: chunk.to_vec(),
-            })
-            .await
-            .unwrap();
     }
 }
 

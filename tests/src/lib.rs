@@ -6,6 +6,7 @@ pub mod proxy;
 pub mod s3;
 pub mod server;
 pub mod tls;
+pub mod traffic;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

@@ -9,6 +9,7 @@ pub mod export;
 pub mod gbdt;
 pub mod generate;
 pub mod metrics;
+pub mod retrain;
 pub mod text;
 pub mod train;
 

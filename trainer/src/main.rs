@@ -7,8 +7,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use nurture_models::registry::DEFAULT_REGISTRY;
+use nurture_models::rollout::policy::RolloutPolicy;
+use nurture_models::rollout::sequential::SequentialTest;
 use nurture_models::{ModelKind, runtime};
 use nurture_trainer::gbdt::Params;
+use nurture_trainer::generate::Concept;
+use nurture_trainer::retrain::{self, RetrainOptions, RetrainReport};
 use nurture_trainer::text::TextParams;
 use nurture_trainer::train::{DEFAULT_MAX_REGRESSION, RefitMode, TrainOptions, TrainReport};
 use nurture_trainer::{dataset, generate, train};
@@ -39,10 +43,18 @@ enum Command {
         /// Random seed; the same seed gives the same files.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// The churn relationship: base, or shifted (a market change: the
+        /// same kind of leads, churning for other reasons; see docs/data.md).
+        #[arg(long, value_enum, default_value_t = Concept::Base)]
+        concept: Concept,
     },
     /// Train a kind (or all five) from CSV, check parity in ONNX Runtime,
     /// and optionally publish and promote.
     Train(Box<TrainArgs>),
+    /// Train a challenger on production feedback, compare it with the live
+    /// version on the newest outcomes, and release it under a guarded
+    /// rollout only if it is better by --min-gain.
+    Retrain(Box<RetrainArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,23 +80,24 @@ struct TrainArgs {
     /// Largest allowed drop of the primary metric (AUC or macro-F1) against the live version.
     #[arg(long, default_value_t = DEFAULT_MAX_REGRESSION)]
     max_regression: f64,
-    /// Seed of the early-stopping split of tabular kinds, which is made only above 10,000
-    /// training rows (below it the seed changes nothing); the same data and seed give
-    /// byte-identical ONNX.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
     /// Comma-separated features to use (tabular kinds); default: all.
     #[arg(long, value_delimiter = ',')]
     features: Option<Vec<String>>,
     /// Model name; default: the kind's name.
     #[arg(long)]
     name: Option<String>,
-    /// Who publishes, recorded in the release log. Defaults to $USER.
-    #[arg(long, env = "NURTURE_ACTOR")]
-    actor: Option<String>,
-    /// Also write {kind}.onnx and {kind}.manifest.json here.
-    #[arg(long)]
-    out_dir: Option<PathBuf>,
+    #[command(flatten)]
+    fit: FitArgs,
+}
+
+/// How models are fit, and where they go: shared by `train` and `retrain`.
+#[derive(Debug, clap::Args)]
+struct FitArgs {
+    /// Seed of the cross-validation folds (up to 10,000 rows) or of the
+    /// early-stopping split (above), and of retrain's bootstrap; the same
+    /// data and seed give byte-identical ONNX.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
     /// Whether the published model is fit again on every row once the holdout
     /// has measured a model fit without it: auto does so up to 10,000 rows
     /// (tabular kinds first choose their iterations by 5-fold cross-validation).
@@ -102,9 +115,128 @@ struct TrainArgs {
     /// Inverse regularisation of the emotion classifier (as scikit-learn's C).
     #[arg(long, default_value_t = 10.0)]
     c: f64,
+    /// Who publishes, recorded in the release log. Defaults to $USER.
+    #[arg(long, env = "NURTURE_ACTOR")]
+    actor: Option<String>,
+    /// Also write {kind}.onnx and {kind}.manifest.json here.
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
     /// Path of the ONNX Runtime library; else .ort/ of the project is used.
     #[arg(long, env = "ORT_DYLIB_PATH")]
     ort_dylib: Option<PathBuf>,
+}
+
+impl FitArgs {
+    /// Training options for `kind` from `data`, publishing nowhere yet.
+    fn options(&self, kind: ModelKind, data: PathBuf, registry: &str) -> TrainOptions {
+        TrainOptions {
+            kind,
+            data,
+            features: None,
+            seed: self.seed,
+            gbdt: Params {
+                iterations: self.iterations,
+                learning_rate: self.learning_rate,
+                max_leaves: self.max_leaves,
+                ..Params::default()
+            },
+            text: TextParams::default(),
+            c: self.c,
+            registry: Some(registry.to_owned()),
+            name: None,
+            publish: false,
+            promote: false,
+            force: false,
+            max_regression: DEFAULT_MAX_REGRESSION,
+            actor: self
+                .actor
+                .clone()
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "nurture-trainer".into()),
+            out_dir: self.out_dir.clone(),
+            refit: self.refit,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct RetrainArgs {
+    /// Model to retrain (its live version is the champion).
+    model: String,
+    /// Train on the prediction log joined with outcomes, read from the store
+    /// (the only source there is; the flag says so where it is used).
+    #[arg(long, required = true)]
+    from_feedback: bool,
+    /// Registry URL (the feedback store lies beside it).
+    #[arg(long, env = "NURTURE_REGISTRY", default_value = DEFAULT_REGISTRY)]
+    registry: String,
+    /// Share of the joined outcomes, the newest by observation time, on
+    /// which champion and challenger are compared.
+    #[arg(long, default_value_t = 0.2)]
+    holdout_share: f64,
+    /// Fewest joined outcomes worth a retrain.
+    #[arg(long, default_value_t = 200)]
+    min_outcomes: usize,
+    /// Use only the newest N joined outcomes.
+    #[arg(long)]
+    newest: Option<usize>,
+    /// Smallest gain of AUC or macro-F1 over the champion that releases the
+    /// challenger (its 95% paired-bootstrap interval must also be above 0).
+    #[arg(long, default_value_t = 0.01)]
+    min_gain: f64,
+    /// Original training data (CSV or Parquet) to mix into the training rows.
+    #[arg(long)]
+    mix: Option<PathBuf>,
+    /// Weight of each mixed-in row; feedback rows weigh 1.
+    #[arg(long, default_value_t = 0.5)]
+    mix_weight: f64,
+    /// Judge the challenger but publish nothing.
+    #[arg(long)]
+    no_release: bool,
+    /// The guarded rollout's canary percentages; success at the last promotes.
+    #[arg(long, value_delimiter = ',', default_value = "10,50")]
+    steps: Vec<u8>,
+    /// What the rollout's sequential test compares: error_rate or log_loss.
+    #[arg(long, default_value = "error_rate")]
+    rollout_metric: String,
+    /// Fewest outcomes per arm before the rollout's test decides.
+    #[arg(long, default_value_t = SequentialTest::default().min_outcomes)]
+    rollout_min_outcomes: u64,
+    #[command(flatten)]
+    fit: FitArgs,
+}
+
+impl RetrainArgs {
+    fn options(&self) -> anyhow::Result<RetrainOptions> {
+        let metric = self
+            .rollout_metric
+            .parse()
+            .map_err(|why: String| anyhow::anyhow!("--rollout-metric {why}"))?;
+        let options = RetrainOptions {
+            registry: self.registry.clone(),
+            train: self
+                .fit
+                .options(ModelKind::Churn, PathBuf::from("feedback"), &self.registry),
+            holdout_share: self.holdout_share,
+            min_outcomes: self.min_outcomes,
+            newest: self.newest,
+            min_gain: self.min_gain,
+            mix: self.mix.clone(),
+            mix_weight: self.mix_weight,
+            release: !self.no_release,
+            policy: RolloutPolicy {
+                metric,
+                test: SequentialTest {
+                    min_outcomes: self.rollout_min_outcomes,
+                    ..SequentialTest::default()
+                },
+                steps: self.steps.clone(),
+                ..RolloutPolicy::default()
+            },
+        };
+        retrain::check(&options)?;
+        Ok(options)
+    }
 }
 
 fn progress_bar(json: bool) -> ProgressBar {
@@ -151,7 +283,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if kinds.len() > 1 && (args.name.is_some() || args.features.is_some()) {
                 anyhow::bail!("--name and --features apply to one kind, not to \"all\"");
             }
-            let environment = runtime::environment(args.ort_dylib.as_deref())?;
+            let environment = runtime::environment(args.fit.ort_dylib.as_deref())?;
             let tokio = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -163,31 +295,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     args.data.clone()
                 };
                 let options = TrainOptions {
-                    kind,
-                    data,
                     features: args.features.clone(),
-                    seed: args.seed,
-                    gbdt: Params {
-                        iterations: args.iterations,
-                        learning_rate: args.learning_rate,
-                        max_leaves: args.max_leaves,
-                        ..Params::default()
-                    },
-                    text: TextParams::default(),
-                    c: args.c,
-                    registry: Some(args.registry.clone()),
                     name: args.name.clone(),
                     publish: args.publish,
                     promote: args.promote,
                     force: args.force,
                     max_regression: args.max_regression,
-                    actor: args
-                        .actor
-                        .clone()
-                        .or_else(|| std::env::var("USER").ok())
-                        .unwrap_or_else(|| "nurture-trainer".into()),
-                    out_dir: args.out_dir.clone(),
-                    refit: args.refit,
+                    ..args.fit.options(kind, data, &args.registry)
                 };
                 let bar = progress_bar(cli.json);
                 let report = tokio.block_on(train::train(&options, environment, &bar))?;
@@ -202,9 +316,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print_summary(&reports);
             }
         }
-        Command::Generate { out, rows, seed } => {
+        Command::Retrain(args) => {
+            let options = args.options()?;
+            let environment = runtime::environment(args.fit.ort_dylib.as_deref())?;
+            let tokio = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             let bar = progress_bar(cli.json);
-            let reports = generate::generate(&out, rows, seed, &bar)?;
+            let report =
+                tokio.block_on(retrain::retrain(&args.model, &options, environment, &bar))?;
+            bar.finish_and_clear();
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_retrain(&report);
+            }
+        }
+        Command::Generate {
+            out,
+            rows,
+            seed,
+            concept,
+        } => {
+            let bar = progress_bar(cli.json);
+            let reports = generate::generate(&out, rows, seed, concept, &bar)?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&reports)?);
             } else {
@@ -289,6 +424,50 @@ fn print_report(report: &TrainReport) {
         "  time       {:.1} s (fit {:.1} s, parity {:.1} s)",
         report.timings.total, report.timings.fit, report.timings.parity
     );
+}
+
+fn print_retrain(report: &RetrainReport) {
+    let f = &report.feedback;
+    println!(
+        "{}: {} outcomes, {} logged answers, {} joined ({} answers not in the log, {} without every input{})",
+        report.model,
+        f.outcomes,
+        f.logged,
+        f.joined,
+        f.unlogged,
+        f.incomplete,
+        if f.older > 0 {
+            format!(", {} older left out", f.older)
+        } else {
+            String::new()
+        }
+    );
+    if let Some(challenger) = &report.challenger {
+        print_report(challenger);
+    }
+    if let Some(e) = &report.evidence {
+        println!(
+            "  judged     on the newest {} outcomes: challenger {} {:.4}, champion (version {}) {:.4}, \
+             gain {:+.4}, 95% interval [{:+.4}, {:+.4}]: {}",
+            e.holdout_outcomes,
+            e.metric,
+            e.challenger,
+            e.champion_version,
+            e.champion,
+            e.challenger - e.champion,
+            e.interval[0],
+            e.interval[1],
+            if e.passed { "passed" } else { "refused" }
+        );
+    }
+    match (report.released, report.published_version, &report.stopped) {
+        (true, Some(version), _) => println!(
+            "released   version {version} under a guarded rollout (watch it: nurturectl rollout-wait {})",
+            report.model
+        ),
+        (_, _, Some(why)) => println!("stopped    {why}"),
+        _ => {}
+    }
 }
 
 fn print_summary(reports: &[TrainReport]) {

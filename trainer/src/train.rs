@@ -299,12 +299,12 @@ fn risk_thresholds(probabilities: &[Vec<f64>]) -> [f64; 4] {
 
 /// A fitted model, exported, whose ONNX Runtime outputs match it.
 pub(crate) struct Checked {
-    fitted: Fitted,
-    onnx: Vec<u8>,
-    summary: String,
+    pub fitted: Fitted,
+    pub onnx: Vec<u8>,
+    pub summary: String,
     /// ONNX Runtime's probabilities on the holdout.
-    served: Vec<Vec<f64>>,
-    parity_max_diff: f64,
+    pub served: Vec<Vec<f64>>,
+    pub parity_max_diff: f64,
 }
 
 /// Fits on `rows` (with `iterations` fixed, for tabular kinds, when given),
@@ -475,7 +475,7 @@ pub(crate) struct Splits {
 impl Splits {
     /// Refuses splits that cannot be fit or measured: fewer than two
     /// classes in either part.
-    fn check(&self, source: &Path) -> Result<()> {
+    pub fn check(&self, source: &Path) -> Result<()> {
         for (part, set) in [("training", &self.train), ("holdout", &self.holdout)] {
             let present = set.class_counts().iter().filter(|c| **c > 0).count();
             if present < 2 {
@@ -513,7 +513,12 @@ impl Built {
     }
 
     /// The training report, before publishing.
-    fn report(&self, splits: &Splits, bayes: Option<BayesReport>, timings: Timings) -> TrainReport {
+    pub fn report(
+        &self,
+        splits: &Splits,
+        bayes: Option<BayesReport>,
+        timings: Timings,
+    ) -> TrainReport {
         let published = self.published();
         TrainReport {
             kind: splits.data.kind,
@@ -812,7 +817,12 @@ async fn quality_gate(
     }))
 }
 
-fn write_artifacts(dir: &Path, kind: ModelKind, onnx: &[u8], draft: &ManifestDraft) -> Result<()> {
+pub(crate) fn write_artifacts(
+    dir: &Path,
+    kind: ModelKind,
+    onnx: &[u8],
+    draft: &ManifestDraft,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|error| Error::io(dir, error))?;
     let model = dir.join(format!("{kind}.onnx"));
     std::fs::write(&model, onnx).map_err(|error| Error::io(&model, error))?;

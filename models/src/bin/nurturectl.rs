@@ -489,17 +489,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             expect_seq,
         } => {
             let name = ModelName::new(&model)?;
-            let metric = match metric.as_str() {
-                "error_rate" => Metric::ErrorRate,
-                "log_loss" => Metric::LogLoss,
-                other => {
-                    return Err(Error::invalid(
-                        "--metric",
-                        format!("{other:?}; use error_rate or log_loss"),
-                    )
-                    .into());
-                }
-            };
+            let metric: Metric = metric
+                .parse()
+                .map_err(|why: String| Error::invalid("--metric", why))?;
             let policy = RolloutPolicy {
                 metric,
                 test: SequentialTest {

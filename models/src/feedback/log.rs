@@ -499,6 +499,89 @@ pub fn encode(model: &str, replica: &str, batches: &[LogBatch]) -> Result<Vec<u8
     writer.into_inner().map_err(parquet_error)
 }
 
+/// One logged answer, read back from a file of the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logged {
+    /// Its id.
+    pub prediction_id: String,
+    /// Version that answered.
+    pub version: u64,
+    /// Arm that answered (`live`, `canary`, `shadow`, `pinned`).
+    pub arm: String,
+    /// When (ms since the Unix epoch).
+    pub served_at_ms: i64,
+    /// The lead, if the request named one.
+    pub lead_id: Option<String>,
+    /// Tabular kinds: the inputs named by [`feature_columns`], in that
+    /// order; `None` where the answer had none.
+    pub features: Vec<Option<f64>>,
+    /// The text (emotion).
+    pub text: Option<String>,
+}
+
+/// The input columns of a kind's log: every lead feature, then the kind's
+/// own (empty for text kinds).
+pub fn feature_columns(kind: ModelKind) -> Vec<&'static str> {
+    if kind.input() != crate::kind::InputContract::Features {
+        return Vec::new();
+    }
+    LEAD_FEATURES
+        .iter()
+        .chain(kind.extra_features())
+        .map(|feature| feature.name)
+        .collect()
+}
+
+/// Reads one file of a kind's prediction log (as [`encode`] writes it, or
+/// any file with those columns): `file` names it in errors.
+pub fn decode(kind: ModelKind, file: &str, bytes: bytes::Bytes) -> Result<Vec<Logged>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+    let corrupt = |reason: String| Error::Corrupt {
+        object: file.to_owned(),
+        reason,
+    };
+    let reader = SerializedFileReader::new(bytes).map_err(|e| corrupt(e.to_string()))?;
+    let inputs = feature_columns(kind);
+    let mut out = Vec::with_capacity(reader.metadata().file_metadata().num_rows().max(0) as usize);
+    for row in reader
+        .get_row_iter(None)
+        .map_err(|e| corrupt(e.to_string()))?
+    {
+        let row = row.map_err(|e| corrupt(e.to_string()))?;
+        let mut logged = Logged {
+            prediction_id: String::new(),
+            version: 0,
+            arm: String::new(),
+            served_at_ms: 0,
+            lead_id: None,
+            features: vec![None; inputs.len()],
+            text: None,
+        };
+        for (name, field) in row.get_column_iter() {
+            match (name.as_str(), field) {
+                ("prediction_id", Field::Str(id)) => logged.prediction_id = id.clone(),
+                ("version", Field::Long(version)) => logged.version = *version as u64,
+                ("arm", Field::Str(arm)) => logged.arm = arm.clone(),
+                ("served_at", Field::TimestampMillis(ms)) => logged.served_at_ms = *ms,
+                ("lead_id", Field::Str(lead)) => logged.lead_id = Some(lead.clone()),
+                ("text", Field::Str(text)) => logged.text = Some(text.clone()),
+                (name, Field::Double(value)) => {
+                    if let Some(slot) = inputs.iter().position(|input| *input == name) {
+                        logged.features[slot] = Some(*value);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if logged.prediction_id.is_empty() {
+            return Err(corrupt("a row without a prediction_id".to_owned()));
+        }
+        out.push(logged);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -586,6 +669,53 @@ mod tests {
             panic!("a list")
         };
         assert_eq!(list.len(), 2);
+    }
+
+    #[test]
+    fn decode_reads_back_what_encode_wrote() {
+        let mut lead = vec![None; LEAD_FEATURES.len()];
+        lead[3] = Some(0.25);
+        lead[19] = Some(420.0);
+        let rows = [
+            ("a", lead, vec![0.9, 0.1], None),
+            (
+                "b",
+                vec![Some(1.0); LEAD_FEATURES.len()],
+                vec![0.2, 0.8],
+                None,
+            ),
+        ];
+        let bytes = encode("churn", "r", &[batch(ModelKind::Churn, &rows)]).unwrap();
+        let logged = decode(ModelKind::Churn, "f", bytes::Bytes::from(bytes)).unwrap();
+        assert_eq!(logged.len(), 2);
+        assert_eq!(feature_columns(ModelKind::Churn).len(), LEAD_FEATURES.len());
+        assert_eq!(logged[0].prediction_id, "a");
+        assert_eq!(logged[0].arm, "canary");
+        assert_eq!(logged[0].version, 3);
+        assert_eq!(logged[0].served_at_ms, 1_764_000_000_000);
+        assert_eq!(logged[0].lead_id.as_deref(), Some("lead-a"));
+        assert_eq!(logged[0].features[3], Some(0.25));
+        assert_eq!(logged[0].features[19], Some(420.0));
+        assert_eq!(logged[0].features[4], None);
+        assert_eq!(logged[1].features, vec![Some(1.0); LEAD_FEATURES.len()]);
+
+        let text = batch(
+            ModelKind::Emotion,
+            &[("t", vec![], vec![0.1; 10], Some("so excited"))],
+        );
+        let bytes = encode("emotion", "r", &[text]).unwrap();
+        let logged = decode(ModelKind::Emotion, "f", bytes::Bytes::from(bytes)).unwrap();
+        assert_eq!(logged[0].text.as_deref(), Some("so excited"));
+        assert!(logged[0].features.is_empty());
+
+        let error = decode(
+            ModelKind::Churn,
+            "feedback/x.parquet",
+            bytes::Bytes::from_static(b"nope"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("feedback/x.parquet"), "{error}");
     }
 
     #[test]

@@ -336,6 +336,38 @@ impl FeedbackStore {
         crate::batches::list(&self.store, &dir, since_millis, FEEDBACK_RELIST_MS).await
     }
 
+    /// Every answer of `model` (of `kind`) in the prediction log, file by
+    /// file in name order (the writer's time, then replica), each file's
+    /// rows in the order they were written.
+    pub async fn read_predictions(
+        &self,
+        model: &str,
+        kind: crate::kind::ModelKind,
+    ) -> Result<Vec<super::log::Logged>> {
+        let dir = self
+            .root()
+            .join("predictions")
+            .join(format!("model={model}"));
+        let mut files: Vec<Path> = self
+            .store
+            .list(Some(&dir))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await?;
+        files.retain(|file| file.extension() == Some("parquet"));
+        files.sort_by(|a, b| a.filename().cmp(&b.filename()).then(a.cmp(b)));
+        let store = &self.store;
+        let decoded: Vec<Vec<super::log::Logged>> = futures::stream::iter(files)
+            .map(|file| async move {
+                let bytes = store.get(&file).await?.bytes().await?;
+                super::log::decode(kind, file.as_ref(), bytes)
+            })
+            .buffered(8)
+            .try_collect()
+            .await?;
+        Ok(decoded.into_iter().flatten().collect())
+    }
+
     /// Reads the listed batches, in order.
     pub async fn fetch_batches(
         &self,

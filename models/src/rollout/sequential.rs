@@ -110,6 +110,18 @@ impl Metric {
     }
 }
 
+impl std::str::FromStr for Metric {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text {
+            "error_rate" => Ok(Metric::ErrorRate),
+            "log_loss" => Ok(Metric::LogLoss),
+            other => Err(format!("{other:?}; use error_rate or log_loss")),
+        }
+    }
+}
+
 /// The test's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SequentialTest {

@@ -36,12 +36,24 @@ pub struct BayesReport {
     pub note: String,
 }
 
+/// Which relationship between a lead's columns and churn the data follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Concept {
+    /// [`rules::churn`].
+    #[default]
+    Base,
+    /// [`rules::churn_shifted`]: the same leads, a changed relationship
+    /// (concept drift), for retraining demonstrations and tests.
+    Shifted,
+}
+
 /// Writes `{kind}.csv` for every kind and `bayes.json` into `out`, `rows`
-/// rows per file, reproducibly from `seed`.
+/// rows per file, reproducibly from `seed`; churn follows `concept`.
 pub fn generate(
     out: &Path,
     rows: usize,
     seed: u64,
+    concept: Concept,
     progress: &ProgressBar,
 ) -> Result<BTreeMap<ModelKind, BayesReport>> {
     if rows < 100 {
@@ -57,7 +69,7 @@ pub fn generate(
         let mut rng =
             ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9).wrapping_add(index as u64));
         let path = dataset::default_file(out, kind);
-        let report = write_kind(kind, &path, rows, &mut rng, progress)?;
+        let report = write_kind(kind, &path, rows, &mut rng, concept, progress)?;
         reports.insert(kind, report);
     }
     let bayes_path = out.join("bayes.json");
@@ -80,6 +92,7 @@ fn write_kind(
     path: &Path,
     rows: usize,
     rng: &mut ChaCha8Rng,
+    concept: Concept,
     progress: &ProgressBar,
 ) -> Result<BayesReport> {
     let file = std::fs::File::create(path).map_err(|error| Error::io(path, error))?;
@@ -126,7 +139,10 @@ fn write_kind(
             ModelKind::Churn | ModelKind::Journey => {
                 let lead = Lead::sample(rng);
                 let probabilities = if kind == ModelKind::Churn {
-                    let p = rules::churn(&lead);
+                    let p = match concept {
+                        Concept::Base => rules::churn(&lead),
+                        Concept::Shifted => rules::churn_shifted(&lead),
+                    };
                     vec![1.0 - p, p]
                 } else {
                     rules::journey(&lead).to_vec()

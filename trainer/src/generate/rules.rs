@@ -19,6 +19,22 @@ pub fn churn(lead: &Lead) -> f64 {
     sigmoid(logit)
 }
 
+/// Probability that a lead churns after the market shifted (`generate
+/// --concept shifted`): pre-approved leads now buy elsewhere and churn,
+/// upbeat sentiment and many showings no longer keep a lead, and fresh
+/// complaints matter twice as much; replies still do.
+pub fn churn_shifted(lead: &Lead) -> f64 {
+    let logit = -1.3
+        + 0.09 * lead.days_since_last_reply.min(60.0)
+        + 1.2 * lead.sentiment_score
+        + 0.35 * lead.showings_attended.min(6.0)
+        + 1.6 * lead.pre_approved
+        + 1.0 * lead.complaints_90d.min(4.0)
+        - 1.2 * (lead.email_open_rate - 0.4)
+        - 0.6 * f64::from(u8::from(lead.days_since_last_contact > 14.0));
+    sigmoid(logit)
+}
+
 /// Cut points of the journey stage's ordinal model.
 pub const JOURNEY_CUTS: [f64; 4] = [1.6, 2.8, 3.8, 4.8];
 /// Scale of the logistic noise around the journey score.
