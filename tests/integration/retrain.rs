@@ -11,7 +11,7 @@ use nurture_models::{ModelName, Registry};
 use nurture_tests::fixtures::labelled_leads;
 use nurture_tests::run_tool;
 use nurture_tests::server::ServerProcess;
-use nurture_tests::traffic::serve_and_report;
+use nurture_tests::traffic::{serve_and_report, serving};
 use serde_json::Value;
 use tempfile::TempDir;
 
@@ -193,5 +193,272 @@ async fn a_challenger_trained_on_feedback_is_released_only_when_it_beats_the_cha
     assert!(
         waiting["stopped"].as_str().unwrap().contains("under way"),
         "{waiting}"
+    );
+}
+
+/// `nurture-trainer watch` as a process, killed when dropped; its JSON
+/// lines go to a file.
+struct Watch {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+}
+
+impl Watch {
+    fn start(fixture: &Fixture, extra: &[&str]) -> Watch {
+        let out = fixture.dir.path().join("watch.jsonl");
+        let mut args = vec![
+            "--json",
+            "watch",
+            "churn",
+            "--interval",
+            "300ms",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let child = std::process::Command::new(nurture_tests::binary("nurture-trainer"))
+            .args(&args)
+            .env("NURTURE_REGISTRY", fixture.registry())
+            .env_remove("ORT_DYLIB_PATH")
+            .current_dir(nurture_tests::project_root())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(fixture.dir.path().join("watch.err")).unwrap())
+            .spawn()
+            .unwrap();
+        Watch { child, out }
+    }
+
+    /// Every finding printed so far.
+    fn findings(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    fn retrains(&self) -> Vec<Value> {
+        self.findings()
+            .into_iter()
+            .filter(|f| f["event"] == "retrained")
+            .collect()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The AUC of churn probabilities against the leads' true outcomes.
+fn auc(scored: &[(f64, bool)]) -> f64 {
+    let positives: Vec<f64> = scored.iter().filter(|s| s.1).map(|s| s.0).collect();
+    let negatives: Vec<f64> = scored.iter().filter(|s| !s.1).map(|s| s.0).collect();
+    let mut wins = 0.0;
+    for p in &positives {
+        for n in &negatives {
+            wins += if p > n {
+                1.0
+            } else if p == n {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    wins / (positives.len() * negatives.len()) as f64
+}
+
+/// Serves `leads` (100 per request), reports their true outcomes, and
+/// returns (version, churn probability, churned) of each answer.
+async fn serve_scored(
+    channel: &tonic::transport::Channel,
+    leads: &[(nurture_proto::v1::LeadProfile, String)],
+) -> Vec<(u64, f64, bool)> {
+    let predictions = nurture_tests::traffic::predict(channel, leads).await;
+    nurture_tests::traffic::report_outcomes(
+        channel,
+        &nurture_tests::traffic::true_outcomes(&predictions, leads),
+    )
+    .await;
+    predictions
+        .iter()
+        .zip(leads)
+        .map(|(p, (_, label))| {
+            (
+                p.model.as_ref().unwrap().version,
+                p.churn_probability,
+                label == "1",
+            )
+        })
+        .collect()
+}
+
+/// The loop closes by itself, on real processes: a server answers and
+/// judges rollouts, `watch` follows the outcomes. While leads behave as
+/// the champion learnt, `watch` retrains after its outcome count and gates
+/// nothing through. When the churn relationship changes mid-stream, the
+/// drift alarm fires (in the replica and in `watch`), `watch` retrains a
+/// challenger on the outcomes since the change, the challenger beats the
+/// champion on the newest of them, the guarded canary promotes it, and
+/// live quality recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_retrains_on_concept_drift_and_the_guarded_canary_restores_live_quality() {
+    let fixture = Fixture {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let base = generate(&fixture, "base", "base", "1");
+    fixture.run(
+        "nurture-trainer",
+        &["train", "churn", "--data", &base, "--promote"],
+    );
+    let same = labelled_leads(
+        Path::new(&generate(&fixture, "same", "base", "3")),
+        "churned",
+    );
+    let shifted_csv = {
+        fixture.run(
+            "nurture-trainer",
+            &[
+                "generate",
+                "--out",
+                &fixture.path("shifted"),
+                "--rows",
+                "6000",
+                "--concept",
+                "shifted",
+                "--seed",
+                "2",
+            ],
+        );
+        fixture.path("shifted/churn.csv")
+    };
+    let changed = labelled_leads(Path::new(&shifted_csv), "churned");
+    let server = ServerProcess::start(
+        &fixture.registry(),
+        &fixture.dir.path().join("cache"),
+        &[
+            "--models",
+            "churn",
+            "--poll-interval",
+            "300ms",
+            "--prediction-log-flush",
+            "200ms",
+            "--feedback-refresh",
+            "200ms",
+            "--guard-every",
+            "200ms",
+        ],
+    );
+    let channel = server.channel().await;
+    let watch = Watch::start(
+        &fixture,
+        &[
+            "--after-outcomes",
+            "800",
+            "--min-outcomes",
+            "800",
+            "--steps",
+            "50",
+            "--rollout-min-outcomes",
+            "100",
+        ],
+    );
+
+    // Control: the concept the champion learnt.
+    serving(&channel, &same, 1).await;
+    for chunk in same[..1000].chunks(100) {
+        serve_scored(&channel, chunk).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while watch.retrains().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no retrain after 800 outcomes: {:?}",
+            watch.findings()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let control = &watch.retrains()[0];
+    assert_eq!(control["trigger"], "outcomes", "{control}");
+    assert_eq!(control["report"]["released"], false, "{control}");
+    assert!(
+        watch.findings().iter().all(|f| f["event"] != "drift"),
+        "no drift while the concept holds: {:?}",
+        watch.findings()
+    );
+
+    // The market shifts. Serve until the guard has promoted a challenger.
+    let registry = Registry::open(&fixture.registry()).unwrap();
+    let name = ModelName::new("churn").unwrap();
+    let mut answers = Vec::new();
+    let mut served = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while registry.state(&name).await.unwrap().live == Some(1) {
+        assert!(
+            served + 100 <= changed.len() && Instant::now() < deadline,
+            "no promotion after {served} changed leads: {:?}\n{}",
+            watch.findings(),
+            server.log()
+        );
+        answers.extend(serve_scored(&channel, &changed[served..served + 100]).await);
+        served += 100;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let findings = watch.findings();
+    let drift = findings
+        .iter()
+        .find(|f| f["event"] == "drift")
+        .expect("watch saw the drift");
+    assert_eq!(drift["version"], 1);
+    let released = watch
+        .retrains()
+        .into_iter()
+        .find(|r| r["report"]["released"] == true)
+        .expect("a released challenger");
+    assert_eq!(released["trigger"], "drift", "{released}");
+    let evidence = &released["report"]["evidence"];
+    assert!(
+        evidence["challenger"].as_f64().unwrap() > evidence["champion"].as_f64().unwrap() + 0.1,
+        "{evidence}"
+    );
+    let version = released["report"]["published_version"].as_u64().unwrap();
+    assert_eq!(registry.state(&name).await.unwrap().live, Some(version));
+    assert!(
+        server
+            .metrics()
+            .lines()
+            .any(|l| l.starts_with("nurture_drift_alarms_total{")
+                && l.contains("version=\"1\"")
+                && !l.ends_with(" 0")),
+        "the replica's own detector alarmed too"
+    );
+
+    // Live quality recovers: the promoted version ranks the changed leads
+    // far better than the champion did.
+    let before: Vec<(f64, bool)> = answers
+        .iter()
+        .filter(|a| a.0 == 1)
+        .map(|a| (a.1, a.2))
+        .collect();
+    let after: Vec<(f64, bool)> = serve_scored(&channel, &changed[served..served + 500])
+        .await
+        .iter()
+        .map(|a| {
+            assert_eq!(a.0, version, "the promoted version answers");
+            (a.1, a.2)
+        })
+        .collect();
+    let (was, now) = (auc(&before), auc(&after));
+    assert!(
+        now > 0.7 && now > was + 0.15,
+        "AUC {was:.3} before, {now:.3} after"
+    );
+    eprintln!(
+        "watch: {served} changed leads until promotion; AUC {was:.3} -> {now:.3}; {} findings",
+        findings.len()
     );
 }

@@ -15,7 +15,7 @@ use nurture_proto::v1::feedback_service_client::FeedbackServiceClient;
 use nurture_tests::fixtures::labelled_leads;
 use nurture_tests::server::ServerProcess;
 use nurture_tests::traffic::{
-    predict, report_outcomes, serve_and_report, serve_here_report_there, true_outcomes,
+    predict, report_outcomes, serve_and_report, serve_here_report_there, serving, true_outcomes,
 };
 use nurture_tests::{eventually, run_tool};
 use tempfile::TempDir;
@@ -165,30 +165,6 @@ impl Fixture {
             .unwrap();
         log.last().unwrap().clone()
     }
-}
-
-/// Waits until churn answers with prediction ids and `version` answers
-/// some of the first 50 leads.
-async fn serving(channel: &Channel, leads: &[(v1::LeadProfile, String)], version: u64) {
-    let mut churn = ChurnServiceClient::new(channel.clone());
-    eventually("the version serves", Duration::from_secs(60), async || {
-        churn
-            .predict_churn(v1::PredictChurnRequest {
-                leads: leads
-                    .iter()
-                    .take(50)
-                    .map(|(lead, _)| lead.clone())
-                    .collect(),
-                ..Default::default()
-            })
-            .await
-            .is_ok_and(|r| {
-                r.into_inner().predictions.iter().any(|p| {
-                    !p.prediction_id.is_empty() && p.model.as_ref().unwrap().version == version
-                })
-            })
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

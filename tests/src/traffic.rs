@@ -4,7 +4,11 @@
 use nurture_proto::v1::churn_service_client::ChurnServiceClient;
 use nurture_proto::v1::feedback_service_client::FeedbackServiceClient;
 use nurture_proto::v1::{self, outcome_report::Label};
+use std::time::Duration;
+
 use tonic::transport::Channel;
+
+use crate::eventually;
 
 /// Predicts `leads` and reports each true outcome: the versions that
 /// answered, in lead order.
@@ -76,4 +80,28 @@ pub async fn report_outcomes(channel: &Channel, outcomes: &[v1::OutcomeReport]) 
             .await
             .unwrap();
     }
+}
+
+/// Waits until churn answers with prediction ids and `version` answers
+/// some of the first 50 leads.
+pub async fn serving(channel: &Channel, leads: &[(v1::LeadProfile, String)], version: u64) {
+    let mut churn = ChurnServiceClient::new(channel.clone());
+    eventually("the version serves", Duration::from_secs(60), async || {
+        churn
+            .predict_churn(v1::PredictChurnRequest {
+                leads: leads
+                    .iter()
+                    .take(50)
+                    .map(|(lead, _)| lead.clone())
+                    .collect(),
+                ..Default::default()
+            })
+            .await
+            .is_ok_and(|r| {
+                r.into_inner().predictions.iter().any(|p| {
+                    !p.prediction_id.is_empty() && p.model.as_ref().unwrap().version == version
+                })
+            })
+    })
+    .await;
 }

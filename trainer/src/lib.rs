@@ -12,5 +12,6 @@ pub mod metrics;
 pub mod retrain;
 pub mod text;
 pub mod train;
+pub mod watch;
 
 pub use error::{Error, Result};

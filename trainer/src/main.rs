@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use metrics_exporter_prometheus::PrometheusBuilder;
+use nurture_models::feedback::drift::AdwinConfig;
 use nurture_models::registry::DEFAULT_REGISTRY;
 use nurture_models::rollout::policy::RolloutPolicy;
 use nurture_models::rollout::sequential::SequentialTest;
@@ -15,6 +17,7 @@ use nurture_trainer::generate::Concept;
 use nurture_trainer::retrain::{self, RetrainOptions, RetrainReport};
 use nurture_trainer::text::TextParams;
 use nurture_trainer::train::{DEFAULT_MAX_REGRESSION, RefitMode, TrainOptions, TrainReport};
+use nurture_trainer::watch::{Finding, Trigger, WatchOptions, Watcher};
 use nurture_trainer::{dataset, generate, train};
 
 /// Train Nurture's models and publish them to the registry.
@@ -55,6 +58,10 @@ enum Command {
     /// version on the newest outcomes, and release it under a guarded
     /// rollout only if it is better by --min-gain.
     Retrain(Box<RetrainArgs>),
+    /// Follow a model's outcomes and retrain it when its live version
+    /// drifts or after --after-outcomes new outcomes; challengers go
+    /// through retrain's gate and a guarded rollout.
+    Watch(Box<WatchArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -167,6 +174,14 @@ struct RetrainArgs {
     /// (the only source there is; the flag says so where it is used).
     #[arg(long, required = true)]
     from_feedback: bool,
+    #[command(flatten)]
+    judge: JudgeArgs,
+}
+
+/// How a challenger is trained on feedback, judged and released: shared by
+/// `retrain` and `watch`.
+#[derive(Debug, clap::Args)]
+struct JudgeArgs {
     /// Registry URL (the feedback store lies beside it).
     #[arg(long, env = "NURTURE_REGISTRY", default_value = DEFAULT_REGISTRY)]
     registry: String,
@@ -206,7 +221,7 @@ struct RetrainArgs {
     fit: FitArgs,
 }
 
-impl RetrainArgs {
+impl JudgeArgs {
     fn options(&self) -> anyhow::Result<RetrainOptions> {
         let metric = self
             .rollout_metric
@@ -237,6 +252,29 @@ impl RetrainArgs {
         retrain::check(&options)?;
         Ok(options)
     }
+}
+
+#[derive(Debug, clap::Args)]
+struct WatchArgs {
+    /// Model to watch.
+    model: String,
+    /// Retrain after this many new outcomes of the model, drift or not.
+    #[arg(long, env = "NURTURE_WATCH_AFTER_OUTCOMES", default_value_t = 10_000)]
+    after_outcomes: u64,
+    /// Time between checks of the store.
+    #[arg(long, env = "NURTURE_WATCH_INTERVAL", default_value = "30s", value_parser = nurture_models::parse_duration)]
+    interval: std::time::Duration,
+    /// Check once and exit (for a CronJob); the state carries over in the store.
+    #[arg(long)]
+    once: bool,
+    /// ADWIN's confidence on the live version's error stream (the replicas' default).
+    #[arg(long, default_value_t = nurture_models::feedback::drift::SERVER.delta)]
+    drift_delta: f64,
+    /// Serve Prometheus metrics on this address (GET /metrics).
+    #[arg(long, env = "NURTURE_WATCH_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    judge: JudgeArgs,
 }
 
 fn progress_bar(json: bool) -> ProgressBar {
@@ -316,9 +354,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print_summary(&reports);
             }
         }
+        Command::Watch(args) => watch(*args, cli.json)?,
         Command::Retrain(args) => {
-            let options = args.options()?;
-            let environment = runtime::environment(args.fit.ort_dylib.as_deref())?;
+            let options = args.judge.options()?;
+            let environment = runtime::environment(args.judge.fit.ort_dylib.as_deref())?;
             let tokio = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -424,6 +463,131 @@ fn print_report(report: &TrainReport) {
         "  time       {:.1} s (fit {:.1} s, parity {:.1} s)",
         report.timings.total, report.timings.fit, report.timings.parity
     );
+}
+
+/// `watch`: checks every interval (or once) until SIGINT or SIGTERM.
+fn watch(args: WatchArgs, json: bool) -> anyhow::Result<()> {
+    let options = WatchOptions {
+        retrain: args.judge.options()?,
+        after_outcomes: args.after_outcomes,
+        drift: AdwinConfig {
+            delta: args.drift_delta,
+            ..nurture_models::feedback::drift::SERVER
+        },
+        interval: args.interval,
+    };
+    anyhow::ensure!(
+        args.drift_delta > 0.0 && args.drift_delta < 1.0,
+        "--drift-delta must be in (0, 1), got {}",
+        args.drift_delta
+    );
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)?;
+    let environment = runtime::environment(args.judge.fit.ort_dylib.as_deref())?;
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    tokio.block_on(async {
+        if let Some(address) = args.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(address).await?;
+            tracing::info!(address = %listener.local_addr()?, "serving metrics");
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let handle = handle.clone();
+                    async move { handle.render() }
+                }),
+            );
+            tokio::spawn(async move { axum::serve(listener, app).await });
+        }
+        let mut watcher = Watcher::open(&args.model, options).await?;
+        let mut ticks = tokio::time::interval(args.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = tokio::signal::ctrl_c() => break,
+                _ = terminate.recv() => break,
+            }
+            let bar = progress_bar(json);
+            match watcher.check(environment, &bar).await {
+                Ok(findings) => {
+                    bar.finish_and_clear();
+                    for finding in &findings {
+                        print_finding(&args.model, finding, json)?;
+                    }
+                }
+                // A store or registry hiccup is reported and retried at the
+                // next check; --once reports it as a failure.
+                Err(error) if !args.once => {
+                    bar.finish_and_clear();
+                    tracing::warn!(%error, "check failed; retrying at the next interval");
+                    eprintln!("watch {}: check failed: {error}", args.model);
+                }
+                Err(error) => return Err(error.into()),
+            }
+            if args.once {
+                break;
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    })
+}
+
+fn print_finding(model: &str, finding: &Finding, json: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, finding)?;
+        writeln!(out)?;
+        out.flush()?;
+        return Ok(());
+    }
+    let now = chrono::Utc::now().format("%H:%M:%S");
+    match finding {
+        Finding::Quiet {
+            live,
+            outcomes,
+            since_retrain,
+            window_error_rate,
+            window,
+        } => writeln!(
+            out,
+            "{now} {model}: live {}, {outcomes} outcomes ({since_retrain} since the last retrain), \
+             window error rate {} over {} outcomes",
+            live.map_or("none".to_owned(), |v| format!("version {v}")),
+            window_error_rate.map_or("-".to_owned(), |r| format!("{r:.3}")),
+            window.unwrap_or(0)
+        )?,
+        Finding::Drift {
+            version,
+            window_error_rate,
+            window,
+        } => writeln!(
+            out,
+            "{now} {model}: drift in version {version}'s errors: {window_error_rate:.3} over the {window} outcomes since the change"
+        )?,
+        Finding::Waiting { version } => writeln!(
+            out,
+            "{now} {model}: the rollout of version {version} is under way; waiting for its decision"
+        )?,
+        Finding::Retrained { trigger, report } => {
+            writeln!(
+                out,
+                "{now} {model}: retraining ({})",
+                match trigger {
+                    Trigger::Drift => "drift",
+                    Trigger::Outcomes => "new outcomes",
+                }
+            )?;
+            drop(out);
+            print_retrain(report);
+        }
+    }
+    Ok(())
 }
 
 fn print_retrain(report: &RetrainReport) {
