@@ -11,7 +11,7 @@ RUN pip download --no-deps --only-binary=:all: --dest /wheel onnxruntime==1.31.1
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p nurture-server -p nurture-models
+RUN cargo build --release --locked -p nurture-server -p nurture-models -p nurture-trainer
 
 FROM debian:bookworm-slim
 RUN apt-get update \
@@ -20,7 +20,7 @@ RUN apt-get update \
  && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin nurture \
  && mkdir -p /var/cache/nurture && chown nurture:nurture /var/cache/nurture
 COPY --from=ort /ort/onnxruntime/capi/libonnxruntime.so.1.31.1 /opt/nurture/lib/libonnxruntime.so.1.31.1
-COPY --from=build /src/target/release/nurture-server /src/target/release/nurturectl /usr/local/bin/
+COPY --from=build /src/target/release/nurture-server /src/target/release/nurturectl /src/target/release/nurture-trainer /usr/local/bin/
 ENV ORT_DYLIB_PATH=/opt/nurture/lib/libonnxruntime.so.1.31.1 \
     NURTURE_LOG=info,ort=warn
 USER 10001:10001

@@ -1,16 +1,26 @@
 //! The chart and the Dockerfile only pass flags and variables that
-//! `nurture-server` knows.
+//! `nurture-server` (and, for the retrainer, `nurture-trainer watch`) knows.
 
 use std::collections::BTreeSet;
 use std::process::Command;
 
-fn help() -> String {
-    let output = Command::new(nurture_tests::binary("nurture-server"))
+fn help_of(binary: &str, args: &[&str]) -> String {
+    let output = Command::new(nurture_tests::binary(binary))
+        .args(args)
         .arg("--help")
         .output()
         .unwrap();
     assert!(output.status.success());
     String::from_utf8(output.stdout).unwrap()
+}
+
+/// The container argument lines (`- --flag=...`) of `documents`.
+fn container_args<'a>(documents: impl Iterator<Item = &'a str>) -> String {
+    documents
+        .flat_map(str::lines)
+        .filter(|l| l.trim_start().starts_with("- --"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn flags(text: &str) -> BTreeSet<String> {
@@ -64,18 +74,35 @@ fn rendered_chart() -> String {
 
 #[test]
 fn every_flag_and_variable_the_chart_and_dockerfile_pass_exists() {
-    let help = help();
+    let help = help_of("nurture-server", &[]);
     let known_flags = flags(&help);
     let chart = rendered_chart();
     let dockerfile =
         std::fs::read_to_string(nurture_tests::project_root().join("Dockerfile")).unwrap();
+    // The retrainer's manifests run nurture-trainer watch; the rest the server.
+    let (trainer_docs, server_docs): (Vec<&str>, Vec<&str>) = chart
+        .split("\n---")
+        .partition(|doc| doc.contains("/usr/local/bin/nurture-trainer"));
+    assert!(
+        !trainer_docs.is_empty(),
+        "the production values enable the retrainer"
+    );
+    let watch_help = help_of("nurture-trainer", &["watch"]);
+    let watch_flags = flags(&watch_help);
+    let watch_args = flags(&container_args(trainer_docs.iter().copied()));
+    assert!(
+        watch_args.len() >= 5,
+        "found the retrainer's flags: {watch_args:?}"
+    );
+    for flag in &watch_args {
+        assert!(
+            watch_flags.contains(flag),
+            "{flag} is passed to the retrainer but unknown to nurture-trainer watch --help"
+        );
+    }
     // Only the server's own command lines: the container args and the
     // Dockerfile's CMD.
-    let chart_args: String = chart
-        .lines()
-        .filter(|l| l.trim_start().starts_with("- --"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let chart_args = container_args(server_docs.iter().copied());
     let cmd: String = dockerfile
         .lines()
         .filter(|l| l.starts_with("CMD"))
@@ -90,7 +117,9 @@ fn every_flag_and_variable_the_chart_and_dockerfile_pass_exists() {
         );
     }
     for variable in nurture_variables(&format!("{chart}\n{dockerfile}")) {
-        let known = help.contains(&format!("env: {variable}=")) || variable == "NURTURE_LOG";
+        let known = help.contains(&format!("env: {variable}="))
+            || watch_help.contains(&format!("env: {variable}="))
+            || variable == "NURTURE_LOG";
         assert!(
             known,
             "{variable} is set by the chart or Dockerfile but nurture-server does not read it"
