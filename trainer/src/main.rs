@@ -195,6 +195,10 @@ struct JudgeArgs {
     /// Use only the newest N joined outcomes.
     #[arg(long)]
     newest: Option<usize>,
+    /// Use only outcomes observed at or after this time (RFC 3339, e.g.
+    /// 2026-12-01T09:30:00Z).
+    #[arg(long)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
     /// Smallest gain of AUC or macro-F1 over the champion that releases the
     /// challenger (its 95% paired-bootstrap interval must also be above 0).
     #[arg(long, default_value_t = 0.01)]
@@ -235,6 +239,7 @@ impl JudgeArgs {
             holdout_share: self.holdout_share,
             min_outcomes: self.min_outcomes,
             newest: self.newest,
+            since_ms: self.since.map(|t| t.timestamp_millis()),
             min_gain: self.min_gain,
             mix: self.mix.clone(),
             mix_weight: self.mix_weight,

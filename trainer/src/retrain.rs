@@ -40,9 +40,11 @@ pub struct RetrainOptions {
     pub holdout_share: f64,
     /// Fewest joined outcomes worth a retrain.
     pub min_outcomes: usize,
-    /// Use only the newest this many joined outcomes (e.g. those since a
-    /// drift alarm's change point).
+    /// Use only the newest this many joined outcomes.
     pub newest: Option<usize>,
+    /// Use only outcomes observed at or after this time (ms since the
+    /// epoch), e.g. since a drift alarm's change point.
+    pub since_ms: Option<i64>,
     /// Smallest gain of the primary metric (challenger − champion) that
     /// releases the challenger; its paired-bootstrap 95% interval must also
     /// lie above zero.
@@ -71,7 +73,7 @@ pub struct FeedbackCounts {
     pub unlogged: usize,
     /// Joined answers without a value for one of the champion's features.
     pub incomplete: usize,
-    /// Joined rows left out by `--newest`.
+    /// Joined rows left out by `--newest` or `--since`.
     pub older: usize,
 }
 
@@ -316,10 +318,15 @@ pub async fn retrain(
     report.feedback.outcomes = outcomes.len();
     report.feedback.logged = logged.len();
     let mut joined = join(kind, &features, logged, &outcomes, &mut report.feedback)?;
-    if let Some(newest) = options.newest.filter(|n| *n < joined.len()) {
-        report.feedback.older = joined.len() - newest;
-        joined.drain(..joined.len() - newest);
+    let mut keep_from = 0;
+    if let Some(since) = options.since_ms {
+        keep_from = joined.partition_point(|row| row.observed_at_ms < since);
     }
+    if let Some(newest) = options.newest {
+        keep_from = keep_from.max(joined.len().saturating_sub(newest));
+    }
+    report.feedback.older = keep_from;
+    joined.drain(..keep_from);
     if joined.len() < options.min_outcomes.max(2) {
         report.stopped = Some(format!(
             "only {} outcomes joined with logged answers (need {}): wait for more feedback",

@@ -133,6 +133,23 @@ struct Detector {
     adwin: Adwin,
     seen: u64,
     last_alarm_at: Option<u64>,
+    /// Observation time of every [`TIME_STRIDE`]-th outcome: where ADWIN's
+    /// window begins, in time.
+    times: Vec<i64>,
+}
+
+/// Outcomes between two remembered observation times.
+const TIME_STRIDE: u64 = 16;
+
+impl Detector {
+    /// When the first outcome of ADWIN's window was observed (rounded up
+    /// to the next remembered time, so nothing before the change is in).
+    fn window_start_ms(&self) -> Option<i64> {
+        let start = self.seen - self.adwin.width();
+        self.times
+            .get(start.div_ceil(TIME_STRIDE) as usize)
+            .copied()
+    }
 }
 
 fn state_path(registry: &Registry, name: &ModelName) -> Path {
@@ -212,7 +229,11 @@ impl Watcher {
                         adwin: Adwin::new(config),
                         seen: 0,
                         last_alarm_at: None,
+                        times: Vec::new(),
                     });
+                if detector.seen.is_multiple_of(TIME_STRIDE) {
+                    detector.times.push(outcome.observed_at_ms);
+                }
                 detector.seen += 1;
                 if detector.adwin.update(error) {
                     detector.last_alarm_at = Some(detector.seen);
@@ -291,7 +312,9 @@ impl Watcher {
                 });
                 let window = detector.adwin.width() as usize;
                 (window >= retrain.min_outcomes).then(|| {
-                    retrain.newest = Some(window.max(retrain.newest.unwrap_or(0)));
+                    // By time, not by count: answers reach the log later
+                    // than their outcomes arrive.
+                    retrain.since_ms = detector.window_start_ms();
                     Trigger::Drift
                 })
             }
