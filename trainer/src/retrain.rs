@@ -252,7 +252,7 @@ fn time_split(options: &RetrainOptions, all: Dataset) -> Result<Splits> {
     let holdout = all.subset(|row| row >= first_holdout);
     let (train, data) = match &options.mix {
         Some(path) => {
-            let mixed = dataset::load(options.train.kind, path)?;
+            let mixed = dataset::load(all.kind, path)?;
             let mixed = match &all.inputs {
                 Inputs::Features { names, .. } => mixed.select_features(names)?,
                 Inputs::Texts(_) => mixed,
