@@ -22,16 +22,20 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::Parser;
-use nurture_models::kind::{EMOTION_LABELS, PROBABILITIES_OUTPUT, TEXT_INPUT};
-use nurture_models::runtime;
 use nurture_proto::v1;
 use nurture_proto::v1::emotion_service_client::EmotionServiceClient;
 use nurture_proto::v1::feedback_service_client::FeedbackServiceClient;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
+
+// Shared with the end-to-end test of corrections, without a dependency on
+// the test-support crate.
+#[path = "../../tests/src/corrections.rs"]
+mod corrections;
+use corrections::{Message, accuracy, analyse, corrections, read, score_onnx};
 
 #[derive(Debug, Parser)]
 #[command(name = "nurture-corrections")]
@@ -43,7 +47,7 @@ struct Cli {
     #[arg(long)]
     registry: String,
     /// The realistic messages: lead_id, text, emotion, set (pool or heldout).
-    #[arg(long, default_value = "benches/corrections/messages.csv")]
+    #[arg(long, default_value = corrections::MESSAGES)]
     messages: PathBuf,
     /// The synthetic training data mixed into each retrain.
     #[arg(long)]
@@ -63,111 +67,6 @@ struct Cli {
     /// Scratch folder for the challengers.
     #[arg(long)]
     work: PathBuf,
-}
-
-struct Message {
-    id: String,
-    text: String,
-    label: usize,
-}
-
-fn read(path: &PathBuf) -> anyhow::Result<(Vec<Message>, Vec<Message>)> {
-    let mut reader =
-        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let header = reader.headers()?.clone();
-    let column = |name: &str| {
-        header
-            .iter()
-            .position(|h| h == name)
-            .with_context(|| format!("{} has no {name} column", path.display()))
-    };
-    let (id, text, emotion, set) = (
-        column("lead_id")?,
-        column("text")?,
-        column("emotion")?,
-        column("set")?,
-    );
-    let (mut pool, mut heldout) = (Vec::new(), Vec::new());
-    for (line, row) in reader.records().enumerate() {
-        let row = row?;
-        let label = EMOTION_LABELS
-            .iter()
-            .position(|l| *l == &row[emotion])
-            .with_context(|| format!("line {}: unknown emotion {:?}", line + 2, &row[emotion]))?;
-        let message = Message {
-            id: row[id].to_owned(),
-            text: row[text].to_owned(),
-            label,
-        };
-        match &row[set] {
-            "pool" => pool.push(message),
-            "heldout" => heldout.push(message),
-            other => bail!("line {}: set {other:?}; use pool or heldout", line + 2),
-        }
-    }
-    Ok((pool, heldout))
-}
-
-/// Share of `messages` whose most probable state is their label.
-fn accuracy(probabilities: &[Vec<f32>], messages: &[Message]) -> f64 {
-    let right = probabilities
-        .iter()
-        .zip(messages)
-        .filter(|(p, m)| {
-            let best = p
-                .iter()
-                .enumerate()
-                .fold(0, |best, (i, v)| if *v > p[best] { i } else { best });
-            best == m.label
-        })
-        .count();
-    right as f64 / messages.len() as f64
-}
-
-fn score_onnx(path: &PathBuf, messages: &[Message]) -> anyhow::Result<Vec<Vec<f32>>> {
-    let environment = runtime::environment(None)?;
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut session = runtime::session(environment, &bytes, 1)?;
-    let texts: Vec<String> = messages.iter().map(|m| m.text.clone()).collect();
-    let tensor = ort::value::Tensor::from_string_array(([texts.len()], &texts[..]))?;
-    let outputs = session.run(ort::inputs![TEXT_INPUT => tensor])?;
-    let (_, values) = outputs[PROBABILITIES_OUTPUT].try_extract_tensor::<f32>()?;
-    Ok(values
-        .chunks(EMOTION_LABELS.len())
-        .map(<[f32]>::to_vec)
-        .collect())
-}
-
-/// Analyses `messages` on the server: each answer's prediction id and
-/// probabilities (in label order).
-async fn analyse(
-    client: &mut EmotionServiceClient<tonic::transport::Channel>,
-    messages: &[Message],
-) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
-    let mut out = Vec::new();
-    for chunk in messages.chunks(50) {
-        let response = client
-            .analyze_emotion(v1::AnalyzeEmotionRequest {
-                inputs: chunk
-                    .iter()
-                    .map(|m| v1::EmotionInput {
-                        text: m.text.clone(),
-                        lead_id: m.id.clone(),
-                    })
-                    .collect(),
-                version: 0,
-            })
-            .await?
-            .into_inner();
-        for result in response.results {
-            let mut probabilities = vec![0.0; EMOTION_LABELS.len()];
-            for score in &result.scores {
-                probabilities[(score.state - 1) as usize] = score.probability as f32;
-            }
-            out.push((result.prediction_id, probabilities));
-        }
-    }
-    Ok(out)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -194,27 +93,9 @@ async fn main() -> anyhow::Result<()> {
     for trial in 0..cli.trials {
         let mut order: Vec<&Message> = pool.iter().collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(trial));
-        let order: Vec<Message> = order
-            .into_iter()
-            .map(|m| Message {
-                id: m.id.clone(),
-                text: m.text.clone(),
-                label: m.label,
-            })
-            .collect();
+        let order: Vec<Message> = order.into_iter().cloned().collect();
         let answers = analyse(&mut emotion, &order).await?;
-        let corrections: Vec<v1::OutcomeReport> = answers
-            .iter()
-            .zip(&order)
-            .map(|((id, _), message)| v1::OutcomeReport {
-                prediction_id: id.clone(),
-                outcome_id: format!("correction-{trial}-{}", message.id),
-                label: Some(v1::outcome_report::Label::Emotion(
-                    message.label as i32 + 1,
-                )),
-                ..Default::default()
-            })
-            .collect();
+        let corrections = corrections(&answers, &order, &format!("trial-{trial}"));
         // One per call, so that observation times follow the shuffled
         // order and "the newest K" is the last K corrected.
         for correction in corrections {
@@ -229,7 +110,13 @@ async fn main() -> anyhow::Result<()> {
         for k in &cli.steps {
             let out = cli.work.join(format!("trial-{trial}-k-{k}"));
             let report = Command::new(&cli.trainer)
-                .args(["--json", "retrain", "emotion", "--from-feedback", "--no-release"])
+                .args([
+                    "--json",
+                    "retrain",
+                    "emotion",
+                    "--from-feedback",
+                    "--no-release",
+                ])
                 .args(["--registry", &cli.registry, "--newest", &k.to_string()])
                 .args(["--min-outcomes", "10", "--refit", "always"])
                 .arg("--mix")

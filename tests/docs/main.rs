@@ -300,14 +300,22 @@ fn run_file(markdown_path: &Path, dir: &Path) -> Result<(), String> {
         .spawn()
         .expect("bash starts");
     let started = Instant::now();
+    // Whatever the blocks left running in the background (a block that
+    // failed before its own `kill`) goes with their process group.
+    let group = format!("-{}", child.id());
+    let kill_group = || {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
+    };
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for bash") {
+            kill_group();
             break Some(status);
         }
         if started.elapsed() > FILE_TIMEOUT {
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", child.id())])
-                .status();
+            kill_group();
             let _ = child.wait();
             break None;
         }

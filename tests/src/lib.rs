@@ -1,6 +1,7 @@
 //! Support for Nurture's end-to-end tests: ONNX fixtures built in code, the
 //! S3-compatible test server, and paths of the project's binaries.
 
+pub mod corrections;
 pub mod fixtures;
 pub mod proxy;
 pub mod s3;

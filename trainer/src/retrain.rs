@@ -269,6 +269,84 @@ fn time_split(options: &RetrainOptions, all: Dataset) -> Result<Splits> {
     })
 }
 
+/// A challenger fit on feedback and compared with the champion.
+pub struct Judged {
+    pub(crate) built: train::Built,
+    pub(crate) splits: Splits,
+    /// The champion's primary metric on the holdout.
+    pub champion: f64,
+    /// The challenger's, fit without the holdout.
+    pub challenger: f64,
+    /// 95% paired-bootstrap interval of challenger − champion.
+    pub interval: [f64; 2],
+    /// Whether the gain reaches `min_gain` with the interval above 0.
+    pub passed: bool,
+}
+
+/// The gate, on feedback rows already joined and ordered oldest outcome
+/// first (`feedback`, of the champion's kind and inputs): time split, fit
+/// (with any mixed-in data), and the champion's and the challenger's
+/// scores on the newest outcomes. `Ok(Err(why))` when the rows cannot be
+/// judged (a split with one class). What `retrain` runs after the join,
+/// and what `benches/retrain` simulates.
+#[allow(clippy::too_many_arguments)]
+pub fn judge(
+    options: &RetrainOptions,
+    environment: &Environment,
+    champion: &[u8],
+    feedback: Dataset,
+    source: &str,
+    data_hash: String,
+    progress: &ProgressBar,
+    timings: &mut Timings,
+) -> Result<std::result::Result<Judged, String>> {
+    let kind = feedback.kind;
+    let mut train_options = options.train.clone();
+    train_options.kind = kind;
+    train_options.features = match &feedback.inputs {
+        Inputs::Features { names, .. } => Some(names.clone()),
+        Inputs::Texts(_) => None,
+    };
+    let splits = time_split(options, feedback)?;
+    if let Err(error) = splits.check(&PathBuf::from(source)) {
+        return Ok(Err(error.to_string()));
+    }
+    let built = train::build(
+        &train_options,
+        environment,
+        &splits,
+        source,
+        data_hash,
+        progress,
+        timings,
+    )?;
+    progress.set_message(format!("{kind}: judging"));
+    let classes = kind.labels().len();
+    let mut session = runtime::session(environment, champion, 1)?;
+    let champion_scores = train::score_onnx(&mut session, &splits.holdout)?;
+    let challenger_scores = &built.measured.served;
+    let labels = &splits.holdout.labels;
+    let champion = metrics::primary_score(&champion_scores, labels, classes);
+    let challenger = metrics::primary_score(challenger_scores, labels, classes);
+    let interval = metrics::paired_bootstrap(
+        &champion_scores,
+        challenger_scores,
+        labels,
+        classes,
+        BOOTSTRAP_RESAMPLES,
+        options.train.seed,
+    );
+    let passed = challenger - champion >= options.min_gain && interval[0] > 0.0;
+    Ok(Ok(Judged {
+        built,
+        splits,
+        champion,
+        challenger,
+        interval,
+        passed,
+    }))
+}
+
 /// Reads the champion, the feedback, trains a challenger, gates it, and
 /// releases it under a guarded rollout when it passes.
 pub async fn retrain(
@@ -336,60 +414,44 @@ pub async fn retrain(
         return Ok(report);
     }
     let (all, snapshot) = to_dataset(kind, &features, &joined);
-    let mut train_options = options.train.clone();
-    train_options.kind = kind;
-    train_options.features = (!features.is_empty()).then(|| features.clone());
-    let splits = time_split(options, all)?;
-    let holdout_observed_ms = [
-        joined[joined.len() - splits.holdout.len()].observed_at_ms,
-        joined[joined.len() - 1].observed_at_ms,
-    ];
-    let source = PathBuf::from(format!("feedback of {name}"));
-    if let Err(error) = splits.check(&source) {
-        report.stopped = Some(error.to_string());
-        return Ok(report);
-    }
     let mut timings = Timings {
         load: started.elapsed().as_secs_f64(),
         ..Timings::default()
     };
-    let mut built = train::build(
-        &train_options,
+    let source = format!(
+        "{} outcomes of {name} (feedback snapshot {})",
+        joined.len(),
+        &snapshot[..12]
+    );
+    let judged = match judge(
+        options,
         environment,
-        &splits,
-        &format!(
-            "{} outcomes of {name} (feedback snapshot {})",
-            joined.len(),
-            &snapshot[..12]
-        ),
+        &champion.onnx,
+        all,
+        &source,
         snapshot.clone(),
         progress,
         &mut timings,
-    )?;
-
-    // Champion and challenger on the same newest outcomes.
-    progress.set_message(format!("{name}: judging"));
-    let classes = kind.labels().len();
-    let mut session = runtime::session(environment, &champion.onnx, 1)?;
-    let champion_scores = train::score_onnx(&mut session, &splits.holdout)?;
-    let challenger_scores = &built.measured.served;
-    let labels = &splits.holdout.labels;
-    let champion_score = metrics::primary_score(&champion_scores, labels, classes);
-    let challenger_score = metrics::primary_score(challenger_scores, labels, classes);
-    let interval = metrics::paired_bootstrap(
-        &champion_scores,
-        challenger_scores,
-        labels,
-        classes,
-        BOOTSTRAP_RESAMPLES,
-        options.train.seed,
-    );
+    )? {
+        Ok(judged) => judged,
+        Err(why) => {
+            report.stopped = Some(why);
+            return Ok(report);
+        }
+    };
+    let Judged {
+        mut built,
+        splits,
+        champion: champion_score,
+        challenger: challenger_score,
+        interval,
+        passed,
+    } = judged;
     let gain = challenger_score - champion_score;
-    let passed = gain >= options.min_gain && interval[0] > 0.0;
     let mixed_rows = splits.data.len() - joined.len();
     let evidence = RetrainEvidence {
         champion_version: live,
-        metric: metrics::primary(classes).to_owned(),
+        metric: metrics::primary(kind.labels().len()).to_owned(),
         champion: champion_score,
         challenger: challenger_score,
         interval,
@@ -399,7 +461,10 @@ pub async fn retrain(
         train_outcomes: splits.train.len() - mixed_rows,
         mixed_rows,
         mixed_weight: options.mix_weight,
-        holdout_observed_ms,
+        holdout_observed_ms: [
+            joined[joined.len() - splits.holdout.len()].observed_at_ms,
+            joined[joined.len() - 1].observed_at_ms,
+        ],
         snapshot_sha256: snapshot,
     };
     built.draft.retrain = Some(evidence.clone());
