@@ -1364,7 +1364,7 @@ mod tests {
     fn writer() -> LogWriter {
         let registry = nurture_models::Registry::open("memory://").unwrap();
         LogWriter {
-            store: FeedbackStore::new(registry.store().clone(), registry.prefix().clone(), "r"),
+            store: FeedbackStore::beside(&registry, "r"),
             replica: "r".into(),
             flush_every: Duration::from_secs(3600),
             max_records: 10,
@@ -1547,7 +1547,7 @@ mod outcome_reports {
 
     fn rpc() -> FeedbackRpc {
         let registry = nurture_models::Registry::open("memory://").unwrap();
-        let store = FeedbackStore::new(registry.store().clone(), registry.prefix().clone(), "r");
+        let store = FeedbackStore::beside(&registry, "r");
         FeedbackRpc {
             slots: Vec::new(),
             ids: Arc::new(PredictionIds::new(

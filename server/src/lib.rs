@@ -634,11 +634,7 @@ async fn start_feedback(
         "--drift-delta must be in (0, 1), got {}",
         config.drift_delta
     );
-    let feedback_store = nurture_models::feedback::FeedbackStore::new(
-        registry.store().clone(),
-        registry.prefix().clone(),
-        replica,
-    );
+    let feedback_store = nurture_models::feedback::FeedbackStore::beside(registry, replica);
     let ids = Arc::new(feedback::PredictionIds::new(
         None,
         nurture_models::fnv1a64(replica.as_bytes()) ^ nanos,

@@ -383,11 +383,7 @@ pub async fn retrain(
     progress.set_message(format!("{name}: reading feedback"));
     let champion = registry.fetch(&name, live).await?;
     let Manifest { kind, features, .. } = champion.manifest.clone();
-    let feedback = FeedbackStore::new(
-        registry.store().clone(),
-        registry.prefix().clone(),
-        "nurture-trainer",
-    );
+    let feedback = FeedbackStore::beside(&registry, "nurture-trainer");
     let (batches, _) = feedback
         .read_batches(name.as_str(), None, &HashSet::new())
         .await?;

@@ -167,11 +167,7 @@ impl Watcher {
     pub async fn open(model: &str, options: WatchOptions) -> Result<Watcher> {
         let name = ModelName::new(model)?;
         let registry = Registry::open(&options.retrain.registry)?;
-        let feedback = FeedbackStore::new(
-            registry.store().clone(),
-            registry.prefix().clone(),
-            "nurture-trainer-watch",
-        );
+        let feedback = FeedbackStore::beside(&registry, "nurture-trainer-watch");
         let state = match registry.store().get(&state_path(&registry, &name)).await {
             Ok(object) => {
                 let bytes = object.bytes().await.map_err(nurture_models::Error::from)?;

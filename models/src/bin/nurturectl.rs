@@ -1023,11 +1023,7 @@ async fn quality(
 ) -> anyhow::Result<()> {
     let name = ModelName::new(model)?;
     existing_state(registry, &name).await?;
-    let store = nurture_models::feedback::FeedbackStore::new(
-        registry.store().clone(),
-        registry.prefix().clone(),
-        "nurturectl",
-    );
+    let store = nurture_models::feedback::FeedbackStore::beside(registry, "nurturectl");
     let (batches, _) = store
         .read_batches(name.as_str(), None, &Default::default())
         .await?;

@@ -117,6 +117,11 @@ impl FeedbackStore {
         }
     }
 
+    /// Feedback beside `registry` (under its root), written as `writer`.
+    pub fn beside(registry: &crate::Registry, writer: &str) -> Self {
+        FeedbackStore::new(registry.store().clone(), registry.prefix().clone(), writer)
+    }
+
     fn root(&self) -> Path {
         self.prefix.clone().join("feedback")
     }

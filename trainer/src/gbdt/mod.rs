@@ -419,6 +419,17 @@ fn validation_loss(
 mod tests {
     use super::*;
 
+    fn fit_default(values: &[f32], width: usize, labels: &[usize], classes: usize) -> Booster {
+        Booster::fit(
+            values,
+            width,
+            labels,
+            classes,
+            Params::default(),
+            &ProgressBar::hidden(),
+        )
+    }
+
     fn xor_data(rows: usize) -> (Vec<f32>, Vec<usize>) {
         let mut values = Vec::new();
         let mut labels = Vec::new();
@@ -434,14 +445,7 @@ mod tests {
     #[test]
     fn learns_an_interaction_no_linear_model_can() {
         let (values, labels) = xor_data(2_000);
-        let booster = Booster::fit(
-            &values,
-            3,
-            &labels,
-            2,
-            Params::default(),
-            &ProgressBar::hidden(),
-        );
+        let booster = fit_default(&values, 3, &labels, 2);
         let correct = (0..labels.len())
             .filter(|row| {
                 (booster.predict(&values[row * 3..row * 3 + 3])[1] > 0.5) == (labels[*row] == 1)
@@ -459,14 +463,7 @@ mod tests {
     fn multiclass_probabilities_sum_to_one_and_fit() {
         let values: Vec<f32> = (0..900).map(|i| (i % 90) as f32).collect();
         let labels: Vec<usize> = (0..900).map(|i| (i % 90) / 30).collect();
-        let booster = Booster::fit(
-            &values,
-            1,
-            &labels,
-            3,
-            Params::default(),
-            &ProgressBar::hidden(),
-        );
+        let booster = fit_default(&values, 1, &labels, 3);
         assert_eq!(booster.outputs(), 3);
         for (row, label) in labels.iter().enumerate() {
             let p = booster.predict(&values[row..row + 1]);
@@ -507,14 +504,7 @@ mod tests {
     #[test]
     fn the_staged_loss_ends_at_the_full_models_loss() {
         let (values, labels) = xor_data(300);
-        let booster = Booster::fit(
-            &values,
-            3,
-            &labels,
-            2,
-            Params::default(),
-            &ProgressBar::hidden(),
-        );
+        let booster = fit_default(&values, 3, &labels, 2);
         let staged = booster.staged_log_loss(&values, 3, &labels, None);
         assert_eq!(staged.len(), booster.trees.len());
         let full = (0..labels.len())
@@ -563,22 +553,8 @@ mod tests {
     #[test]
     fn training_is_deterministic() {
         let (values, labels) = xor_data(500);
-        let a = Booster::fit(
-            &values,
-            3,
-            &labels,
-            2,
-            Params::default(),
-            &ProgressBar::hidden(),
-        );
-        let b = Booster::fit(
-            &values,
-            3,
-            &labels,
-            2,
-            Params::default(),
-            &ProgressBar::hidden(),
-        );
+        let a = fit_default(&values, 3, &labels, 2);
+        let b = fit_default(&values, 3, &labels, 2);
         assert_eq!(a, b);
     }
 }
