@@ -7,13 +7,14 @@
 # 25, 100 and 400 corrections mixed with the synthetic data, each scored on
 # the 100 held-apart messages (nurture-corrections). Prints the curve.
 #
-#   benches/corrections/run.sh            # TRIALS=5 MIX_WEIGHT=0.2, ~5 minutes
+#   benches/corrections/run.sh            # TRIALS=5 MIX_WEIGHT=0.2 STEPS=25,50,100,200,400, ~6 minutes
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 trials="${TRIALS:-5}"
 mix_weight="${MIX_WEIGHT:-0.2}"
+steps="${STEPS:-25,50,100,200,400}"
 scripts/fetch-ort.sh >&2
 cargo build --release --quiet -p nurture-trainer -p nurture-models -p nurture-server
 cargo build --release --quiet -p nurture-benches --bin nurture-corrections
@@ -32,4 +33,4 @@ target="http://$(sed -n 's/.*grpc=\([^ ]*\).*/\1/p' "$work/out")"
 until grep -q "live version swapped" "$work/server.log"; do sleep 0.1; done
 
 "$bin/nurture-corrections" --target "$target" --registry "$registry" --synthetic "$work/data/emotion.csv" \
-    --trials "$trials" --mix-weight "$mix_weight" --trainer "$bin/nurture-trainer" --work "$work/challengers"
+    --trials "$trials" --mix-weight "$mix_weight" --steps "$steps" --trainer "$bin/nurture-trainer" --work "$work/challengers"
