@@ -667,6 +667,16 @@ async fn a_shadow_mirrors_every_answer_changes_none_and_is_scored_on_their_outco
             .iter()
             .all(|p| p.model.as_ref().unwrap().version == 1)
     );
+    // The shadow scores mirrors at idle priority: on a busy machine it can
+    // lag its live answers by seconds. An outcome is scored for the shadow
+    // only once its mirror is remembered (in production outcomes come
+    // hours later), so wait for the six requests' mirrors first.
+    eventually(
+        "the answers' mirrors are scored",
+        Duration::from_secs(60),
+        async || mirrored(&server) >= 13.0,
+    )
+    .await;
     let outcomes = true_outcomes(&predictions, leads);
     report_outcomes(&channel, &outcomes).await;
     let mut feedback = FeedbackServiceClient::new(channel.clone());

@@ -112,6 +112,51 @@ pub enum Finding {
     },
 }
 
+/// A drift alarm newer than the last retrain, as `plan` needs it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Alarm {
+    /// Live outcomes in ADWIN's window: those since the change it found.
+    pub window: u64,
+    /// When the window's first outcome was observed.
+    pub since_ms: Option<i64>,
+}
+
+/// What a check does, once no rollout is under way.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Plan {
+    /// Retrain on the outcomes observed since the change.
+    Drift {
+        /// The cut (`retrain --since`).
+        since_ms: Option<i64>,
+    },
+    /// An alarm waits for its window to reach the minimum: no retrain, not
+    /// even by count (that would train on outcomes from before the change).
+    Hold,
+    /// Retrain on all feedback: enough new outcomes.
+    Outcomes,
+    /// Nothing to do.
+    Quiet,
+}
+
+/// The watcher's decision rule: a pending alarm decides (retrain on its
+/// window once it holds `min_outcomes`, else hold); without one, retrain
+/// after `after_outcomes` new outcomes.
+pub fn plan(
+    alarm: Option<Alarm>,
+    since_retrain: u64,
+    min_outcomes: usize,
+    after_outcomes: u64,
+) -> Plan {
+    match alarm {
+        Some(alarm) if alarm.window >= min_outcomes as u64 => Plan::Drift {
+            since_ms: alarm.since_ms,
+        },
+        Some(_) => Plan::Hold,
+        None if since_retrain >= after_outcomes => Plan::Outcomes,
+        None => Plan::Quiet,
+    }
+}
+
 /// The watcher of one model.
 pub struct Watcher {
     name: ModelName,
@@ -142,6 +187,35 @@ struct Detector {
 const TIME_STRIDE: u64 = 16;
 
 impl Detector {
+    fn new(config: AdwinConfig) -> Detector {
+        Detector {
+            adwin: Adwin::new(config),
+            seen: 0,
+            last_alarm_at: None,
+            times: Vec::new(),
+        }
+    }
+
+    /// Feeds one live outcome's error observed at `observed_at_ms`; whether
+    /// ADWIN alarmed.
+    fn update(&mut self, error: f64, observed_at_ms: i64) -> bool {
+        if self.seen.is_multiple_of(TIME_STRIDE) {
+            self.times.push(observed_at_ms);
+        }
+        self.seen += 1;
+        let alarmed = self.adwin.update(error);
+        if alarmed {
+            self.last_alarm_at = Some(self.seen);
+        }
+        alarmed
+    }
+
+    /// Whether ADWIN alarmed after the `after`-th outcome (the count at the
+    /// last retrain): an alarm the last retrain has not answered.
+    fn alarmed_after(&self, after: u64) -> bool {
+        self.last_alarm_at.is_some_and(|at| at > after)
+    }
+
     /// When the first outcome of ADWIN's window was observed (rounded up
     /// to the next remembered time, so nothing before the change is in).
     fn window_start_ms(&self) -> Option<i64> {
@@ -221,18 +295,8 @@ impl Watcher {
                 let detector = self
                     .detectors
                     .entry(outcome.version)
-                    .or_insert_with(|| Detector {
-                        adwin: Adwin::new(config),
-                        seen: 0,
-                        last_alarm_at: None,
-                        times: Vec::new(),
-                    });
-                if detector.seen.is_multiple_of(TIME_STRIDE) {
-                    detector.times.push(outcome.observed_at_ms);
-                }
-                detector.seen += 1;
-                if detector.adwin.update(error) {
-                    detector.last_alarm_at = Some(detector.seen);
+                    .or_insert_with(|| Detector::new(config));
+                if detector.update(error, outcome.observed_at_ms) {
                     metrics::counter!(
                         "nurture_watch_drift_alarms_total",
                         "model" => self.name.to_string(),
@@ -258,10 +322,7 @@ impl Watcher {
             .get(&live)
             .copied()
             .unwrap_or(0);
-        detector
-            .last_alarm_at
-            .filter(|at| *at > after)
-            .map(|_| detector)
+        detector.alarmed_after(after).then_some(detector)
     }
 
     /// One check: fold new outcomes, then retrain if drift or the count of
@@ -295,36 +356,40 @@ impl Watcher {
                 .set(rate);
         }
         let mut findings = Vec::new();
-        let mut retrain = self.options.retrain.clone();
-        let trigger = match live.and_then(|v| self.pending_alarm(v).map(|d| (v, d))) {
-            // Learn from what followed the change (ADWIN's window), once
-            // there is enough of it; until then the outcome count waits
-            // too, rather than train on outcomes from before the change.
-            Some((version, detector)) => {
-                findings.push(Finding::Drift {
-                    version,
-                    window_error_rate: detector.adwin.mean(),
-                    window: detector.adwin.width(),
-                });
-                let window = detector.adwin.width() as usize;
-                (window >= retrain.min_outcomes).then(|| {
-                    // By time, not by count: answers reach the log later
-                    // than their outcomes arrive.
-                    retrain.since_ms = detector.window_start_ms();
-                    Trigger::Drift
-                })
-            }
-            None => (since >= self.options.after_outcomes).then_some(Trigger::Outcomes),
-        };
-        let Some(trigger) = trigger else {
-            findings.push(Finding::Quiet {
-                live,
-                outcomes: self.outcomes,
-                since_retrain: since,
-                window_error_rate,
-                window,
+        let alarm = live.and_then(|v| self.pending_alarm(v).map(|d| (v, d)));
+        if let Some((version, detector)) = alarm {
+            findings.push(Finding::Drift {
+                version,
+                window_error_rate: detector.adwin.mean(),
+                window: detector.adwin.width(),
             });
-            return Ok(findings);
+        }
+        let decision = plan(
+            alarm.map(|(_, d)| Alarm {
+                window: d.adwin.width(),
+                since_ms: d.window_start_ms(),
+            }),
+            since,
+            self.options.retrain.min_outcomes,
+            self.options.after_outcomes,
+        );
+        let mut retrain = self.options.retrain.clone();
+        let trigger = match decision {
+            Plan::Drift { since_ms } => {
+                retrain.since_ms = since_ms;
+                Trigger::Drift
+            }
+            Plan::Outcomes => Trigger::Outcomes,
+            Plan::Hold | Plan::Quiet => {
+                findings.push(Finding::Quiet {
+                    live,
+                    outcomes: self.outcomes,
+                    since_retrain: since,
+                    window_error_rate,
+                    window,
+                });
+                return Ok(findings);
+            }
         };
 
         let result = retrain::retrain(self.name.as_str(), &retrain, environment, progress).await;
@@ -397,5 +462,55 @@ impl Watcher {
             .await
             .map_err(nurture_models::Error::from)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOT_YET: Option<Alarm> = None;
+
+    #[test]
+    fn a_pending_alarm_decides_and_holds_the_count_until_its_window_is_long_enough() {
+        let short = Alarm {
+            window: 150,
+            since_ms: Some(7),
+        };
+        let long = Alarm {
+            window: 250,
+            since_ms: Some(7),
+        };
+        assert_eq!(plan(Some(short), 50_000, 200, 1_000), Plan::Hold);
+        assert_eq!(
+            plan(Some(long), 0, 200, 1_000),
+            Plan::Drift { since_ms: Some(7) }
+        );
+        assert_eq!(plan(NOT_YET, 1_000, 200, 1_000), Plan::Outcomes);
+        assert_eq!(plan(NOT_YET, 999, 200, 1_000), Plan::Quiet);
+    }
+
+    #[test]
+    fn an_alarm_is_pending_until_a_retrain_has_seen_it() {
+        let mut detector = Detector::new(nurture_models::feedback::drift::SERVER);
+        // 2,000 right answers, then 2,000 with half wrong.
+        let mut alarmed_at = None;
+        for i in 0..4_000_u64 {
+            let error = if i < 2_000 { 0.0 } else { (i % 2) as f64 };
+            if detector.update(error, 1_000 + i as i64) && alarmed_at.is_none() {
+                alarmed_at = Some(i + 1);
+            }
+        }
+        let at = alarmed_at.expect("the change is found");
+        assert!(at > 2_000, "no alarm before the change: {at}");
+        assert!(detector.alarmed_after(0) && detector.alarmed_after(2_000));
+        assert!(
+            !detector.alarmed_after(4_000),
+            "answered by a retrain at 4,000"
+        );
+        // The window starts at the change, in time, within two of ADWIN's
+        // checks (64 outcomes each here).
+        let start = detector.window_start_ms().unwrap();
+        assert!((start - 3_000).abs() <= 128, "{start}");
     }
 }
