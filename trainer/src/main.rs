@@ -542,6 +542,13 @@ fn watch(args: WatchArgs, json: bool) -> anyhow::Result<()> {
     })
 }
 
+fn trigger_name(trigger: Trigger) -> &'static str {
+    match trigger {
+        Trigger::Drift => "drift",
+        Trigger::Outcomes => "new outcomes",
+    }
+}
+
 fn print_finding(model: &str, finding: &Finding, json: bool) -> anyhow::Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
@@ -575,6 +582,11 @@ fn print_finding(model: &str, finding: &Finding, json: bool) -> anyhow::Result<(
             out,
             "{now} {model}: drift in version {version}'s errors: {window_error_rate:.3} over the {window} outcomes since the change"
         )?,
+        Finding::Held { trigger, reason } => writeln!(
+            out,
+            "{now} {model}: a retrain is due ({}) but waits: {reason}",
+            trigger_name(*trigger)
+        )?,
         Finding::Waiting { version } => writeln!(
             out,
             "{now} {model}: the rollout of version {version} is under way; waiting for its decision"
@@ -583,10 +595,7 @@ fn print_finding(model: &str, finding: &Finding, json: bool) -> anyhow::Result<(
             writeln!(
                 out,
                 "{now} {model}: retraining ({})",
-                match trigger {
-                    Trigger::Drift => "drift",
-                    Trigger::Outcomes => "new outcomes",
-                }
+                trigger_name(*trigger)
             )?;
             drop(out);
             print_retrain(report);

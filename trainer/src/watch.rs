@@ -103,7 +103,16 @@ pub enum Finding {
         /// The canary being rolled out.
         version: u64,
     },
-    /// A retrain ran.
+    /// A retrain was due but found too few joined outcomes (answers not
+    /// yet in the prediction log, or too few since the change): its trigger
+    /// stays, and the next check tries again.
+    Held {
+        /// Why it was due.
+        trigger: Trigger,
+        /// What was missing.
+        reason: String,
+    },
+    /// A retrain ran and judged a challenger.
     Retrained {
         /// Why.
         trigger: Trigger,
@@ -423,14 +432,20 @@ impl Watcher {
         )
         .increment(1);
         let report = report.expect("set above");
-        // A retrain that lacked data keeps the counters: more will come.
-        if outcome != "insufficient" {
-            self.state.outcomes_at_retrain = self.outcomes;
-            for (version, detector) in &self.detectors {
-                self.state
-                    .live_outcomes_at_retrain
-                    .insert(*version, detector.seen);
-            }
+        // A retrain that lacked data keeps its trigger and the counters:
+        // more will come (answers reach the log within seconds).
+        if outcome == "insufficient" {
+            findings.push(Finding::Held {
+                trigger,
+                reason: report.stopped.unwrap_or_default(),
+            });
+            return Ok(findings);
+        }
+        self.state.outcomes_at_retrain = self.outcomes;
+        for (version, detector) in &self.detectors {
+            self.state
+                .live_outcomes_at_retrain
+                .insert(*version, detector.seen);
         }
         self.state.last_retrain_ms = Some(chrono::Utc::now().timestamp_millis());
         self.state.last_result = Some(match (&report.published_version, &report.stopped) {
