@@ -211,11 +211,13 @@ async fn a_challenger_trained_on_feedback_is_released_only_when_it_beats_the_cha
 struct Watch {
     child: std::process::Child,
     out: std::path::PathBuf,
+    err: std::path::PathBuf,
 }
 
 impl Watch {
     fn start(fixture: &Fixture, extra: &[&str]) -> Watch {
         let out = fixture.dir.path().join("watch.jsonl");
+        let err = fixture.dir.path().join("watch.err");
         let mut args = vec![
             "--json",
             "watch",
@@ -233,10 +235,10 @@ impl Watch {
             .current_dir(nurture_tests::project_root())
             .stdin(std::process::Stdio::null())
             .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(fixture.dir.path().join("watch.err")).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
             .spawn()
             .unwrap();
-        Watch { child, out }
+        Watch { child, out, err }
     }
 
     /// Every finding printed so far.
@@ -246,6 +248,26 @@ impl Watch {
             .lines()
             .filter_map(|line| serde_json::from_str(line).ok())
             .collect()
+    }
+
+    /// `GET /metrics` of the watcher (its address is on its stderr).
+    fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let log = std::fs::read_to_string(&self.err).unwrap();
+        let address = log
+            .split("metrics on http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_else(|| panic!("no metrics address in {log}"));
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
     }
 
     fn retrains(&self) -> Vec<Value> {
@@ -436,6 +458,16 @@ async fn watch_retrains_on_concept_drift_and_the_guarded_canary_restores_live_qu
         "{evidence}"
     );
     let version = released["report"]["published_version"].as_u64().unwrap();
+    let metrics = watch.metrics();
+    for series in [
+        "nurture_watch_retrains_total{model=\"churn\",trigger=\"drift\",result=\"released\"} 1",
+        "nurture_watch_retrains_total{model=\"churn\",trigger=\"outcomes\",result=\"refused\"}",
+        "nurture_watch_drift_alarms_total{model=\"churn\",version=\"1\"}",
+        "nurture_watch_outcomes_total{model=\"churn\"}",
+        "nurture_watch_last_check_timestamp_seconds{model=\"churn\"}",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
     assert_eq!(registry.state(&name).await.unwrap().live, Some(version));
     assert!(
         server

@@ -496,7 +496,13 @@ fn watch(args: WatchArgs, json: bool) -> anyhow::Result<()> {
     tokio.block_on(async {
         if let Some(address) = args.metrics_listen {
             let listener = tokio::net::TcpListener::bind(address).await?;
-            tracing::info!(address = %listener.local_addr()?, "serving metrics");
+            // On stderr whatever the log level: with port 0 this is how a
+            // supervisor or a test learns the port.
+            eprintln!(
+                "watch {}: metrics on http://{}/metrics",
+                args.model,
+                listener.local_addr()?
+            );
             let app = axum::Router::new().route(
                 "/metrics",
                 axum::routing::get(move || {
