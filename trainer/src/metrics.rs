@@ -153,6 +153,29 @@ pub fn paired_bootstrap(
     use rand::{RngExt, SeedableRng};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let n = labels.len();
+    // What the metric reads of each row, once: the positive class's
+    // probability (AUC) or the predicted class (macro-F1).
+    let reduce = |rows: &[Vec<f64>]| -> Vec<f64> {
+        rows.iter()
+            .map(|row| {
+                if classes == 2 {
+                    row[1]
+                } else {
+                    argmax(row) as f64
+                }
+            })
+            .collect()
+    };
+    let (a, b) = (reduce(a), reduce(b));
+    let score = |values: &[f64], labels: &[usize]| {
+        if classes == 2 {
+            let positive: Vec<bool> = labels.iter().map(|l| *l == 1).collect();
+            auc(values, &positive)
+        } else {
+            let predicted: Vec<usize> = values.iter().map(|v| *v as usize).collect();
+            macro_f1(&predicted, labels, classes)
+        }
+    };
     let mut differences = Vec::with_capacity(resamples);
     let (mut draw_a, mut draw_b, mut draw_labels) = (
         Vec::with_capacity(n),
@@ -165,12 +188,11 @@ pub fn paired_bootstrap(
         draw_labels.clear();
         for _ in 0..n {
             let row = rng.random_range(0..n);
-            draw_a.push(a[row].clone());
-            draw_b.push(b[row].clone());
+            draw_a.push(a[row]);
+            draw_b.push(b[row]);
             draw_labels.push(labels[row]);
         }
-        let difference = primary_score(&draw_b, &draw_labels, classes)
-            - primary_score(&draw_a, &draw_labels, classes);
+        let difference = score(&draw_b, &draw_labels) - score(&draw_a, &draw_labels);
         if difference.is_finite() {
             differences.push(difference);
         }

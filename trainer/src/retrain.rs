@@ -11,7 +11,6 @@ use indicatif::ProgressBar;
 use nurture_models::feedback::log::{Logged, feature_columns};
 use nurture_models::feedback::{FeedbackStore, Label, ScoredOutcome};
 use nurture_models::manifest::RetrainEvidence;
-use nurture_models::registry::PublishRequest;
 use nurture_models::rollout::policy::RolloutPolicy;
 use nurture_models::{Manifest, ModelKind, ModelName, Registry, runtime};
 use ort::environment::Environment;
@@ -484,19 +483,8 @@ pub async fn retrain(
     }
 
     progress.set_message(format!("{name}: publishing"));
-    let registry = Registry::open(&options.registry)?;
-    let manifest = registry
-        .publish(
-            environment,
-            PublishRequest {
-                name: name.clone(),
-                kind,
-                onnx: built.published().onnx.clone().into(),
-                draft: built.draft.clone(),
-                actor: options.train.actor.clone(),
-                force: false,
-            },
-        )
+    let manifest = built
+        .publish(&registry, environment, &name, &options.train.actor)
         .await?;
     report.published_version = Some(manifest.version);
     registry

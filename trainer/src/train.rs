@@ -512,6 +512,33 @@ impl Built {
         self.refitted.as_ref().unwrap_or(&self.measured)
     }
 
+    /// Publishes the model as a new version of `name`, with its manifest.
+    pub async fn publish(
+        &self,
+        registry: &Registry,
+        environment: &Environment,
+        name: &ModelName,
+        actor: &str,
+    ) -> Result<nurture_models::Manifest> {
+        let published = registry
+            .publish(
+                environment,
+                PublishRequest {
+                    name: name.clone(),
+                    kind: self
+                        .draft
+                        .kind
+                        .expect("build() names the kind in every draft; this is a bug"),
+                    onnx: self.published().onnx.clone().into(),
+                    draft: self.draft.clone(),
+                    actor: actor.to_owned(),
+                    force: false,
+                },
+            )
+            .await?;
+        Ok(published.manifest)
+    }
+
     /// The training report, before publishing.
     pub fn report(
         &self,
@@ -736,18 +763,8 @@ pub async fn train(
         } else {
             None
         };
-        let manifest = registry
-            .publish(
-                environment,
-                PublishRequest {
-                    name: name.clone(),
-                    kind,
-                    onnx: published.onnx.clone().into(),
-                    draft: built.draft.clone(),
-                    actor: options.actor.clone(),
-                    force: false,
-                },
-            )
+        let manifest = built
+            .publish(&registry, environment, &name, &options.actor)
             .await?;
         report.published_version = Some(manifest.version);
         report.gate = gate.clone();
