@@ -27,6 +27,7 @@ use nurture_proto::v1;
 use nurture_proto::v1::channel_timing_service_client::ChannelTimingServiceClient;
 use nurture_proto::v1::churn_service_client::ChurnServiceClient;
 use nurture_proto::v1::emotion_service_client::EmotionServiceClient;
+use prost::Message as _;
 use serde::Serialize;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
@@ -148,6 +149,10 @@ struct Report {
     latency_ms_ok: BTreeMap<String, f64>,
     /// Latency of refused or failed requests only.
     latency_ms_failed: BTreeMap<String, f64>,
+    /// Open loop: how late each request's task began after its scheduled
+    /// start (the generator's own delay, timer and cores; part of every
+    /// latency above). Empty in closed loop.
+    start_lateness_ms: BTreeMap<String, f64>,
     errors: BTreeMap<String, u64>,
 }
 
@@ -191,51 +196,44 @@ struct Clients {
     channels: Vec<Channel>,
 }
 
-impl Clients {
-    async fn call(&self, rpc: Rpc, rows: usize, i: u64) -> Result<(), tonic::Code> {
-        let channel = self.channels[(i as usize) % self.channels.len()].clone();
-        let result = match rpc {
-            Rpc::Churn => {
-                let leads = (0..rows as u64).map(|r| lead(i * 1000 + r)).collect();
-                ChurnServiceClient::new(channel)
-                    .predict_churn(v1::PredictChurnRequest {
-                        leads,
-                        version: 0,
-                        max_factors: 1,
-                    })
-                    .await
-                    .map(|_| ())
-            }
-            Rpc::Emotion => {
-                let inputs = (0..rows)
+/// One request of each kind, as its RPC's path and message.
+enum Message {
+    Churn(v1::PredictChurnRequest),
+    Emotion(v1::AnalyzeEmotionRequest),
+    Timing(v1::RecommendTimingRequest),
+    InferChurn(kserve::ModelInferRequest),
+}
+
+impl Message {
+    /// Request `i` of `rpc` with `rows` rows.
+    fn new(rpc: Rpc, rows: usize, i: u64) -> Message {
+        match rpc {
+            Rpc::Churn => Message::Churn(v1::PredictChurnRequest {
+                leads: (0..rows as u64).map(|r| lead(i * 1000 + r)).collect(),
+                version: 0,
+                max_factors: 1,
+            }),
+            Rpc::Emotion => Message::Emotion(v1::AnalyzeEmotionRequest {
+                inputs: (0..rows)
                     .map(|r| v1::EmotionInput {
                         text: TEXTS[(i as usize + r) % TEXTS.len()].to_owned(),
                         lead_id: format!("lead-{i}"),
                     })
-                    .collect();
-                EmotionServiceClient::new(channel)
-                    .analyze_emotion(v1::AnalyzeEmotionRequest { inputs, version: 0 })
-                    .await
-                    .map(|_| ())
-            }
-            Rpc::Timing => {
-                let inputs = (0..rows as u64)
+                    .collect(),
+                version: 0,
+            }),
+            Rpc::Timing => Message::Timing(v1::RecommendTimingRequest {
+                inputs: (0..rows as u64)
                     .map(|r| v1::TimingInput {
                         lead: Some(lead(i * 1000 + r)),
                         top_k: 5,
                         do_not_contact: vec![],
                         quiet_hours: None,
                     })
-                    .collect();
-                ChannelTimingServiceClient::new(channel)
-                    .recommend_timing(v1::RecommendTimingRequest {
-                        inputs,
-                        version: 0,
-                        as_of: None,
-                    })
-                    .await
-                    .map(|_| ())
-            }
+                    .collect(),
+                version: 0,
+                as_of: None,
+            }),
             Rpc::InferChurn => {
                 let width = 20;
                 // Raw little-endian contents, as tritonclient and perf_analyzer send.
@@ -248,18 +246,133 @@ impl Clients {
                     shape: vec![rows as i64, width as i64],
                     ..Default::default()
                 };
-                GrpcInferenceServiceClient::new(channel)
-                    .model_infer(kserve::ModelInferRequest {
-                        model_name: "churn".into(),
-                        inputs: vec![input],
-                        raw_input_contents: vec![raw],
-                        ..Default::default()
-                    })
-                    .await
-                    .map(|_| ())
+                Message::InferChurn(kserve::ModelInferRequest {
+                    model_name: "churn".into(),
+                    inputs: vec![input],
+                    raw_input_contents: vec![raw],
+                    ..Default::default()
+                })
             }
+        }
+    }
+
+    /// The message's RPC path and its protobuf bytes.
+    fn encode(&self) -> Encoded {
+        let (path, body) = match self {
+            Message::Churn(m) => ("/nurture.v1.ChurnService/PredictChurn", m.encode_to_vec()),
+            Message::Emotion(m) => (
+                "/nurture.v1.EmotionService/AnalyzeEmotion",
+                m.encode_to_vec(),
+            ),
+            Message::Timing(m) => (
+                "/nurture.v1.ChannelTimingService/RecommendTiming",
+                m.encode_to_vec(),
+            ),
+            Message::InferChurn(m) => (
+                "/inference.GRPCInferenceService/ModelInfer",
+                m.encode_to_vec(),
+            ),
+        };
+        Encoded {
+            path,
+            body: body.into(),
+        }
+    }
+}
+
+/// A request encoded before the clock starts: the open loop sends these, so
+/// keeping its schedule costs the generator no building or encoding (nor
+/// decoding: the answer's bytes are skipped, only its status is read).
+#[derive(Clone)]
+struct Encoded {
+    path: &'static str,
+    body: bytes::Bytes,
+}
+
+/// Sends [`Encoded`] bytes as they are and skips the answer's.
+#[derive(Clone, Copy, Default)]
+struct Passthrough;
+
+impl tonic::codec::Codec for Passthrough {
+    type Encode = bytes::Bytes;
+    type Decode = ();
+    type Encoder = Passthrough;
+    type Decoder = Passthrough;
+
+    fn encoder(&mut self) -> Passthrough {
+        Passthrough
+    }
+
+    fn decoder(&mut self) -> Passthrough {
+        Passthrough
+    }
+}
+
+impl tonic::codec::Encoder for Passthrough {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: bytes::Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put(dst, item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Passthrough {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        bytes::Buf::advance(src, bytes::Buf::remaining(src));
+        Ok(Some(()))
+    }
+}
+
+impl Clients {
+    fn channel(&self, i: u64) -> Channel {
+        self.channels[(i as usize) % self.channels.len()].clone()
+    }
+
+    /// Builds request `i` and calls it through the typed client.
+    async fn call(&self, rpc: Rpc, rows: usize, i: u64) -> Result<(), tonic::Code> {
+        let channel = self.channel(i);
+        let result = match Message::new(rpc, rows, i) {
+            Message::Churn(m) => ChurnServiceClient::new(channel)
+                .predict_churn(m)
+                .await
+                .map(|_| ()),
+            Message::Emotion(m) => EmotionServiceClient::new(channel)
+                .analyze_emotion(m)
+                .await
+                .map(|_| ()),
+            Message::Timing(m) => ChannelTimingServiceClient::new(channel)
+                .recommend_timing(m)
+                .await
+                .map(|_| ()),
+            Message::InferChurn(m) => GrpcInferenceServiceClient::new(channel)
+                .model_infer(m)
+                .await
+                .map(|_| ()),
         };
         result.map_err(|status| status.code())
+    }
+
+    /// Sends an encoded request on connection `i`.
+    async fn send(&self, request: Encoded, i: u64) -> Result<(), tonic::Code> {
+        let mut grpc = tonic::client::Grpc::new(self.channel(i));
+        grpc.ready().await.map_err(|_| tonic::Code::Unavailable)?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(request.path);
+        grpc.unary(tonic::Request::new(request.body), path, Passthrough)
+            .await
+            .map(|_| ())
+            .map_err(|status| status.code())
     }
 }
 
@@ -269,6 +382,8 @@ struct Tally {
     ok: Histogram<u64>,
     /// Refused or failed requests only (under overload: the rejections).
     failed: Histogram<u64>,
+    /// Open loop: scheduled start to the request task's first poll.
+    lateness: Histogram<u64>,
     errors: BTreeMap<String, u64>,
     requests: u64,
 }
@@ -298,6 +413,7 @@ impl Tally {
             histogram: latency_histogram(),
             ok: latency_histogram(),
             failed: latency_histogram(),
+            lateness: latency_histogram(),
             errors: BTreeMap::new(),
             requests: 0,
         }
@@ -369,30 +485,61 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
         Some(rate) => {
             mode = "open".to_owned();
             let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
-            let mut scheduled = Instant::now();
-            let mut tasks = Vec::new();
-            let mut i = 0u64;
-            while scheduled < end && counter.load(std::sync::atomic::Ordering::Relaxed) < limit {
-                tokio::time::sleep_until(scheduled.into()).await;
-                let (clients, tally, counter) = (clients.clone(), tally.clone(), counter.clone());
-                let sent = sent.clone();
-                let (rpc, rows, at) = (args.rpc, args.rows, scheduled);
-                tasks.push(tokio::spawn(async move {
-                    let result = clients.call(rpc, rows, i).await;
-                    sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if at >= warmup_end {
-                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        // Latency from the scheduled start: queueing shows.
-                        tally.lock().await.record(at.elapsed(), result);
+            // A paced OS thread starts the requests: nanosleep wakes within
+            // tens of microseconds, where the runtime's timer wheel ticks
+            // every millisecond and would make every start up to a tick late.
+            let runtime = tokio::runtime::Handle::current();
+            let (clients, tally, counter, sent) = (
+                clients.clone(),
+                tally.clone(),
+                counter.clone(),
+                sent.clone(),
+            );
+            const RING: u64 = 64;
+            let ring: Arc<Vec<Encoded>> = Arc::new(
+                (0..RING)
+                    .map(|i| Message::new(args.rpc, args.rows, i).encode())
+                    .collect(),
+            );
+            let pacer = std::thread::spawn(move || {
+                let mut scheduled = Instant::now();
+                let mut tasks = Vec::new();
+                let mut i = 0u64;
+                while scheduled < end && counter.load(std::sync::atomic::Ordering::Relaxed) < limit
+                {
+                    let now = Instant::now();
+                    if scheduled > now {
+                        std::thread::sleep(scheduled - now);
                     }
-                }));
-                i += 1;
-                scheduled += interval;
-                // Bound the tasks kept around.
-                if tasks.len() > 100_000 {
-                    tasks.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
+                    let (clients, tally, counter) =
+                        (clients.clone(), tally.clone(), counter.clone());
+                    let sent = sent.clone();
+                    let (at, request) = (scheduled, ring[(i % RING) as usize].clone());
+                    tasks.push(runtime.spawn(async move {
+                        let late = at.elapsed();
+                        let result = clients.send(request, i).await;
+                        sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if at >= warmup_end {
+                            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            // Latency from the scheduled start: queueing shows.
+                            let mut tally = tally.lock().await;
+                            tally.record(at.elapsed(), result);
+                            let micros = late.as_micros().clamp(1, 60_000_000) as u64;
+                            tally.lateness.record(micros).expect("within bounds");
+                        }
+                    }));
+                    i += 1;
+                    scheduled += interval;
+                    // Bound the tasks kept around.
+                    if tasks.len() > 100_000 {
+                        tasks.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
+                    }
                 }
-            }
+                tasks
+            });
+            let tasks = tokio::task::spawn_blocking(move || pacer.join())
+                .await?
+                .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
             for task in tasks {
                 task.await?;
             }
@@ -418,6 +565,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
         ok_requests_per_second: tally.ok.len() as f64 / measured,
         latency_ms_ok: percentiles(&tally.ok),
         latency_ms_failed: percentiles(&tally.failed),
+        start_lateness_ms: percentiles(&tally.lateness),
         errors: tally.errors.clone(),
     })
 }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -1335,23 +1335,69 @@ impl LogWriterTask {
     }
 }
 
+type BackgroundJob = Box<dyn FnOnce() + Send>;
+
+/// Runs `job` on the prediction log's encoder thread, which sits in the
+/// lowest scheduling class (Linux `SCHED_IDLE`); `None` if it panicked.
+///
+/// Encoding a file is a burst of CPU (tens of milliseconds for 100,000
+/// rows). At normal priority the kernel lets such a burst keep its core for
+/// a whole time slice, milliseconds, while the threads that refuse or answer
+/// requests wait for it: under overload that was most of the refusals' p99.
+/// At `SCHED_IDLE` any request thread that wakes takes the core at once. The
+/// price: on cores that are busy all the time the log waits, its bounded
+/// buffer fills, and records are dropped and counted
+/// (`nurture_prediction_log_dropped_total`), never answers slowed.
+async fn in_background<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    static ENCODER: OnceLock<Option<crossbeam_channel::Sender<BackgroundJob>>> = OnceLock::new();
+    let encoder = ENCODER.get_or_init(|| {
+        let (sender, receiver) = crossbeam_channel::unbounded::<BackgroundJob>();
+        std::thread::Builder::new()
+            .name("log-encoder".to_owned())
+            .spawn(move || {
+                crate::batcher::lower_priority("prediction log encoder");
+                for job in receiver {
+                    job();
+                }
+            })
+            .ok()
+            .map(|_| sender)
+    });
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let job: BackgroundJob = Box::new(move || {
+        let _ = reply.send(job());
+    });
+    // No encoder thread (none could start, or a job panicked it away): the
+    // runtime's blocking pool encodes at normal priority rather than lose
+    // the file.
+    let unsent = match encoder {
+        Some(sender) => sender.send(job).err().map(|error| error.0),
+        None => Some(job),
+    };
+    if let Some(job) = unsent {
+        tokio::task::spawn_blocking(job);
+    }
+    answer.await.ok()
+}
+
 /// Encodes and writes one file per model and day.
 async fn flush(writer: Arc<LogWriter>, files: Files) {
     for ((model, day), batches) in files.batches {
         let count = batches.iter().map(LogBatch::len).sum::<usize>() as u64;
         let (name, replica) = (model.clone(), writer.replica.clone());
-        let encoded = tokio::task::spawn_blocking(move || {
-            nurture_models::feedback::log::encode(&name, &replica, &batches)
-        })
-        .await;
+        let encoded =
+            in_background(move || nurture_models::feedback::log::encode(&name, &replica, &batches))
+                .await;
         let written = match encoded {
-            Ok(Ok(bytes)) => writer
+            Some(Ok(bytes)) => writer
                 .store
                 .write_predictions(&model, &log_date(day), bytes)
                 .await
                 .map(|_| ()),
-            Ok(Err(error)) => Err(error),
-            Err(error) => Err(nurture_models::Error::Store(error.to_string())),
+            Some(Err(error)) => Err(error),
+            None => Err(nurture_models::Error::Store(
+                "the prediction log's encoder stopped".to_owned(),
+            )),
         };
         count_log_file(&model, count, written);
     }

@@ -359,8 +359,10 @@ impl Batcher {
 }
 
 /// Moves the calling thread to the lowest scheduling class (Linux
-/// `SCHED_IDLE`): it gets a core only when nothing else wants it. For shadow
-/// work; `what` names it in the warning when the OS refuses.
+/// `SCHED_IDLE`): it gets a core only when nothing else wants it, and gives
+/// it up at once to any other thread that wakes. For shadow work and the
+/// prediction log's encoding; `what` names it in the warning when the OS
+/// refuses.
 pub fn lower_priority(what: &str) {
     use thread_priority::{
         NormalThreadSchedulePolicy, ThreadPriority, ThreadSchedulePolicy,
@@ -374,7 +376,7 @@ pub fn lower_priority(what: &str) {
         tracing::warn!(
             what,
             ?error,
-            "cannot lower a shadow thread's priority; it competes with live requests"
+            "cannot lower a background thread's priority; it competes with live requests"
         );
     }
 }
