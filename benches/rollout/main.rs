@@ -228,9 +228,10 @@ fn main() {
         cli.runs, cli.looks, cli.canary_share, cli.seed
     ));
     out.push(format!(
-        "Every figure runs the server's decision code (`nurture_models::rollout::sequential`) with its defaults: α = {}, τ = {}, promotion margin {} of live's error rate, at least {} outcomes per arm. A rollout has at most {} looks; each look adds one interval of outcomes, the canary taking {}% of traffic (traffic below is canary outcomes per interval; live gets {}× as many). A rollout stops at its first rollback or promotion.\n",
+        "Every figure runs the server's decision code (`nurture_models::rollout::sequential`) with its defaults: α = {}, τ = {} with {} of the rollback test's weight on τ itself, promotion margin {} of live's error rate, at least {} outcomes per arm. A rollout has at most {} looks; each look adds one interval of outcomes, the canary taking {}% of traffic (traffic below is canary outcomes per interval; live gets {}× as many). A rollout stops at its first rollback or promotion.\n",
         test.alpha,
         test.tau,
+        test.point_weight,
         test.margin,
         test.min_outcomes,
         cli.looks,
@@ -356,7 +357,7 @@ fn main() {
         canary.mean() - live.mean(),
         effect,
         loss_test.tau,
-        sim.runs / 10
+        sim.runs / 2
     ));
     out.push(
         "| canary outcomes per interval | A/A rolled back | power | median looks |".to_owned(),
@@ -366,14 +367,14 @@ fn main() {
         let same = sim.run(
             &mut rng,
             per,
-            sim.runs / 10,
+            sim.runs / 2,
             &LogLosses { noise: 0.0 },
             &loss_guard,
         );
         let worse = sim.run(
             &mut rng,
             per,
-            sim.runs / 10,
+            sim.runs / 2,
             &LogLosses { noise: high },
             &loss_guard,
         );

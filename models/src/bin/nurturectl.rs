@@ -499,6 +499,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     tau,
                     margin,
                     min_outcomes,
+                    ..SequentialTest::default()
                 },
                 steps,
                 max_duration_secs: max_duration.as_secs(),

@@ -90,6 +90,12 @@ impl RolloutPolicy {
                 format!("must be 0 or more, got {}", test.margin),
             ));
         }
+        if !(0.0..=1.0).contains(&test.point_weight) {
+            return Err(Error::invalid(
+                "point_weight",
+                format!("must be 0 to 1, got {}", test.point_weight),
+            ));
+        }
         if test.min_outcomes == 0 {
             return Err(Error::invalid("min_outcomes", "must be at least 1"));
         }
@@ -217,6 +223,8 @@ mod tests {
         assert!(bad(|p| p.test.alpha = 1.0).contains("alpha"));
         assert!(bad(|p| p.test.tau = f64::NAN).contains("tau"));
         assert!(bad(|p| p.test.min_outcomes = 0).contains("min_outcomes"));
+        assert!(bad(|p| p.test.point_weight = 1.5).contains("point_weight"));
+        assert!(bad(|p| p.test.point_weight = f64::NAN).contains("point_weight"));
         assert!(bad(|p| p.max_duration_secs = 0).contains("max_duration"));
         assert!(bad(|p| p.max_p99_ratio = 0.5).contains("max_p99_ratio"));
         RolloutPolicy::default().check().unwrap();
