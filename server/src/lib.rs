@@ -15,6 +15,7 @@ pub mod error;
 pub mod experiments;
 pub mod feedback;
 pub mod guard;
+pub mod load;
 pub mod metrics;
 pub mod model;
 pub mod operations;

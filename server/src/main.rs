@@ -18,6 +18,8 @@ fn main() -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.io_threads())
+        // Only workers park: this counts them for the shadow's busy check.
+        .on_thread_park(nurture_server::load::register_io_thread)
         .enable_all()
         .build()?;
     runtime.block_on(async move {
