@@ -1,7 +1,8 @@
 //! `nurture-floor`: the least a gRPC server can do for a ModelInfer call
 //! with tonic, as nurture-server runs it (one runtime worker thread on two
-//! cores, TCP_NODELAY): decode the ModelInferRequest, answer a fixed
-//! two-class probability row. No routing, batching, model, log or metrics.
+//! cores, TCP_NODELAY, the same global allocator): decode the
+//! ModelInferRequest, answer a fixed two-class probability row. No routing,
+//! batching, model, log or metrics.
 //! `benches/floor/run.sh` compares nurture-server's CPU per request with
 //! this one's.
 //!
@@ -15,6 +16,10 @@ use nurture_proto::inference::grpc_inference_service_server::{
     GrpcInferenceService, GrpcInferenceServiceServer,
 };
 use tonic::{Request, Response, Status};
+
+/// nurture-server's allocator, so the ratio is not an allocator's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(name = "nurture-floor")]
