@@ -220,17 +220,18 @@ scenario e-linger-emotion-2ms --rpc emotion --rows 1 --concurrency 64
 # (k) The feedback loop's cost on the typed path: prediction ids, the
 # prediction log and its label-free drift monitor (all on by default)
 # against the log off (ids are still minted), alternating to share drift.
-# Pairs of one run each, log on then off, adjacent in time: the report
-# takes the median of the pairs' ratios, so the machine's drift over the
-# benchmark (several percent on shared cores) cancels within each pair.
+# Pairs of one run each, adjacent in time, ABBA (odd pairs log on first,
+# even pairs log off first: the second of two back-to-back runs tends to be
+# slower here): the report takes the median of the pairs' ratios, so the
+# machine's drift over the benchmark cancels within each pair.
 pairs=$(( 2 * repeats ))
 all_repeats="$repeats"
 repeats=1
-for pass in $(seq 1 "$pairs"); do
+log_on() {
     start_server
     scenario k-a64-log --rpc infer-churn --rows 1 --concurrency 64
     scenario k-typed-log --rpc churn --rows 1 --concurrency 64
-    if [ "$pass" -eq "$pairs" ]; then
+    if [ "$1" -eq "$pairs" ]; then
         # Answers the log dropped (a full buffer) and wrote, so a cheap log
         # is not a log that kept nothing.
         sleep 11  # one --prediction-log-flush
@@ -246,9 +247,20 @@ for line in text.splitlines():
 print(json.dumps({"scenario": "k-log-counts", **total}))
 PY
     fi
+}
+log_off() {
     start_server --prediction-log-sample 0
     scenario k-a64-nolog --rpc infer-churn --rows 1 --concurrency 64
     scenario k-typed-nolog --rpc churn --rows 1 --concurrency 64
+}
+for pass in $(seq 1 "$pairs"); do
+    if [ $((pass % 2)) -eq 1 ]; then
+        log_on "$pass"
+        log_off
+    else
+        log_off
+        log_on "$pass"
+    fi
 done
 repeats="$all_repeats"
 "$bin/nurture-drift" cost --delta 0.001 --clock 64 --max-buckets 64 \
