@@ -88,21 +88,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_spinning_worker_reads_busy_and_one_gone_reads_unknown() {
-        let (started, stop) = (
-            std::sync::Arc::new(std::sync::Barrier::new(2)),
-            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
-        );
-        let (ready, halt) = (started.clone(), stop.clone());
-        let spinner = std::thread::spawn(move || {
+    fn a_spinning_worker_reads_busy_a_sleeping_one_idle_and_a_gone_one_unknown() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Barrier};
+        let (step, stop) = (Arc::new(Barrier::new(2)), Arc::new(AtomicBool::new(false)));
+        let (worker_step, halt) = (step.clone(), stop.clone());
+        let worker = std::thread::spawn(move || {
             register_io_thread();
             register_io_thread();
-            ready.wait();
-            while !halt.load(std::sync::atomic::Ordering::Relaxed) {
+            worker_step.wait(); // registered; now idle
+            worker_step.wait(); // now spin
+            while !halt.load(Ordering::Relaxed) {
                 std::hint::spin_loop();
             }
         });
-        started.wait();
+        step.wait();
         assert_eq!(IO_THREADS.lock().unwrap().len(), 1, "registered once");
         let mut load = IoLoad::default();
         assert_eq!(
@@ -111,11 +111,14 @@ mod tests {
             "window not over"
         );
         std::thread::sleep(Duration::from_millis(300));
+        let idle = load.sample(Duration::from_millis(100)).unwrap();
+        step.wait();
+        std::thread::sleep(Duration::from_millis(300));
         let busy = load.sample(Duration::from_millis(100)).unwrap();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        spinner.join().unwrap();
-        // The test runner's other threads may take a core now and then.
-        assert!(busy > 0.5, "{busy}");
+        stop.store(true, Ordering::Relaxed);
+        worker.join().unwrap();
+        // The runner's other tests may share the spinner's core.
+        assert!(idle < 0.1 && busy > 0.25, "idle {idle}, busy {busy}");
         // The thread is gone: its CPU time cannot be read, nothing is known.
         std::thread::sleep(Duration::from_millis(150));
         assert_eq!(load.sample(Duration::from_millis(100)), None);
