@@ -13,6 +13,11 @@
 
 mod replay;
 
+/// The generator shares the cores with the server it measures: mimalloc
+/// spends less of them on its per-request allocations than glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +34,7 @@ use nurture_proto::v1::churn_service_client::ChurnServiceClient;
 use nurture_proto::v1::emotion_service_client::EmotionServiceClient;
 use prost::Message as _;
 use serde::Serialize;
-use tokio::sync::Mutex;
+use std::sync::Mutex;
 use tonic::transport::Channel;
 
 /// Load generator for nurture-server.
@@ -102,6 +107,11 @@ struct RunArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Also write the measured latencies of every request (answered or
+    /// not) to this file as `MICROSECONDS COUNT` lines, one per recorded
+    /// histogram bucket (3 significant digits), so runs can be pooled.
+    #[arg(long)]
+    latency_out: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -407,6 +417,28 @@ fn percentiles(histogram: &Histogram<u64>) -> BTreeMap<String, f64> {
     ])
 }
 
+/// The tally, held for one record at a time (never across an await).
+fn lock(tally: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
+    tally
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A histogram's recorded buckets as `MICROSECONDS COUNT` lines.
+fn write_buckets(histogram: &Histogram<u64>, path: &std::path::Path) -> std::io::Result<()> {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    for bucket in histogram.iter_recorded() {
+        let _ = writeln!(
+            text,
+            "{} {}",
+            histogram.highest_equivalent(bucket.value_iterated_to()),
+            bucket.count_at_value()
+        );
+    }
+    std::fs::write(path, text)
+}
+
 impl Tally {
     fn new() -> Self {
         Tally {
@@ -473,7 +505,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
                         i += 1;
                         if started >= warmup_end {
                             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            tally.lock().await.record(started.elapsed(), result);
+                            lock(&tally).record(started.elapsed(), result);
                         }
                     }
                 }));
@@ -544,7 +576,7 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
                                     if at >= warmup_end {
                                         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                         // Latency from the scheduled start: queueing shows.
-                                        let mut tally = tally.lock().await;
+                                        let mut tally = lock(&tally);
                                         tally.record(at.elapsed(), result);
                                         let micros = late.as_micros().clamp(1, 60_000_000) as u64;
                                         tally.lateness.record(micros).expect("within bounds");
@@ -574,7 +606,11 @@ async fn run(args: RunArgs) -> anyhow::Result<Report> {
     let measured = (Instant::now().min(end) - warmup_end)
         .as_secs_f64()
         .max(1e-9);
-    let tally = tally.lock().await;
+    let tally = lock(&tally);
+    if let Some(path) = &args.latency_out {
+        write_buckets(&tally.histogram, path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     let latency_ms = percentiles(&tally.histogram);
     Ok(Report {
         rpc: format!("{:?}", args.rpc).to_lowercase(),
