@@ -11,6 +11,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+. benches/lib.sh
 repeats="${REPEATS:-3}"
 duration="${DURATION:-8}"
 work="$root/var/bench"
@@ -73,20 +74,6 @@ for line in text.splitlines():
 print(total["sum"], total["count"])
 PY
 }
-# "MIRRORED SHED" of the server's nurture_shadow_requests_total so far.
-shadow_counts() {
-    python3 - "$metrics_address" <<'PY'
-import sys, urllib.request
-text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=10).read().decode()
-total = {"mirrored": 0.0, "shed": 0.0}
-for line in text.splitlines():
-    if line.startswith("nurture_shadow_requests_total"):
-        for result in total:
-            if f'result="{result}"' in line:
-                total[result] += float(line.rsplit(" ", 1)[1])
-print(total["mirrored"], total["shed"])
-PY
-}
 # Context switches (voluntary and not) of every server thread so far.
 context_switches() {
     cat /proc/"$server_pid"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}'
@@ -105,7 +92,7 @@ scenario() {
         switches_before="$(context_switches)"
         local batches_before batches_after shadow_before shadow_after
         batches_before="$(batch_rows)"
-        shadow_before="$(shadow_counts)"
+        shadow_before="$(shadow_counts "$metrics_address")"
         local json
         json="$("$bin/nurture-load" run --target "$target" --duration "$duration" --warmup 1 --json "$@")"
         after="$(cpu_ticks)"
@@ -113,7 +100,7 @@ scenario() {
         batches_after="$(batch_rows)"
         # Mirrors finish on idle cores after the load stops: counted then.
         sleep 0.5
-        shadow_after="$(shadow_counts)"
+        shadow_after="$(shadow_counts "$metrics_address")"
         python3 -c 'import json,sys,os; d=json.loads(sys.argv[1]); d["scenario"]=sys.argv[2]; d["repeat"]=int(sys.argv[3]); d["server_cpu_seconds"]=(int(sys.argv[5])-int(sys.argv[4]))/os.sysconf("SC_CLK_TCK"); d["server_context_switches"]=int(sys.argv[7])-int(sys.argv[6]); b0=[float(x) for x in sys.argv[8].split()]; b1=[float(x) for x in sys.argv[9].split()]; d["mean_batch_rows"]=(b1[0]-b0[0])/max(b1[1]-b0[1],1); s0=[float(x) for x in sys.argv[10].split()]; s1=[float(x) for x in sys.argv[11].split()]; d["shadow_mirrored"]=s1[0]-s0[0]; d["shadow_shed"]=s1[1]-s0[1]; print(json.dumps(d))' \
             "$json" "$name" "$r" "$before" "$after" "$switches_before" "$switches_after" "$batches_before" "$batches_after" "$shadow_before" "$shadow_after" >> "$work/results.jsonl"
         echo "$name #$r done" >&2
