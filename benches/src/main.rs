@@ -776,3 +776,48 @@ fn main() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bucket file keeps every request and each bucket's upper edge, so
+    /// a quantile read from it (as benches/shadow/pool.py reads one: the
+    /// first bucket whose running count reaches q × total, rounded) is the
+    /// histogram's own.
+    #[test]
+    fn bucket_files_give_back_the_histograms_quantiles() {
+        let mut histogram = latency_histogram();
+        for micros in 1..=5_000u64 {
+            histogram.record(micros * 7 % 4_999 + 1).unwrap();
+        }
+        histogram.record_n(250_000, 40).unwrap();
+        let path =
+            std::env::temp_dir().join(format!("nurture-load-buckets-{}", std::process::id()));
+        write_buckets(&histogram, &path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let buckets: Vec<(u64, u64)> = text
+            .lines()
+            .map(|line| {
+                let (value, count) = line.split_once(' ').unwrap();
+                (value.parse().unwrap(), count.parse().unwrap())
+            })
+            .collect();
+        let total: u64 = buckets.iter().map(|(_, count)| count).sum();
+        assert_eq!(total, histogram.len());
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            let target = ((q * total as f64 + 0.5) as u64).max(1);
+            let mut seen = 0;
+            let value = buckets
+                .iter()
+                .find(|(_, count)| {
+                    seen += count;
+                    seen >= target
+                })
+                .unwrap()
+                .0;
+            assert_eq!(value, histogram.value_at_quantile(q), "q = {q}");
+        }
+    }
+}
