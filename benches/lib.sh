@@ -15,3 +15,20 @@ for line in text.splitlines():
 print(total["mirrored"], total["shed"])
 PY
 }
+
+# abba PAIRS A B: runs the commands A and B in PAIRS adjacent pairs, A first
+# in odd pairs and B first in even ones (A B B A A B ...), each given the
+# pair's number, so a drift of the machine or the server over the section
+# does not always fall on the same side.
+abba() {
+    local pairs="$1" a="$2" b="$3" pass
+    for pass in $(seq 1 "$pairs"); do
+        if [ $((pass % 2)) -eq 1 ]; then
+            "$a" "$pass"
+            "$b" "$pass"
+        else
+            "$b" "$pass"
+            "$a" "$pass"
+        fi
+    done
+}

@@ -240,15 +240,7 @@ log_off() {
     scenario k-a64-nolog --rpc infer-churn --rows 1 --concurrency 64
     scenario k-typed-nolog --rpc churn --rows 1 --concurrency 64
 }
-for pass in $(seq 1 "$pairs"); do
-    if [ $((pass % 2)) -eq 1 ]; then
-        log_on "$pass"
-        log_off
-    else
-        log_off
-        log_on "$pass"
-    fi
-done
+abba "$pairs" log_on log_off
 repeats="$all_repeats"
 "$bin/nurture-drift" cost --delta 0.001 --clock 64 --max-buckets 64 \
     | python3 -c 'import json,sys; d=json.load(sys.stdin); d["scenario"]="k-adwin-update"; print(json.dumps(d))' \
@@ -279,18 +271,9 @@ shadow_on() {
     scenario s-open-shadow --rpc infer-churn --rows 1 --rate "$half_rate" --concurrency 64
     set_shadow shadow-clear churn
 }
-# ABBA: odd pairs run without the shadow first, even pairs with it first,
-# so a drift of the server over the section (its log and memory grow)
-# does not always fall on the same side.
-for pass in $(seq 1 "$pairs"); do
-    if [ $((pass % 2)) -eq 1 ]; then
-        shadow_off
-        shadow_on
-    else
-        shadow_on
-        shadow_off
-    fi
-done
+# ABBA: odd pairs run without the shadow first, even pairs with it first
+# (the server's log and memory grow over the section).
+abba "$pairs" shadow_off shadow_on
 repeats="$all_repeats"
 echo "{\"scenario\":\"s-half-rate\",\"rate\":$half_rate}" >> "$work/results.jsonl"
 

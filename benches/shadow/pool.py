@@ -154,7 +154,7 @@ def main():
     ]
     found = {}
     for name, a, b, arm_a, arm_b in rows:
-        p50 = ratio_with_interval(a, b, grid, 0.5, rng)[0]
+        p50 = quantile(pooled(b), grid, 0.5) / quantile(pooled(a), grid, 0.5)
         p99 = ratio_with_interval(a, b, grid, 0.99, rng)
         p999 = ratio_with_interval(a, b, grid, 0.999, rng)
         median = median_ratio_with_interval(windows, arm_a, arm_b, rng)

@@ -89,9 +89,9 @@ block() {  # block STATE CYCLE
         tail -n 1 "$raw/windows.jsonl" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("cycle %d %s #%d: p99 %.2f ms, cores busy %.0f%%, steal %.1f%%" % (d["cycle"], d["state"], d["slot"], d["latency_ms"]["p99"], 100 * d["busy_share"], 100 * d["steal_share"]))' >&2
     done
 }
-for cycle in $(seq 1 "$cycles"); do
-    if [ $((cycle % 2)) -eq 1 ]; then block on "$cycle"; block off "$cycle"; else block off "$cycle"; block on "$cycle"; fi
-done
+block_on() { block on "$1"; }
+block_off() { block off "$1"; }
+abba "$cycles" block_on block_off
 kill -TERM "$pid"; wait "$pid" || true
 
 echo "{\"rate\": $rate, \"window\": $window, \"pin\": $pin}" > "$raw/params.json"
