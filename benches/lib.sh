@@ -32,3 +32,21 @@ abba() {
         fi
     done
 }
+
+# serving_bench [BENCH_BIN...]: the preamble of a bench that runs real
+# servers: ONNX Runtime, the release server, trainer and nurturectl, and the
+# named nurture-benches binaries; sets $bin, and $work to a temporary
+# directory that is removed, with the script's background jobs stopped, at
+# exit. Call it from the project root ($root).
+serving_bench() {
+    scripts/fetch-ort.sh >&2
+    cargo build --release --quiet -p nurture-trainer -p nurture-models -p nurture-server
+    local bins=() name
+    for name in "$@"; do bins+=(--bin "$name"); done
+    if [ "${#bins[@]}" -gt 0 ]; then
+        cargo build --release --quiet -p nurture-benches "${bins[@]}"
+    fi
+    bin="$root/target/release"
+    work="$(mktemp -d)"
+    trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+}

@@ -12,15 +12,11 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
+. benches/lib.sh
 trials="${TRIALS:-5}"
 mix_weight="${MIX_WEIGHT:-0.2}"
 steps="${STEPS:-25,50,100,200,400}"
-scripts/fetch-ort.sh >&2
-cargo build --release --quiet -p nurture-trainer -p nurture-models -p nurture-server
-cargo build --release --quiet -p nurture-benches --bin nurture-corrections
-bin="$root/target/release"
-work="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+serving_bench nurture-corrections
 registry="file://$work/registry"
 
 "$bin/nurture-trainer" generate --out "$work/data" --rows 10000 >/dev/null 2>&1

@@ -9,14 +9,10 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
+. benches/lib.sh
 repeats="${REPEATS:-3}"
 duration="${DURATION:-8}"
-scripts/fetch-ort.sh >&2
-cargo build --release --quiet -p nurture-trainer -p nurture-models -p nurture-server
-cargo build --release --quiet -p nurture-benches --bin nurture-load --bin nurture-floor
-bin="$root/target/release"
-work="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+serving_bench nurture-load nurture-floor
 
 "$bin/nurture-trainer" generate --out "$work/data" --rows 20000 >/dev/null 2>&1
 "$bin/nurture-trainer" train churn --data "$work/data/churn.csv" --registry "file://$work/registry" --promote --json >/dev/null

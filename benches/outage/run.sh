@@ -10,13 +10,10 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
-scripts/fetch-ort.sh >&2
+. benches/lib.sh
 scripts/install-grpcurl.sh >&2
-cargo build --release --quiet -p nurture-trainer -p nurture-models -p nurture-server
-bin="$root/target/release"
+serving_bench
 grpcurl="$root/.tools/venv/bin/grpcurl"
-work="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 # Fill a cache from a healthy (file) registry.
 "$bin/nurture-trainer" generate --out "$work/data" --rows 3000 >/dev/null

@@ -11,12 +11,8 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
-scripts/fetch-ort.sh >&2
-cargo build --release --quiet -p nurture-trainer -p nurture-models -p nurture-server
-cargo build --release --quiet -p nurture-benches --bin nurture-load
-bin="$root/target/release"
-work="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+. benches/lib.sh
+serving_bench nurture-load
 duration="${DURATION:-10}"
 
 "$bin/nurture-trainer" generate --out "$work/data" --rows 20000 >/dev/null 2>&1

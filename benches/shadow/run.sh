@@ -17,12 +17,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$root"
 . benches/lib.sh
-scripts/fetch-ort.sh >&2
-cargo build --release --quiet -p nurture-trainer -p nurture-models -p nurture-server
-cargo build --release --quiet -p nurture-benches --bin nurture-load
-bin="$root/target/release"
-work="$(mktemp -d)"
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+serving_bench nurture-load
 # Each window's latencies stay here, so the report can be read again:
 # python3 benches/shadow/pool.py var/bench-shadow
 raw="$root/var/bench-shadow"
