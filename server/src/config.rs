@@ -88,6 +88,21 @@ pub struct Config {
     #[arg(long, env = "NURTURE_IO_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     pub io_threads: Option<u16>,
 
+    /// Requests (HTTP/2 streams) one client connection may have open at
+    /// once; past it the client waits for one to finish before sending more
+    /// (HTTP/2's own backpressure). The connection's flow-control window is
+    /// sized from it (see [`Config::connection_window`]) so that open small
+    /// requests can never use up the HTTP/2 library's allowance for small
+    /// DATA frames, which closes the whole connection and fails every
+    /// request on it with UNKNOWN.
+    #[arg(
+        long,
+        env = "NURTURE_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..=MAX_STREAMS_PER_CONNECTION)
+    )]
+    pub max_streams_per_connection: u32,
+
     /// ONNX Runtime intra-op threads per session.
     #[arg(long, env = "NURTURE_INTRA_THREADS", default_value_t = 1)]
     pub intra_threads: usize,
@@ -244,7 +259,29 @@ pub struct Config {
     pub ort_dylib: Option<PathBuf>,
 }
 
+/// Highest `--max-streams-per-connection`: its window (512 bytes a stream)
+/// stays well inside HTTP/2's 2^31 - 1.
+pub const MAX_STREAMS_PER_CONNECTION: i64 = 1 << 20;
+
+/// Bytes of connection window per allowed stream. The HTTP/2 library lets a
+/// connection hold unread small DATA frames worth half its window in
+/// framing overhead, and a frame under 256 bytes costs 256 minus its size:
+/// at 512 bytes a stream, one pending small frame on every open stream
+/// (a unary gRPC request's message) always fits.
+const WINDOW_PER_STREAM: u32 = 512;
+
+/// The smallest connection window: hyper's default, 1 MiB.
+const MIN_CONNECTION_WINDOW: u32 = 1 << 20;
+
 impl Config {
+    /// The HTTP/2 connection flow-control window: 1 MiB, or 512 bytes per
+    /// allowed stream if that is more.
+    pub fn connection_window(&self) -> u32 {
+        self.max_streams_per_connection
+            .saturating_mul(WINDOW_PER_STREAM)
+            .max(MIN_CONNECTION_WINDOW)
+    }
+
     /// `--io-threads`, or half the available CPUs rounded up.
     pub fn io_threads(&self) -> usize {
         match self.io_threads {
@@ -282,5 +319,40 @@ mod tests {
             Ok(Duration::from_secs(180 * 86_400))
         );
         assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn the_connection_window_holds_a_small_frame_on_every_allowed_stream() {
+        // h2 allows unread small DATA frames worth half the connection window
+        // in overhead, each frame costing at most 255 (256 minus its size).
+        for streams in [
+            1,
+            100,
+            1024,
+            2048,
+            2049,
+            100_000,
+            MAX_STREAMS_PER_CONNECTION as u32,
+        ] {
+            let config = Config::parse_from([
+                "nurture-server",
+                "--max-streams-per-connection",
+                &streams.to_string(),
+            ]);
+            let window = config.connection_window();
+            assert!(
+                window / 2 >= streams * 255,
+                "{streams} streams, window {window}"
+            );
+            assert!(window >= 1 << 20, "never below hyper's default");
+            assert!(window < 1 << 31, "HTTP/2 windows are at most 2^31 - 1");
+        }
+        let default = Config::parse_from(["nurture-server"]);
+        assert_eq!(default.max_streams_per_connection, 1024);
+        for refused in ["0", "1048577"] {
+            let parsed =
+                Config::try_parse_from(["nurture-server", "--max-streams-per-connection", refused]);
+            assert!(parsed.is_err(), "{refused} streams accepted");
+        }
     }
 }

@@ -440,6 +440,8 @@ pub async fn run(config: Config, mut shutdown: watch::Receiver<bool>) -> anyhow:
     let (auth, tls) = security_settings(&config, &shutdown)?;
     // Health and reflection stay open; everything else passes `auth`.
     let mut router = tonic::transport::Server::builder()
+        .max_concurrent_streams(config.max_streams_per_connection)
+        .initial_connection_window_size(config.connection_window())
         .add_service(health_service.clone())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
