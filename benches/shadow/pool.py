@@ -1,7 +1,8 @@
 """Pools the windows of benches/shadow/run.sh by state and writes the report.
 
 Argument: the raw directory run.sh fills (var/bench-shadow): saturated.json,
-params.json and windows.jsonl, whose lines name each window's state (on/off),
+capacity.jsonl (open-loop runs at rising rates), params.json and
+windows.jsonl, whose lines name each window's state (on/off),
 cycle, slot (1 or 2 within its block) and its file of `MICROSECONDS COUNT`
 histogram buckets. Intervals come from a
 bootstrap over cycles (each cycle holds two windows of each state), so the
@@ -186,6 +187,42 @@ def main():
         "generator and everything else; `/proc/stat`). Server CPU counts the shadow's work too. "
         "Steal is the share the hypervisor gave to other guests while this machine had work.\n"
     )
+    groups = ("io", "live", "shadow", "log", "other")
+
+    def thread_us(state, name):
+        return statistics.mean(w["thread_us_per_request"].get(name, 0.0) for w in windows if w["state"] == state)
+
+    print("Where the server's CPU goes, µs per request sent (mean over windows), by thread:\n")
+    print("| state | " + " | ".join(groups) + " |")
+    print("|---|" + "---|" * len(groups))
+    for state in ("off", "on"):
+        print(f"| {state} | " + " | ".join(f"{thread_us(state, g):.1f}" for g in groups) + " |")
+    print()
+    print(
+        "`io`: the async runtime's threads (`--io-threads`, 1 here: half the cores), which read, "
+        "decode, route, answer and log every request and hand the shadow its copy; `live` and "
+        "`shadow`: the inference workers of versions 1 and 2 (the shadow's collector counts as "
+        "`shadow`); `log`: the prediction log's encoder. `shadow` and `log` run at the lowest "
+        "scheduling priority (`SCHED_IDLE`).\n"
+    )
+    capacity_path = os.path.join(raw, "capacity.jsonl")
+    capacity_runs = [json.loads(line) for line in open(capacity_path)] if os.path.exists(capacity_path) else []
+    kept_up = [r["rate"] for r in capacity_runs if r["latency_ms"]["p50"] <= 5.0 and not r["errors"]]
+    if capacity_runs:
+        print("## Open loop against the closed loop's rate\n")
+        print(
+            "The same server with no shadow, open loop for 3 s at rising shares of the "
+            "closed-loop rate (64 streams), before the windows above:\n"
+        )
+        print("| offered req/s | share of closed-loop rate | p50 ms | p99 ms | generator's start lateness p99 ms | errors |")
+        print("|---|---|---|---|---|---|")
+        for r in capacity_runs:
+            print(
+                f"| {r['rate']:,.0f} | {100 * r['rate'] / saturated['ok_requests_per_second']:.0f}% | "
+                f"{r['latency_ms']['p50']:.2f} | {r['latency_ms']['p99']:.2f} | "
+                f"{r['start_lateness_ms']['p99']:.2f} | {r['errors'] or 'none'} |"
+            )
+        print()
     (p99, median), (aa_p99, aa_median) = found["shadow on / off"], found["A/A: second window / first"]
     print("## Reading\n")
     if p99[2] <= 1.1:
@@ -193,16 +230,23 @@ def main():
             f"Live p99 with the shadow on is {p99[0]:.2f}× that with it off, and at most "
             f"{p99[2]:.2f}× at the 95% bound: within the 1.1× target."
         )
-    elif p99[1] > 1.1 and aa_p99[1] <= 1.0 <= aa_p99[2] and aa_p99[2] < p99[1]:
+    elif p99[1] > 1.1:
         verdict = (
-            f"Live p99 with the shadow on is {p99[0]:.2f}× that with it off "
-            f"({p99[1]:.2f}–{p99[2]:.2f}), beyond what the A/A moves ({aa_p99[1]:.2f}–{aa_p99[2]:.2f}): "
-            "the shadow costs live p99 more than the 1.1× target."
+            f"Live p99 with the shadow on is {p99[0]:.2f}× that with it off, and its 95% interval "
+            f"({p99[1]:.2f}–{p99[2]:.2f}) lies above the 1.1× target: here the shadow costs live "
+            f"requests their tail. The A/A, where nothing changed, moves {aa_p99[1]:.2f}–{aa_p99[2]:.2f}×"
+            + (
+                ", so this is beyond what the method moves by itself"
+                if aa_p99[2] < p99[1]
+                else ", so part of it may be the method's own spread"
+            )
+            + f"; the median window's p99 moves {median[0]:.2f}× ({median[1]:.2f}–{median[2]:.2f}; "
+            f"A/A {aa_median[0]:.2f}×, {aa_median[1]:.2f}–{aa_median[2]:.2f})."
         )
     else:
         verdict = (
             f"Live p99 with the shadow on is {p99[0]:.2f}× that with it off, but its 95% interval "
-            f"({p99[1]:.2f}–{p99[2]:.2f}) takes in 1, and the A/A, where nothing changed, moves "
+            f"({p99[1]:.2f}–{p99[2]:.2f}) reaches both sides of 1.1×, and the A/A, where nothing changed, moves "
             f"from {aa_p99[1]:.2f}× to {aa_p99[2]:.2f}×: a few windows in which the machine stalled "
             "for hundreds of milliseconds decide the pooled p99, so on these cores this run cannot "
             "tell a 10% difference in p99 from none, in either direction. The median window's p99 moves "
@@ -212,15 +256,32 @@ def main():
     print(verdict + "\n")
     busy_off, busy_on = mean_of("off", "busy_share"), mean_of("on", "busy_share")
     cpu_off, cpu_on = mean_of("off", "server_cpu_us_per_request"), mean_of("on", "server_cpu_us_per_request")
+    io_off, io_on = thread_us("off", "io"), thread_us("on", "io")
     print(
         f"At this rate the two cores are already {100 * busy_off:.0f}% busy without the shadow "
         f"(the server spends {cpu_off:.0f} µs of CPU per request here; the load generator takes "
-        "most of the rest). The "
+        f"most of the rest), and the one I/O thread, which every live request waits for, is "
+        f"{100 * io_off * float(rate) / 1e6:.0f}% busy ({io_off:.1f} µs a request). The "
         f"shadow's work adds {cpu_on - cpu_off:.1f} µs per request and takes the cores to "
-        f"{100 * busy_on:.0f}%: it runs at the lowest scheduling priority, but at that occupancy "
-        "it still shares caches, memory bandwidth and the kernel's wake-up paths with live "
-        "requests.\n"
+        f"{100 * busy_on:.0f}%; of it, {io_on - io_off:.1f} µs lands on the I/O thread (choosing "
+        "and copying the mirror), the rest runs at the lowest scheduling priority, where it still "
+        "shares caches, memory bandwidth and the kernel's wake-up paths with live requests.\n"
     )
+    if capacity_runs:
+        most = max(kept_up) if kept_up else None
+        print(
+            "Half the closed-loop rate is not half of what this server can take in open loop: one "
+            "request at a time costs more than the closed loop's trains of them (a wake-up, a read "
+            "and a write each, where 64 streams share them). "
+            + (
+                f"In open loop it kept up (median latency at most 5 ms, no errors) to {most:,.0f} req/s, "
+                f"{100 * most / saturated['ok_requests_per_second']:.0f}% of the closed-loop rate, so "
+                f"the windows above run at {100 * float(rate) / most:.0f}% of that."
+                if most
+                else "In open loop it kept up with none of the rates tried."
+            )
+            + "\n"
+        )
     print(
         f"Mirrored while on: {mirrored:,} of {requests_on:,} requests sent "
         f"({100.0 * mirrored / max(requests_on, 1):.2f}%, warm-up included), {shed:,} shed. "

@@ -50,12 +50,24 @@ until "$bin/nurture-load" run --target "$target" --rpc infer-churn --duration 0.
 # hypervisor ran something else on this machine's cores while they had work;
 # idle counts iowait too.
 cpu_jiffies() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print $9, $5 + $6, t}' /proc/stat; }
-# The server's CPU ticks (user + system) so far.
-server_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
+# The server's CPU ticks so far, by thread group (JSON).
+server_ticks() { python3 benches/shadow/threads.py "$pid"; }
 
 echo "== saturation (closed loop, 64 streams)" >&2
 "${load_cpus[@]}" "$bin/nurture-load" run --target "$target" --rpc infer-churn --concurrency 64 --duration "$window" --warmup 1 --json > "$raw/saturated.json"
-rate="${RATE:-$(python3 -c "import json; print(int(json.load(open('$raw/saturated.json'))['ok_requests_per_second'] / 2))")}"
+saturated="$(python3 -c "import json; print(int(json.load(open('$raw/saturated.json'))['ok_requests_per_second']))")"
+rate="${RATE:-$((saturated / 2))}"
+
+# What the server keeps up with in open loop, where requests arrive one by
+# one instead of in the closed loop's trains: offered rates from half the
+# closed-loop rate up to all of it, no shadow.
+echo "== open loop, no shadow, 50% to 100% of the closed-loop rate" >&2
+sleep 2  # the log of the closed loop's answers is written
+: > "$raw/capacity.jsonl"
+for share in 50 60 70 80 90 100; do
+    "${load_cpus[@]}" "$bin/nurture-load" --threads 1 run --target "$target" --rpc infer-churn \
+        --rate "$((saturated * share / 100))" --duration 3 --warmup 1 --json >> "$raw/capacity.jsonl"
+done
 
 : > "$raw/windows.jsonl"
 n=0
@@ -73,14 +85,14 @@ block() {  # block STATE CYCLE
         before="$(shadow_counts "$metrics")"
         jiffies_before="$(cpu_jiffies)"
         ticks_before="$(server_ticks)"
-        "${load_cpus[@]}" "$bin/nurture-load" run --target "$target" --rpc infer-churn --rate "$rate" --concurrency 64 \
+        "${load_cpus[@]}" "$bin/nurture-load" --threads 1 run --target "$target" --rpc infer-churn --rate "$rate" --concurrency 64 \
             --duration "$window" --warmup 1 --json --latency-out "$raw/window-$n.txt" > "$work/window.json"
         jiffies_after="$(cpu_jiffies)"
         ticks_after="$(server_ticks)"
         sleep 0.5  # mirrors finish after the load stops
         after="$(shadow_counts "$metrics")"
-        python3 -c 'import json,os,sys; d=json.load(open(sys.argv[1])); d.update(state=sys.argv[2], cycle=int(sys.argv[3]), slot=int(sys.argv[4]), buckets=sys.argv[5]); b=[int(x) for x in sys.argv[6].split()]; a=[int(x) for x in sys.argv[7].split()]; d["mirrored"]=a[0]-b[0]; d["shed"]=a[1]-b[1]; j0=[int(x) for x in sys.argv[8].split()]; j1=[int(x) for x in sys.argv[9].split()]; t=max(j1[2]-j0[2],1); d["steal_share"]=(j1[0]-j0[0])/t; d["busy_share"]=1-(j1[1]-j0[1])/t; d["server_cpu_us_per_request"]=1e6*(int(sys.argv[11])-int(sys.argv[10]))/os.sysconf("SC_CLK_TCK")/max(d["total_requests"],1); print(json.dumps(d))' \
-            "$work/window.json" "$state" "$cycle" "$slot" "window-$n.txt" "$before" "$after" "$jiffies_before" "$jiffies_after" "$ticks_before" "$ticks_after" >> "$raw/windows.jsonl"
+        python3 benches/shadow/window.py "$work/window.json" "$state" "$cycle" "$slot" "window-$n.txt" \
+            "$before" "$after" "$jiffies_before" "$jiffies_after" "$ticks_before" "$ticks_after" >> "$raw/windows.jsonl"
         tail -n 1 "$raw/windows.jsonl" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("cycle %d %s #%d: p99 %.2f ms, cores busy %.0f%%, steal %.1f%%" % (d["cycle"], d["state"], d["slot"], d["latency_ms"]["p99"], 100 * d["busy_share"], 100 * d["steal_share"]))' >&2
     done
 }
