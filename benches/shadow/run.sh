@@ -10,7 +10,7 @@
 # windows of a block are also compared with each other (an A/A: same state),
 # which shows how far the method moves when nothing changes.
 #
-#   benches/shadow/run.sh                 # ~10 minutes; writes docs/shadow-latency.md
+#   benches/shadow/run.sh                 # ~13 minutes here; writes docs/shadow-latency.md
 #   CYCLES=4 WINDOW=3 benches/shadow/run.sh   # a quick pass
 set -euo pipefail
 

@@ -21,13 +21,21 @@ fn nurturectl(registry: &str, args: &[&str]) {
     run_tool("nurturectl", registry, args, &[]);
 }
 
-fn rows(n: usize) -> Vec<f32> {
+/// `n` rows of churn-width features (shared with `server.rs`).
+pub(crate) fn rows(n: usize) -> Vec<f32> {
     (0..n * WIDTH)
         .map(|i| ((i * 7) % 11) as f32 / 10.0)
         .collect()
 }
 
-fn request(model: &str, version: &str, values: &[f32], raw: bool) -> kserve::ModelInferRequest {
+/// A ModelInferRequest of `values`, raw little-endian buffers or typed
+/// contents (shared with `server.rs`).
+pub(crate) fn request(
+    model: &str,
+    version: &str,
+    values: &[f32],
+    raw: bool,
+) -> kserve::ModelInferRequest {
     let n = values.len() / WIDTH;
     let mut input = InferInputTensor {
         name: "features".into(),

@@ -1339,25 +1339,6 @@ fn exposed(metrics: &str, name: &str) -> bool {
     has_series || metrics.contains(&format!("# TYPE {family} histogram"))
 }
 
-/// One small ModelInfer request for churn (one row of 20 raw FP32 values):
-/// its message is one DATA frame of well under 256 bytes.
-fn small_churn_infer(i: usize) -> kserve::ModelInferRequest {
-    let raw: Vec<u8> = (0..20)
-        .flat_map(|k| (((k + i) % 13) as f32 / 13.0).to_le_bytes())
-        .collect();
-    kserve::ModelInferRequest {
-        model_name: "churn".into(),
-        inputs: vec![kserve::model_infer_request::InferInputTensor {
-            name: "features".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 20],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![raw],
-        ..Default::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_small_requests_at_once_on_one_connection_are_all_answered() {
     // HTTP/2 servers close a connection whose unread small DATA frames pass
@@ -1371,13 +1352,17 @@ async fn thousands_of_small_requests_at_once_on_one_connection_are_all_answered(
     let server = fixture.server(&[]);
     wait_until_live(&server, 5).await;
     let channel = server.channel().await;
+    // One row of raw FP32 values: the message is one DATA frame of well
+    // under 256 bytes.
+    let small = crate::inference::request("churn", "", &crate::inference::rows(1), true);
     let started = Instant::now();
     let tasks: Vec<_> = (0..REQUESTS)
-        .map(|i| {
+        .map(|_| {
             let mut client = GrpcInferenceServiceClient::new(channel.clone());
+            let small = small.clone();
             tokio::spawn(async move {
                 client
-                    .model_infer(small_churn_infer(i))
+                    .model_infer(small)
                     .await
                     .map(|_| ())
                     .map_err(|status| {
@@ -1413,5 +1398,5 @@ async fn thousands_of_small_requests_at_once_on_one_connection_are_all_answered(
     );
     // The connection survived: the same channel still answers.
     let mut client = GrpcInferenceServiceClient::new(channel);
-    client.model_infer(small_churn_infer(0)).await.unwrap();
+    client.model_infer(small).await.unwrap();
 }
