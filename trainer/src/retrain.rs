@@ -63,7 +63,8 @@ pub struct RetrainOptions {
 pub struct FeedbackCounts {
     /// Outcomes read (after duplicates of one prediction were merged).
     pub outcomes: usize,
-    /// Answers read from the prediction log.
+    /// Answers read from the prediction log (files written before the
+    /// oldest outcome's answer was served are not read).
     pub logged: usize,
     /// Outcomes joined with a logged, non-shadow answer.
     pub joined: usize,
@@ -387,9 +388,22 @@ pub async fn retrain(
         .read_batches(name.as_str(), None, &HashSet::new())
         .await?;
     let outcomes = latest_outcomes(batches.into_iter().flat_map(|(_, batch)| batch.outcomes));
-    let logged = feedback.read_predictions(name.as_str(), kind).await?;
+    // Only answers that have an outcome can join, and none of them was
+    // served before the oldest such answer: the log is read from there, and
+    // only those answers are held.
+    let served_from = outcomes.values().map(|outcome| outcome.served_at_ms).min();
+    let (logged, read) = match served_from {
+        Some(from) => {
+            feedback
+                .read_predictions(name.as_str(), kind, Some(from), |answer| {
+                    outcomes.contains_key(&answer.prediction_id)
+                })
+                .await?
+        }
+        None => (Vec::new(), 0),
+    };
     report.feedback.outcomes = outcomes.len();
-    report.feedback.logged = logged.len();
+    report.feedback.logged = read;
     let mut joined = join(kind, &features, logged, &outcomes, &mut report.feedback)?;
     let mut keep_from = 0;
     if let Some(since) = options.since_ms {

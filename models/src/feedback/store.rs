@@ -341,14 +341,23 @@ impl FeedbackStore {
         crate::batches::list(&self.store, &dir, since_millis, FEEDBACK_RELIST_MS).await
     }
 
-    /// Every answer of `model` (of `kind`) in the prediction log, file by
-    /// file in name order (the writer's time, then replica), each file's
-    /// rows in the order they were written.
+    /// The answers of `model` (of `kind`) in the prediction log that `keep`
+    /// accepts, file by file in name order (the writer's time, then
+    /// replica), each file's rows in the order they were written; and how
+    /// many answers were read in all. Only the kept answers are held, so a
+    /// reader that keeps a few answers of a long log holds a few.
+    ///
+    /// With `served_from` (ms since the epoch), files written before it
+    /// (less [`LOG_WRITE_SLACK_MS`]) are not read: a file is named by the
+    /// time it was written, after every answer in it was served, so such a
+    /// file holds no answer served since.
     pub async fn read_predictions(
         &self,
         model: &str,
         kind: crate::kind::ModelKind,
-    ) -> Result<Vec<super::log::Logged>> {
+        served_from: Option<i64>,
+        keep: impl Fn(&super::log::Logged) -> bool,
+    ) -> Result<(Vec<super::log::Logged>, usize)> {
         let dir = self
             .root()
             .join("predictions")
@@ -359,18 +368,28 @@ impl FeedbackStore {
             .map_ok(|meta| meta.location)
             .try_collect()
             .await?;
-        files.retain(|file| file.extension() == Some("parquet"));
+        files.retain(|file| {
+            file.extension() == Some("parquet")
+                && served_from.is_none_or(|from| {
+                    // Named `{ms:016}-{replica}-{n}` like an outcome batch.
+                    let written = file.filename().and_then(crate::batches::millis);
+                    written.is_none_or(|written| written >= from - LOG_WRITE_SLACK_MS)
+                })
+        });
         files.sort_by(|a, b| a.filename().cmp(&b.filename()).then(a.cmp(b)));
         let store = &self.store;
-        let decoded: Vec<Vec<super::log::Logged>> = futures::stream::iter(files)
+        let mut decoded = futures::stream::iter(files)
             .map(|file| async move {
                 let bytes = store.get(&file).await?.bytes().await?;
                 super::log::decode(kind, file.as_ref(), bytes)
             })
-            .buffered(8)
-            .try_collect()
-            .await?;
-        Ok(decoded.into_iter().flatten().collect())
+            .buffered(8);
+        let (mut kept, mut read) = (Vec::new(), 0);
+        while let Some(answers) = decoded.try_next().await? {
+            read += answers.len();
+            kept.extend(answers.into_iter().filter(|answer| keep(answer)));
+        }
+        Ok((kept, read))
     }
 
     /// Reads the listed batches, in order.
@@ -388,6 +407,13 @@ impl FeedbackStore {
 /// takes longer, can be missed. Re-listed batches cost a list entry each and
 /// are skipped by key.
 pub const FEEDBACK_RELIST_MS: i64 = 60_000;
+
+/// How much earlier than `served_from` a prediction log file may be named
+/// and still be read (see [`FeedbackStore::read_predictions`]): a file's
+/// name takes the writer's clock after its answers took the same clock, so
+/// only a step back of that clock by more than this between the two can
+/// hide an answer.
+pub const LOG_WRITE_SLACK_MS: i64 = 60_000;
 
 /// Forgets the keys a reader that has seen batches up to `newest` can no
 /// longer list: what is left bounds the skip set to the relist window.
@@ -538,5 +564,99 @@ mod tests {
         for key in &keys {
             assert_eq!(key.as_ref().unwrap().verify(&signed).as_ref(), Ok(&id));
         }
+    }
+
+    /// A prediction log file of churn answers `ids`, each served at
+    /// `served`, put under the name a writer at `written` gives it.
+    async fn put_log(store: &FeedbackStore, written: &str, served: i64, ids: &[&str]) {
+        use crate::feedback::log::{LogBatch, Row, encode};
+        use crate::kind::ModelKind;
+        let mut batch = LogBatch::new(ModelKind::Churn);
+        for id in ids {
+            batch.push(&Row {
+                prediction_id: id,
+                version: 1,
+                arm: Arm::Live,
+                mirror_of: None,
+                served_at_ms: served,
+                lead_id: "",
+                features: &[],
+                text: None,
+                probabilities: &[0.5, 0.5],
+            });
+        }
+        let bytes = encode("churn", "a", &[batch]).unwrap();
+        let location = store
+            .root()
+            .join("predictions")
+            .join("model=churn")
+            .join("date=2026-01-01")
+            .join(format!("{written}.parquet"));
+        store.store.put(&location, bytes.into()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_log_is_read_from_the_first_file_that_can_hold_an_answer_served_since() {
+        let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let store = FeedbackStore::new(memory, Path::from("r"), "a");
+        // Each file is named after its answers were served.
+        put_log(
+            &store,
+            "0000001000000000-a-0000000000",
+            999_000_000,
+            &["old-1", "old-2"],
+        )
+        .await;
+        let edge = 2_000_000_000 - LOG_WRITE_SLACK_MS;
+        put_log(
+            &store,
+            &format!("{edge:016}-a-0000000001"),
+            edge - 1,
+            &["edge"],
+        )
+        .await;
+        put_log(
+            &store,
+            "0000003000000000-b-0000000000",
+            2_999_000_000,
+            &["new-1", "new-2"],
+        )
+        .await;
+        put_log(&store, "renamed-by-hand", 1, &["unnamed"]).await;
+        let ids = |answers: &[super::super::log::Logged]| -> Vec<String> {
+            answers.iter().map(|a| a.prediction_id.clone()).collect()
+        };
+        let kind = crate::kind::ModelKind::Churn;
+
+        // Everything, in name order.
+        let (all, read) = store
+            .read_predictions("churn", kind, None, |_| true)
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(&all),
+            ["old-1", "old-2", "edge", "new-1", "new-2", "unnamed"]
+        );
+        assert_eq!(read, 6);
+
+        // From 2,000,000,000 ms: the first file was written a second before
+        // it and is skipped; the one written within the clock slack is read;
+        // a file whose name holds no time is read.
+        let (since, read) = store
+            .read_predictions("churn", kind, Some(2_000_000_000), |_| true)
+            .await
+            .unwrap();
+        assert_eq!(ids(&since), ["edge", "new-1", "new-2", "unnamed"]);
+        assert_eq!(read, 4);
+
+        // Only the answers kept are held; every answer read is counted.
+        let (kept, read) = store
+            .read_predictions("churn", kind, Some(2_000_000_000), |a| {
+                a.prediction_id.starts_with("new")
+            })
+            .await
+            .unwrap();
+        assert_eq!(ids(&kept), ["new-1", "new-2"]);
+        assert_eq!(read, 4);
     }
 }
