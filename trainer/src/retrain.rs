@@ -63,8 +63,9 @@ pub struct RetrainOptions {
 pub struct FeedbackCounts {
     /// Outcomes read (after duplicates of one prediction were merged).
     pub outcomes: usize,
-    /// Answers read from the prediction log (files written before the
-    /// oldest outcome's answer was served are not read).
+    /// Answers read from the prediction log: none when there are no
+    /// outcomes, and no file written before the oldest outcome's answer
+    /// was served.
     pub logged: usize,
     /// Outcomes joined with a logged, non-shadow answer.
     pub joined: usize,
