@@ -373,7 +373,7 @@ impl FeedbackStore {
                 && served_from.is_none_or(|from| {
                     // Named `{ms:016}-{replica}-{n}` like an outcome batch.
                     let written = file.filename().and_then(crate::batches::millis);
-                    written.is_none_or(|written| written >= from - LOG_WRITE_SLACK_MS)
+                    written.is_none_or(|written| written >= from.saturating_sub(LOG_WRITE_SLACK_MS))
                 })
         });
         files.sort_by(|a, b| a.filename().cmp(&b.filename()).then(a.cmp(b)));
