@@ -649,12 +649,19 @@ impl FeedbackRpc {
                 result: v1::OutcomeResult::UnknownId,
             });
         };
-        let known = slot
-            .status
-            .lock()
-            .expect("status lock")
-            .known
-            .contains(&id.version);
+        let known = {
+            let status = slot.status.lock().expect("status lock");
+            if status.known.is_empty() {
+                // The id is the fleet's, so its version was served; this
+                // replica has not read the model's release log since it
+                // started. Refusing it as unknown would lose it: retry.
+                return Err(ServeError::Unavailable(format!(
+                    "this replica has not read the release log of {} yet; retry shortly",
+                    slot.name
+                )));
+            }
+            status.known.contains(&id.version)
+        };
         if !known {
             return Ok(Disposition::Refused {
                 model: slot.name.clone(),
@@ -1609,6 +1616,46 @@ mod outcome_reports {
             horizon: Duration::from_secs(180 * 86_400),
             adopt_after: Duration::from_secs(600),
         }
+    }
+
+    #[test]
+    fn an_outcome_before_the_first_read_of_the_release_log_is_retried_not_refused() {
+        let slot = Arc::new(Slot::new("churn", ModelKind::Churn));
+        let rpc = FeedbackRpc {
+            slots: vec![slot.clone()],
+            ..rpc()
+        };
+        let report = |version| v1::OutcomeReport {
+            prediction_id: rpc.ids.mint(
+                "churn",
+                version,
+                Arm::Live,
+                Utc::now().timestamp_millis(),
+                Prediction::Binary(0.5),
+            ),
+            outcome_id: "o".into(),
+            label: Some(v1::outcome_report::Label::Churned(true)),
+            value: None,
+            observed_at: None,
+        };
+        // Just started: no version of churn is known yet.
+        assert!(matches!(
+            rpc.dispose(0, &report(1)),
+            Err(ServeError::Unavailable(message)) if message.contains("release log of churn")
+        ));
+        // Once the release log is read, its versions score and others are unknown.
+        slot.status.lock().unwrap().known = [1].into();
+        assert!(matches!(
+            rpc.dispose(0, &report(1)),
+            Ok(Disposition::Score { .. })
+        ));
+        assert!(matches!(
+            rpc.dispose(0, &report(2)),
+            Ok(Disposition::Refused {
+                result: v1::OutcomeResult::UnknownId,
+                ..
+            })
+        ));
     }
 
     fn label() -> impl Strategy<Value = Option<v1::outcome_report::Label>> {

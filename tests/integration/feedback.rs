@@ -607,9 +607,12 @@ async fn acknowledged_outcomes_survive_sigkill_and_replays_add_nothing() {
     )
     .await;
     // Every acknowledged outcome is there: replaying them adds nothing.
-    for batch in &stream[..acknowledged] {
+    for (n, batch) in stream[..acknowledged].iter().enumerate() {
         let results = record(&mut client, batch.clone()).await.unwrap();
-        assert!(results.iter().all(|r| *r == v1::OutcomeResult::Duplicate));
+        assert!(
+            results.iter().all(|r| *r == v1::OutcomeResult::Duplicate),
+            "replayed batch {n} of {acknowledged} acknowledged: {results:?}"
+        );
     }
     let at_least = (acknowledged * 10) as u64;
     eventually(
