@@ -83,6 +83,19 @@ pub struct SlotStatus {
 }
 
 impl SlotStatus {
+    /// Whether the release log names `version` of `model`; UNAVAILABLE while
+    /// this replica has not read the log since it started (it knows no
+    /// version yet), which a retry outlives: an answer of "not found" then
+    /// would be wrong, and final.
+    pub fn names(&self, model: &str, version: u64) -> Result<bool, ServeError> {
+        if self.known.is_empty() {
+            return Err(ServeError::Unavailable(format!(
+                "this replica has not read the release log of {model} yet; retry shortly"
+            )));
+        }
+        Ok(self.known.contains(&version))
+    }
+
     /// The recorded failure of `version` for what it is (a store that could
     /// not be reached is not held against it).
     pub fn refused(&self, version: u64) -> Option<&LoadError> {
@@ -207,7 +220,7 @@ impl Slot {
             if status.revoked.contains(&pin) {
                 return Ok(());
             }
-            if !status.known.contains(&pin) {
+            if !status.names(&self.name, pin)? {
                 return Err(ServeError::NotFound(format!(
                     "version {pin} of {} is not in its release log",
                     self.name
@@ -328,6 +341,18 @@ mod tests {
             .filter(|i| bucket(&format!("lead-{i}")) < 10)
             .count();
         assert!((800..1_200).contains(&in_ten), "{in_ten}");
+    }
+
+    #[test]
+    fn versions_are_named_only_once_the_release_log_is_read() {
+        let mut status = SlotStatus::default();
+        assert!(matches!(
+            status.names("churn", 1),
+            Err(ServeError::Unavailable(message)) if message.contains("release log of churn")
+        ));
+        status.known = [1, 2].into();
+        assert!(matches!(status.names("churn", 2), Ok(true)));
+        assert!(matches!(status.names("churn", 3), Ok(false)));
     }
 
     #[test]

@@ -649,19 +649,14 @@ impl FeedbackRpc {
                 result: v1::OutcomeResult::UnknownId,
             });
         };
-        let known = {
-            let status = slot.status.lock().expect("status lock");
-            if status.known.is_empty() {
-                // The id is the fleet's, so its version was served; this
-                // replica has not read the model's release log since it
-                // started. Refusing it as unknown would lose it: retry.
-                return Err(ServeError::Unavailable(format!(
-                    "this replica has not read the release log of {} yet; retry shortly",
-                    slot.name
-                )));
-            }
-            status.known.contains(&id.version)
-        };
+        // The id is the fleet's, so its version was served; before this
+        // replica has read the release log, refusing it as unknown would
+        // lose it, so the request is retried instead.
+        let known = slot
+            .status
+            .lock()
+            .expect("status lock")
+            .names(&slot.name, id.version)?;
         if !known {
             return Ok(Disposition::Refused {
                 model: slot.name.clone(),
